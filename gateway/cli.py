@@ -1,0 +1,476 @@
+"""The ``yiwang`` command: run a node, publish, subscribe, query, and a demo of it all.
+
+Command output (results, envelopes) goes to stdout as JSON lines; log lines and errors go to stderr.
+An error is one line naming what is wrong, with a non-zero exit: 1 when some input was refused,
+2 for usage errors and unreachable nodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import sys
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import grpc
+from google.protobuf import json_format
+from yiwang.v1 import envelope_pb2 as pb
+from yiwang.v1 import gateway_pb2 as gw
+
+from gateway import __version__, logsetup
+from gateway.client import GatewayClient
+from gateway.config import NodeConfig, from_dict, load
+from gateway.demo import Traffic, describe
+from gateway.errors import ConfigError, YiwangError
+from gateway.ids import uuid7
+from gateway.node import Node, run_until_signalled
+from gateway.regions import default_table
+
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+
+
+class CommandError(Exception):
+    """A command cannot go on; the message is the one line the user sees."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _json(message: Any) -> str:
+    return json_format.MessageToJson(message, indent=None, ensure_ascii=False)
+
+
+def _enum_values(enum: Any, skip: str) -> list[str]:
+    return [name for name in enum.keys() if name != skip]  # noqa: SIM118 - protobuf enum wrapper, not a dict
+
+
+# -- filters shared by subscribe and query ----------------------------------------------------------
+
+
+def _add_filter_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("filter (all given conditions must hold)")
+    g.add_argument(
+        "--kind",
+        action="append",
+        default=[],
+        choices=_enum_values(pb.Kind, "KIND_UNSPECIFIED"),
+        help="envelope kind; repeat for several",
+    )
+    g.add_argument(
+        "--region",
+        action="append",
+        default=[],
+        metavar="CODE",
+        help="GB/T 2260 code; matches its whole subtree (a city matches its counties); repeatable",
+    )
+    g.add_argument("--agency", action="append", default=[], metavar="A", help="origin agency code; repeatable")
+    g.add_argument(
+        "--min-severity",
+        choices=_enum_values(pb.Severity, "SEVERITY_UNSPECIFIED"),
+        help="lowest warning colour to include",
+    )
+    g.add_argument(
+        "--status",
+        action="append",
+        default=[],
+        choices=_enum_values(pb.Status, "STATUS_UNSPECIFIED"),
+        help="ACTUAL, EXERCISE or TEST; repeatable",
+    )
+    g.add_argument(
+        "--bbox",
+        metavar="MINLAT,MINLON,MAXLAT,MAXLON",
+        help="only envelopes whose geometry intersects this box",
+    )
+
+
+def _filter(args: argparse.Namespace) -> gw.Filter:
+    flt = gw.Filter(regions=args.region, agencies=args.agency)
+    flt.kinds.extend(cast(pb.Kind, pb.Kind.Value(k)) for k in args.kind)
+    flt.statuses.extend(cast(pb.Status, pb.Status.Value(s)) for s in args.status)
+    if args.min_severity:
+        flt.min_severity = pb.Severity.Value(args.min_severity)  # type: ignore[assignment]
+    if args.bbox:
+        try:
+            min_lat, min_lon, max_lat, max_lon = (float(v) for v in args.bbox.split(","))
+        except ValueError:
+            raise CommandError(f"--bbox: expected MINLAT,MINLON,MAXLAT,MAXLON, got {args.bbox!r}") from None
+        flt.bbox.CopyFrom(gw.BoundingBox(min_lat=min_lat, min_lon=min_lon, max_lat=max_lat, max_lon=max_lon))
+    return flt
+
+
+def parse_time(text: str, option: str) -> dt.datetime:
+    """ISO 8601; a time without a zone is taken in this machine's local zone."""
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise CommandError(f"{option}: {text!r} is not an ISO 8601 time such as 2026-07-20T16:00:00+08:00") from None
+    return value if value.tzinfo else value.astimezone()
+
+
+# -- commands ---------------------------------------------------------------------------------------
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    if args.config:
+        if args.region or args.listen or args.http or args.data or args.node_id:
+            raise CommandError("give either --config FILE or --region/--listen/--http/--data, not both")
+        config = load(Path(args.config))
+    else:
+        if not args.region:
+            raise CommandError("give --config FILE, or at least --region CODE for a quick node")
+        config = quick_config(args.region, args.listen, args.http, args.data, args.node_id)
+    logsetup.configure(args.log_level)
+    asyncio.run(run_until_signalled(config))
+    return 0
+
+
+def quick_config(
+    region: str, listen: str | None, http: str | None, data: str | None, node_id: str | None
+) -> NodeConfig:
+    return from_dict(
+        {
+            "node": {"id": node_id or f"node-{region}", "region": region},
+            "listen": {"grpc": listen or "127.0.0.1:7400", "http": http or "127.0.0.1:7480"},
+            "log": {"data_dir": data or "yiwang-data"},
+        },
+        source="command line",
+    )
+
+
+def _stdin_lines(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | None]) -> None:
+    for line in sys.stdin:
+        loop.call_soon_threadsafe(queue.put_nowait, line)
+    loop.call_soon_threadsafe(queue.put_nowait, None)
+
+
+async def _publish(args: argparse.Namespace) -> int:
+    loop = asyncio.get_running_loop()
+    lines: asyncio.Queue[str | None] = asyncio.Queue()
+    threading.Thread(target=_stdin_lines, args=(loop, lines), daemon=True, name="stdin").start()
+    refused = 0
+    number = 0
+    async with GatewayClient(args.to) as client:
+        done = False
+        while not done:
+            batch: list[tuple[int, pb.Envelope]] = []
+            first = await lines.get()
+            pending = [first]
+            while len(pending) < args.batch and not lines.empty():
+                pending.append(lines.get_nowait())
+            for line in pending:
+                if line is None:
+                    done = True
+                    break
+                number += 1
+                if not line.strip():
+                    continue
+                env = pb.Envelope()
+                try:
+                    json_format.Parse(line, env)
+                except json_format.ParseError as exc:
+                    print(
+                        json.dumps(
+                            {"line": number, "outcome": "REJECTED", "field": "json", "reason": str(exc)},
+                            ensure_ascii=False,
+                        ),
+                        flush=True,
+                    )
+                    refused += 1
+                    continue
+                if not env.id:
+                    env.id = uuid7()
+                if not env.HasField("sent_at"):
+                    env.sent_at.GetCurrentTime()
+                batch.append((number, env))
+            if not batch:
+                continue
+            reply = await client.publish([env for _, env in batch])
+            for (line_number, _), result in zip(batch, reply.results, strict=True):
+                row = {"line": line_number, **json_format.MessageToDict(result)}
+                print(json.dumps(row, ensure_ascii=False), flush=True)
+                if result.outcome == gw.PublishResult.REJECTED:
+                    refused += 1
+    return EXIT_REFUSED if refused else 0
+
+
+def _start(args: argparse.Namespace, request: gw.SubscribeRequest) -> None:
+    start = args.start
+    if start == "oldest":
+        request.position = gw.OLDEST
+    elif start == "latest":
+        request.position = gw.LATEST
+    elif start.isdigit():
+        request.offset = int(start)
+    else:
+        request.time.FromDatetime(parse_time(start, "--from"))
+
+
+async def _subscribe(args: argparse.Namespace) -> int:
+    request = gw.SubscribeRequest(filter=_filter(args), durable_name=args.durable or "")
+    if args.start:
+        _start(args, request)
+    elif not args.durable:
+        request.position = gw.LATEST
+    if args.limit is not None and args.limit <= 0:
+        raise CommandError("--limit must be at least 1")
+    printed = 0
+    async with GatewayClient(args.to) as client:
+        call = client.subscribe(request)
+        try:
+            async for batch in call:
+                next_offset = batch.next_offset
+                for delivery in batch.deliveries:
+                    print(_json(delivery), flush=False)
+                    printed += 1
+                    if args.limit is not None and printed >= args.limit:
+                        next_offset = delivery.offset + 1
+                        break
+                sys.stdout.flush()
+                if args.durable and next_offset:
+                    await client.ack(args.durable, next_offset)
+                if args.limit is not None and printed >= args.limit:
+                    return 0
+        finally:
+            call.cancel()
+    return 0
+
+
+async def _query(args: argparse.Namespace) -> int:
+    request = gw.QueryRequest(
+        filter=_filter(args),
+        from_offset=args.from_offset or 0,
+        to_offset=args.to_offset or 0,
+        page_size=args.page_size,
+        newest_first=args.newest_first,
+    )
+    if args.since:
+        request.from_time.FromDatetime(parse_time(args.since, "--since"))
+    if args.until:
+        request.to_time.FromDatetime(parse_time(args.until, "--until"))
+    printed = 0
+    async with GatewayClient(args.to) as client:
+        async for delivery in client.query_all(request):
+            print(_json(delivery))
+            printed += 1
+            if args.limit is not None and printed >= args.limit:
+                break
+    return 0
+
+
+async def _get(args: argparse.Namespace) -> int:
+    async with GatewayClient(args.to) as client:
+        reply = await client.get(args.ids)
+    for delivery in reply.deliveries:
+        print(_json(delivery))
+    for missing in reply.missing:
+        print(f"yiwang get: no envelope with id {missing!r} in the log", file=sys.stderr)
+    return EXIT_REFUSED if reply.missing else 0
+
+
+async def _info(args: argparse.Namespace) -> int:
+    async with GatewayClient(args.to) as client:
+        print(_json(await client.info()))
+    return 0
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    data = args.data or tempfile.mkdtemp(prefix="yiwang-demo-")
+    config = quick_config("410000", args.listen, args.http, data, "henan-province")
+    regions = default_table()
+    async with Node(config) as node, GatewayClient(node.grpc_target) as client:
+        print(
+            f"yiwang demo: node henan-province (410000 河南省) on grpc {node.grpc_target}, "
+            f"http http://127.0.0.1:{node.http_port}/metrics, log in {data}",
+            flush=True,
+        )
+        print(
+            "yiwang demo: publishing a rainstorm day's traffic for Zhengzhou, Luoyang and Xinxiang; Ctrl-C stops",
+            flush=True,
+        )
+
+        async def publisher() -> None:
+            traffic = Traffic()
+            while True:
+                reply = await client.publish(traffic.next_tick())
+                for result in reply.results:
+                    if result.outcome == gw.PublishResult.REJECTED:
+                        print(
+                            f"yiwang demo: refused {result.id}: {result.field}: {result.reason}",
+                            file=sys.stderr,
+                        )
+                await asyncio.sleep(args.interval)
+
+        async def subscriber() -> None:
+            call = client.subscribe(gw.SubscribeRequest(position=gw.OLDEST))
+            async for batch in call:
+                for d in batch.deliveries:
+                    when = (
+                        dt.datetime.fromtimestamp(d.envelope.sent_at.seconds, tz=dt.UTC)
+                        .astimezone()
+                        .strftime("%H:%M:%S")
+                    )
+                    print(
+                        f"#{d.offset:<6} {when} {describe(d.envelope, regions.name(d.envelope.region))}",
+                        flush=True,
+                    )
+
+        async with asyncio.TaskGroup() as group:
+            pub = group.create_task(publisher(), name="demo-publisher")
+            sub = group.create_task(subscriber(), name="demo-subscriber")
+            if args.duration:
+                await asyncio.sleep(args.duration)
+                pub.cancel()
+                await asyncio.sleep(0.5)
+                sub.cancel()
+    return 0
+
+
+# -- parser -----------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="yiwang", description="yiwang (一网): the emergency information gateway")
+    parser.add_argument("--version", action="version", version=f"yiwang {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="log lines (on stderr) at this level and above",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "gateway",
+        parents=[common],
+        help="run a gateway node",
+        description="Run a gateway node until SIGINT/SIGTERM.",
+    )
+    p.add_argument("--config", metavar="FILE", help="the node's TOML configuration")
+    p.add_argument("--region", metavar="CODE", help="quick node: its GB/T 2260 region code (level follows)")
+    p.add_argument("--listen", metavar="HOST:PORT", help="quick node: gRPC address (default 127.0.0.1:7400)")
+    p.add_argument("--http", metavar="HOST:PORT", help="quick node: /healthz and /metrics (default 127.0.0.1:7480)")
+    p.add_argument("--data", metavar="DIR", help="quick node: data directory (default ./yiwang-data)")
+    p.add_argument("--node-id", metavar="ID", help="quick node: its id (default node-REGION)")
+    p.set_defaults(run=cmd_gateway)
+
+    p = sub.add_parser(
+        "publish",
+        parents=[common],
+        help="publish JSON-line envelopes from stdin",
+        description="Reads envelopes as JSON lines (the protobuf JSON mapping of Envelope) on stdin "
+        "and prints one result line per envelope. A missing id gets a UUIDv7, a missing sent_at the "
+        "current time. Exits 1 if any envelope was refused.",
+    )
+    p.add_argument("--to", required=True, metavar="HOST:PORT", help="the node's gRPC address")
+    p.add_argument("--batch", type=int, default=500, help="most envelopes per request (default 500)")
+    p.set_defaults(run=lambda a: asyncio.run(_publish(a)))
+
+    p = sub.add_parser(
+        "subscribe",
+        parents=[common],
+        help="print envelopes as they arrive",
+        description="Prints deliveries (offset, envelope, appendedAt) as JSON lines, replaying from "
+        "--from and then following the live log.",
+    )
+    p.add_argument("--to", required=True, metavar="HOST:PORT")
+    _add_filter_args(p)
+    p.add_argument(
+        "--from",
+        dest="start",
+        metavar="oldest|latest|OFFSET|TIME",
+        help="where to start (default latest; a durable subscription resumes where it was)",
+    )
+    p.add_argument("--durable", metavar="NAME", help="a named subscription whose position the node remembers")
+    p.add_argument("--limit", type=int, metavar="N", help="exit after N envelopes")
+    p.set_defaults(run=lambda a: asyncio.run(_subscribe(a)))
+
+    p = sub.add_parser(
+        "query",
+        parents=[common],
+        help="print history by filter",
+        description="Prints the log's history that matches the filter, as JSON lines, page by page.",
+    )
+    p.add_argument("--to", required=True, metavar="HOST:PORT")
+    _add_filter_args(p)
+    p.add_argument("--from-offset", type=int, metavar="OFFSET", help="first offset (inclusive)")
+    p.add_argument("--to-offset", type=int, metavar="OFFSET", help="last offset (exclusive)")
+    p.add_argument("--since", metavar="TIME", help="appended at or after this ISO 8601 time")
+    p.add_argument("--until", metavar="TIME", help="appended before this ISO 8601 time")
+    p.add_argument("--newest-first", action="store_true", help="newest first")
+    p.add_argument("--page-size", type=int, default=500, help="envelopes per request (default 500)")
+    p.add_argument("--limit", type=int, metavar="N", help="stop after N envelopes")
+    p.set_defaults(run=lambda a: asyncio.run(_query(a)))
+
+    p = sub.add_parser(
+        "get",
+        parents=[common],
+        help="print envelopes by id",
+        description="Prints the deliveries of the given ids.",
+    )
+    p.add_argument("--to", required=True, metavar="HOST:PORT")
+    p.add_argument("ids", nargs="+", metavar="ID")
+    p.set_defaults(run=lambda a: asyncio.run(_get(a)))
+
+    p = sub.add_parser("info", parents=[common], help="print what a node is and how far its log reaches")
+    p.add_argument("--to", required=True, metavar="HOST:PORT")
+    p.set_defaults(run=lambda a: asyncio.run(_info(a)))
+
+    p = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="run a node with realistic Henan traffic and show it",
+        description="Starts a province node, publishes a rainstorm day's traffic and prints what a "
+        "subscriber receives. Runs until Ctrl-C or --duration.",
+    )
+    p.add_argument("--duration", type=float, default=0, metavar="S", help="stop after S seconds (default: run on)")
+    p.add_argument("--interval", type=float, default=1.0, metavar="S", help="seconds between traffic ticks")
+    p.add_argument("--data", metavar="DIR", help="data directory (default: a new temporary one)")
+    p.add_argument("--listen", metavar="HOST:PORT", default="127.0.0.1:7400")
+    p.add_argument("--http", metavar="HOST:PORT", default="127.0.0.1:7480")
+    p.set_defaults(run=lambda a: asyncio.run(_demo(a)))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    prog = f"yiwang {args.command}"
+    if args.command != "gateway":
+        logsetup.configure(args.log_level)
+    try:
+        code: int = args.run(args)
+    except CommandError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return exc.code
+    except (ConfigError, YiwangError) as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except grpc.aio.AioRpcError as exc:
+        target = getattr(args, "to", "")
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            print(f"{prog}: cannot reach the node at {target} ({exc.details()})", file=sys.stderr)
+        else:
+            print(f"{prog}: the node refused the request: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    with contextlib.suppress(BrokenPipeError):
+        sys.stdout.flush()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

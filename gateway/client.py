@@ -1,0 +1,102 @@
+"""A typed asyncio client of the gateway service, used by the CLI, the tests and the benchmarks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from types import TracebackType
+from typing import Any
+
+import grpc
+from yiwang.v1 import envelope_pb2 as pb
+from yiwang.v1 import gateway_pb2 as gw
+
+_PREFIX = "/yiwang.v1.Gateway/"
+MAX_MESSAGE_BYTES = 64 << 20
+
+
+class GatewayClient:
+    """``async with GatewayClient("127.0.0.1:7400") as client: ...``"""
+
+    def __init__(self, target: str, *, channel: grpc.aio.Channel | None = None) -> None:
+        self.target = target
+        self.channel = channel or grpc.aio.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        c = self.channel
+        self._publish = c.unary_unary(
+            _PREFIX + "Publish", gw.PublishRequest.SerializeToString, gw.PublishReply.FromString
+        )
+        self._publish_stream = c.stream_stream(
+            _PREFIX + "PublishStream", gw.PublishRequest.SerializeToString, gw.PublishReply.FromString
+        )
+        self._subscribe = c.unary_stream(
+            _PREFIX + "Subscribe", gw.SubscribeRequest.SerializeToString, gw.DeliveryBatch.FromString
+        )
+        self._ack = c.unary_unary(_PREFIX + "Ack", gw.AckRequest.SerializeToString, gw.AckReply.FromString)
+        self._query = c.unary_unary(_PREFIX + "Query", gw.QueryRequest.SerializeToString, gw.QueryReply.FromString)
+        self._get = c.unary_unary(_PREFIX + "Get", gw.GetRequest.SerializeToString, gw.GetReply.FromString)
+        self._info = c.unary_unary(_PREFIX + "Info", gw.InfoRequest.SerializeToString, gw.NodeInfo.FromString)
+
+    async def __aenter__(self) -> GatewayClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def wait_ready(self, timeout: float = 10.0) -> None:
+        """Waits until the channel is connected (raises TimeoutError otherwise)."""
+        await asyncio.wait_for(self.channel.channel_ready(), timeout)
+
+    async def publish(self, envelopes: Sequence[pb.Envelope], *, timeout: float | None = 30.0) -> gw.PublishReply:
+        reply: gw.PublishReply = await self._publish(gw.PublishRequest(envelopes=envelopes), timeout=timeout)
+        return reply
+
+    def publish_stream(self, requests: AsyncIterator[gw.PublishRequest]) -> AsyncIterator[gw.PublishReply]:
+        """Sends batches as they come; yields one reply per batch, in order, once it is durable."""
+        call: Any = self._publish_stream(requests)
+        return call.__aiter__()  # type: ignore[no-any-return]
+
+    def subscribe(
+        self, request: gw.SubscribeRequest
+    ) -> grpc.aio.UnaryStreamCall[gw.SubscribeRequest, gw.DeliveryBatch]:
+        """A stream of delivery batches; cancel the call (or leave its ``async for``) to stop."""
+        call: grpc.aio.UnaryStreamCall[gw.SubscribeRequest, gw.DeliveryBatch] = self._subscribe(request)  # type: ignore[assignment]
+        return call
+
+    async def ack(self, durable_name: str, next_offset: int) -> int:
+        reply: gw.AckReply = await self._ack(gw.AckRequest(durable_name=durable_name, next_offset=next_offset))
+        return reply.next_offset
+
+    async def query(self, request: gw.QueryRequest) -> gw.QueryReply:
+        reply: gw.QueryReply = await self._query(request)
+        return reply
+
+    async def query_all(self, request: gw.QueryRequest) -> AsyncIterator[gw.Delivery]:
+        """Every delivery of a query, following page tokens."""
+        page = gw.QueryRequest()
+        page.CopyFrom(request)
+        while True:
+            reply = await self.query(page)
+            for delivery in reply.deliveries:
+                yield delivery
+            if not reply.next_page_token:
+                return
+            page.page_token = reply.next_page_token
+
+    async def get(self, ids: Sequence[str]) -> gw.GetReply:
+        reply: gw.GetReply = await self._get(gw.GetRequest(ids=ids))
+        return reply
+
+    async def info(self) -> gw.NodeInfo:
+        reply: gw.NodeInfo = await self._info(gw.InfoRequest())
+        return reply

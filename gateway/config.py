@@ -1,0 +1,203 @@
+"""Node configuration: one TOML file, filled strictly into frozen dataclasses at start.
+
+Unknown keys, wrong types and impossible values are errors that name the key and the file, so a
+mistyped setting never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import ConfigError
+from gateway.regions import Level, default_table, is_well_formed, level_of
+from gateway.validation import AGENCIES, AGENCY_CODE
+
+_NODE_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+_SIZE = re.compile(r"(\d+)\s*(B|KiB|MiB|GiB|TiB)?")
+_UNITS = {None: 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+
+
+@dataclass(frozen=True)
+class NodeSection:
+    id: str
+    region: str
+    level: str = ""  # derived from the region code when empty
+
+
+@dataclass(frozen=True)
+class ListenSection:
+    grpc: str = "127.0.0.1:7400"
+    http: str = "127.0.0.1:7480"
+
+
+@dataclass(frozen=True)
+class LogSection:
+    data_dir: str = "data"
+    fsync: bool = True  # fsync every group commit (power-loss safe); false: safe against process crashes only
+    retention_hours: float = 168.0  # 0 keeps everything
+    retention_bytes: int | str = 0  # e.g. "20GiB"; 0 means no size limit
+    cache_bytes: int | str = "64MiB"
+
+
+@dataclass(frozen=True)
+class LimitsSection:
+    max_envelope_bytes: int = 1 << 20
+    max_batch_envelopes: int = 10_000
+    max_clock_skew_s: float = 600.0
+    max_message_bytes: int | str = "64MiB"
+    admission_workers: int = -1  # processes that validate large publish requests; -1: one per spare core
+
+
+@dataclass(frozen=True)
+class AgenciesSection:
+    extra: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node: NodeSection
+    listen: ListenSection = field(default_factory=ListenSection)
+    log: LogSection = field(default_factory=LogSection)
+    limits: LimitsSection = field(default_factory=LimitsSection)
+    agencies: AgenciesSection = field(default_factory=AgenciesSection)
+    source: str = ""
+
+    @property
+    def level(self) -> str:
+        return self.node.level or level_of(self.node.region).value
+
+    @property
+    def data_dir(self) -> Path:
+        path = Path(self.log.data_dir)
+        if not path.is_absolute() and self.source:
+            path = Path(self.source).parent / path
+        return path
+
+    @property
+    def all_agencies(self) -> frozenset[str]:
+        return AGENCIES | frozenset(self.agencies.extra)
+
+
+def parse_size(value: int | str, key: str, source: str) -> int:
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError("must not be negative", key=key, source=source)
+        return value
+    match = _SIZE.fullmatch(value.strip())
+    if not match:
+        raise ConfigError(f"{value!r} is not a size (e.g. 512MiB, 20GiB or a number of bytes)", key=key, source=source)
+    return int(match.group(1)) * _UNITS[match.group(2)]
+
+
+def parse_address(value: str, key: str, source: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{value!r} is not HOST:PORT", key=key, source=source)
+    return host.strip("[]"), int(port)
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in typing.get_args(hint))
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _fill(cls: type[Any], table: Any, prefix: str, source: str) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError("must be a table", key=prefix, source=source)
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        path = f"{prefix}.{key}" if prefix else key
+        if key not in known:
+            raise ConfigError(f"unknown key (known here: {', '.join(sorted(known))})", key=path, source=source)
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            values[key] = _fill(hint, value, path, source)  # type: ignore[arg-type]
+        elif not _type_ok(value, hint):
+            raise ConfigError(
+                f"expected {getattr(hint, '__name__', hint)}, got {type(value).__name__}",
+                key=path,
+                source=source,
+            )
+        else:
+            values[key] = value
+    for name, f in known.items():
+        if name not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError("required", key=f"{prefix}.{name}" if prefix else name, source=source)
+    return cls(**values)
+
+
+def check(config: NodeConfig) -> NodeConfig:
+    """Checks the values that types alone cannot; returns the config unchanged."""
+    src = config.source
+    node = config.node
+    if not _NODE_ID.fullmatch(node.id):
+        raise ConfigError("must be lower-case letters, digits, '.', '_' or '-' (up to 63)", key="node.id", source=src)
+    if not is_well_formed(node.region) or node.region not in default_table():
+        raise ConfigError(f"{node.region!r} is not a known GB/T 2260 region code", key="node.region", source=src)
+    if node.level:
+        if node.level not in {lv.value for lv in Level}:
+            raise ConfigError("must be province, city or county", key="node.level", source=src)
+        if node.level != level_of(node.region).value:
+            raise ConfigError(
+                f"{node.level} does not match region {node.region}, which is a {level_of(node.region).value}",
+                key="node.level",
+                source=src,
+            )
+    parse_address(config.listen.grpc, "listen.grpc", src)
+    parse_address(config.listen.http, "listen.http", src)
+    if config.log.retention_hours < 0:
+        raise ConfigError("must not be negative", key="log.retention_hours", source=src)
+    parse_size(config.log.retention_bytes, "log.retention_bytes", src)
+    parse_size(config.log.cache_bytes, "log.cache_bytes", src)
+    parse_size(config.limits.max_message_bytes, "limits.max_message_bytes", src)
+    if config.limits.max_envelope_bytes < 1024:
+        raise ConfigError("must be at least 1024", key="limits.max_envelope_bytes", source=src)
+    if config.limits.admission_workers < -1:
+        raise ConfigError(
+            "must be -1 (automatic), 0 (inline) or a number of processes",
+            key="limits.admission_workers",
+            source=src,
+        )
+    if config.limits.max_batch_envelopes < 1:
+        raise ConfigError("must be at least 1", key="limits.max_batch_envelopes", source=src)
+    for i, code in enumerate(config.agencies.extra):
+        if not AGENCY_CODE.fullmatch(code):
+            raise ConfigError(f"{code!r} is not an agency code (a-z, 0-9, _)", key=f"agencies.extra[{i}]", source=src)
+    return config
+
+
+def from_dict(table: dict[str, Any], source: str = "") -> NodeConfig:
+    config: NodeConfig = _fill(NodeConfig, table, "", source)
+    return check(dataclasses.replace(config, source=source))
+
+
+def load(path: Path) -> NodeConfig:
+    """Reads and checks a node's TOML configuration file."""
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", source=source) from exc
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", source=source) from exc
+    return from_dict(table, source)

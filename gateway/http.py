@@ -1,0 +1,61 @@
+"""The node's HTTP side port: ``/healthz`` for load balancers and people, ``/metrics`` for Prometheus."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from gateway.node import Node
+
+NODE_KEY: web.AppKey[Node] = web.AppKey("node")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    log_ = node.log
+    healthy = log_ is not None and not log_.closed and getattr(log_, "_writer_failure", None) is None
+    body = {
+        "status": "ok" if healthy else "failing",
+        "node": node.config.node.id,
+        "level": node.config.level,
+        "region": node.config.node.region,
+        "log": {
+            "ok": healthy,
+            "oldest_offset": log_.oldest_offset if log_ else 0,
+            "next_offset": log_.next_offset if log_ else 0,
+        },
+    }
+    return web.json_response(body, status=200 if healthy else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    return web.Response(body=node.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+class HttpSide:
+    def __init__(self, node: Node) -> None:
+        self.app = web.Application()
+        self.app[NODE_KEY] = node
+        self.app.router.add_get("/healthz", healthz)
+        self.app.router.add_get("/metrics", metrics)
+        self._runner: web.AppRunner | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        """Listens; returns the bound port (useful with port 0)."""
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        server = site._server  # aiohttp exposes the bound sockets only here
+        assert server is not None
+        sockets = getattr(server, "sockets", ())
+        return int(sockets[0].getsockname()[1]) if sockets else port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

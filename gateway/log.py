@@ -1,0 +1,162 @@
+"""The durable log: the node's single source of truth, behind a small interface.
+
+Every delivery, replay and query reads from the log, and nothing is delivered that was not durably
+appended first. The embedded backend is ``gateway.sqlite_log.SqliteLog``; a replicated backend can
+take its place by implementing ``Log``.
+"""
+
+from __future__ import annotations
+
+import abc
+import sys
+from array import array
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class AppendBatch:
+    """Validated envelopes to append, as parallel lists: ids, encodings as received, selection records.
+
+    Parallel lists rather than an object per envelope: this is the hot path, and per-envelope objects
+    cost more than the rest of the append.
+    """
+
+    ids: list[str] = field(default_factory=list)
+    envelopes: list[bytes] = field(default_factory=list)
+    records: list[bytes] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add(self, envelope_id: str, envelope: bytes, record: bytes) -> None:
+        self.ids.append(envelope_id)
+        self.envelopes.append(envelope)
+        self.records.append(record)
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """Where each envelope of a batch is in the log; ``duplicates`` holds the indexes of those that were
+    there before this append (their offset is where they were stored then)."""
+
+    offsets: list[int]
+    duplicates: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBatch:
+    """Consecutive log entries, each kept as an encoded ``Delivery`` with its selection record."""
+
+    first_offset: int
+    appended_ns: int
+    records: bytes
+    ends: array[int]
+    data: bytes
+    ids: tuple[str, ...] = field(default=())
+
+    @property
+    def count(self) -> int:
+        return len(self.ends)
+
+    @property
+    def next_offset(self) -> int:
+        return self.first_offset + len(self.ends)
+
+    @property
+    def size(self) -> int:
+        return len(self.data) + len(self.records) + 8 * len(self.ends)
+
+    def span(self, index: int) -> tuple[int, int]:
+        return (self.ends[index - 1] if index else 0), self.ends[index]
+
+    def entry(self, index: int) -> bytes:
+        start, end = self.span(index)
+        return self.data[start:end]
+
+    def entries(self, start: int, stop: int, indexes: list[int] | None = None) -> bytes:
+        """The encoded Delivery entries ``start <= i < stop`` (only those in ``indexes`` if given)."""
+        if indexes is None:
+            begin = self.ends[start - 1] if start else 0
+            return self.data[begin : self.ends[stop - 1]] if stop > start else b""
+        data, ends = self.data, self.ends
+        return b"".join(data[(ends[i - 1] if i else 0) : ends[i]] for i in indexes if start <= i < stop)
+
+
+def ends_to_bytes(ends: array[int]) -> bytes:
+    if sys.byteorder == "big":
+        ends = array("Q", ends)
+        ends.byteswap()
+    return ends.tobytes()
+
+
+def ends_from_bytes(raw: bytes) -> array[int]:
+    ends = array("Q")
+    ends.frombytes(raw)
+    if sys.byteorder == "big":
+        ends.byteswap()
+    return ends
+
+
+@dataclass(frozen=True, slots=True)
+class LogStats:
+    oldest_offset: int
+    next_offset: int
+    batches: int
+    bytes: int
+
+
+class Log(abc.ABC):
+    """What the node needs of a durable log."""
+
+    @property
+    @abc.abstractmethod
+    def next_offset(self) -> int:
+        """The offset the next appended envelope will get; everything below it is durable."""
+
+    @property
+    @abc.abstractmethod
+    def oldest_offset(self) -> int:
+        """The oldest offset still retained (equal to next_offset when the log is empty)."""
+
+    async def append(self, batch: AppendBatch) -> AppendResult:
+        """Appends durably (idempotent by id) and returns one result per item, in order."""
+        return await self.append_nowait(batch)
+
+    @abc.abstractmethod
+    def append_nowait(self, batch: AppendBatch) -> Awaitable[AppendResult]:
+        """Queues an append now (appends are applied in call order); await the result for durability."""
+
+    @abc.abstractmethod
+    async def read(self, from_offset: int, max_entries: int) -> list[StoredBatch]:
+        """Batches holding offsets from ``from_offset`` on (the first may start before it)."""
+
+    @abc.abstractmethod
+    async def wait_beyond(self, offset: int, timeout: float | None = None) -> None:
+        """Returns once ``next_offset > offset``, the timeout passes, or the log closes."""
+
+    @abc.abstractmethod
+    async def find(self, ids: list[str]) -> dict[str, tuple[StoredBatch, int]]:
+        """The batch and index of each id that is in the log."""
+
+    @abc.abstractmethod
+    async def offset_at(self, ns: int) -> int:
+        """The first offset appended at or after ``ns`` (Unix nanoseconds), or next_offset."""
+
+    @abc.abstractmethod
+    async def load_position(self, name: str) -> int | None:
+        """The remembered position of a durable subscription, or None if it is new."""
+
+    @abc.abstractmethod
+    async def save_position(self, name: str, next_offset: int) -> int:
+        """Remembers a durable subscription's position (never moving it backwards); returns it."""
+
+    @abc.abstractmethod
+    def stats(self) -> LogStats: ...
+
+    @property
+    @abc.abstractmethod
+    def closed(self) -> bool: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...

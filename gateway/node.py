@@ -1,0 +1,169 @@
+"""One gateway node: its log, its gRPC services, its HTTP side port, started and stopped together."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from concurrent.futures import ProcessPoolExecutor
+from types import TracebackType
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from yiwang.v1 import gateway_pb2 as gw
+
+from gateway.admission import start_pool, worker_ready
+from gateway.config import NodeConfig, parse_address, parse_size
+from gateway.http import HttpSide
+from gateway.metrics import NodeMetrics
+from gateway.regions import default_table
+from gateway.service import SERVICE, GatewayService, ServiceLimits
+from gateway.sqlite_log import Retention, SqliteLog
+from gateway.validation import Limits, Validator
+
+log = structlog.get_logger("yiwang.node")
+
+
+class Node:
+    """``async with Node(config) as node:`` runs a node until the block ends."""
+
+    def __init__(self, config: NodeConfig, *, grace_s: float = 2.0) -> None:
+        self.config = config
+        self.grace_s = grace_s
+        self.metrics = NodeMetrics()
+        self.log: SqliteLog | None = None
+        self.service: GatewayService | None = None
+        self.server: grpc.aio.Server | None = None
+        self.health = health.aio.HealthServicer()
+        self.http: HttpSide | None = None
+        self.grpc_port = 0
+        self.http_port = 0
+        self.pool: ProcessPoolExecutor | None = None
+
+    @property
+    def grpc_target(self) -> str:
+        host, _ = parse_address(self.config.listen.grpc, "listen.grpc", self.config.source)
+        return f"{host}:{self.grpc_port}"
+
+    async def start(self) -> None:
+        cfg = self.config
+        src = cfg.source
+        retention = Retention(
+            max_age_s=cfg.log.retention_hours * 3600.0,
+            max_bytes=parse_size(cfg.log.retention_bytes, "log.retention_bytes", src),
+        )
+        self.log = await SqliteLog.open(
+            cfg.data_dir / "log.sqlite",
+            node_id=cfg.node.id,
+            fsync=cfg.log.fsync,
+            retention=retention,
+            cache_bytes=parse_size(cfg.log.cache_bytes, "log.cache_bytes", src),
+        )
+        self.log.on_commit = lambda _entries, batches: self.metrics.commits.inc(batches)
+        validator = Validator(
+            default_table(),
+            agencies=cfg.all_agencies,
+            limits=Limits(
+                max_envelope_bytes=cfg.limits.max_envelope_bytes, max_clock_skew_s=cfg.limits.max_clock_skew_s
+            ),
+        )
+        workers = cfg.limits.admission_workers
+        if workers < 0:
+            workers = max(0, min(4, (os.cpu_count() or 1) - 1))
+        if workers:
+            self.pool = start_pool(workers, validator, cfg.limits.max_batch_envelopes)
+            loop = asyncio.get_running_loop()
+            await asyncio.gather(*(loop.run_in_executor(self.pool, worker_ready) for _ in range(workers)))
+        self.service = GatewayService(
+            self.log,
+            validator,
+            self.metrics,
+            node_id=cfg.node.id,
+            level=cfg.level,
+            region=cfg.node.region,
+            limits=ServiceLimits(max_batch_envelopes=cfg.limits.max_batch_envelopes),
+            pool=self.pool,
+        )
+        self.metrics.watch(self.log.stats, self.service.lags)
+        max_message = parse_size(cfg.limits.max_message_bytes, "limits.max_message_bytes", src)
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", max_message),
+                ("grpc.max_send_message_length", max_message),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        self.server.add_generic_rpc_handlers((self.service.handler(),))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        host, port = parse_address(cfg.listen.grpc, "listen.grpc", src)
+        self.grpc_port = self.server.add_insecure_port(f"{host}:{port}")
+        if self.grpc_port == 0:
+            raise OSError(f"cannot listen on {cfg.listen.grpc} (listen.grpc)")
+        await self.server.start()
+        http_host, http_port = parse_address(cfg.listen.http, "listen.http", src)
+        self.http = HttpSide(self)
+        self.http_port = await self.http.start(http_host, http_port)
+        for name in ("", SERVICE):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "node_started",
+            node=cfg.node.id,
+            node_level=cfg.level,
+            region=cfg.node.region,
+            grpc=f"{host}:{self.grpc_port}",
+            http=f"{http_host}:{self.http_port}",
+            data_dir=str(cfg.data_dir),
+        )
+
+    async def stop(self) -> None:
+        for name in ("", SERVICE):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.service is not None:
+            self.service.close_subscriptions()
+        if self.server is not None:
+            await self.server.stop(self.grace_s)
+        if self.http is not None:
+            await self.http.stop()
+        if self.pool is not None:
+            await asyncio.to_thread(self.pool.shutdown, wait=True, cancel_futures=True)
+            self.pool = None
+        if self.log is not None:
+            await self.log.close()
+        log.info("node_stopped", node=self.config.node.id)
+
+    async def __aenter__(self) -> Node:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    def info(self) -> gw.NodeInfo:
+        assert self.log is not None
+        return gw.NodeInfo(
+            node=self.config.node.id,
+            level=self.config.level,
+            region=self.config.node.region,
+            oldest_offset=self.log.oldest_offset,
+            next_offset=self.log.next_offset,
+        )
+
+
+async def run_until_signalled(config: NodeConfig) -> None:
+    """Runs a node until SIGINT or SIGTERM, then stops it gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with Node(config):
+        await stop.wait()
+        log.info("node_stopping", reason="signal")

@@ -1,0 +1,480 @@
+"""The ``yiwang.v1.Gateway`` gRPC service: publish into the log, subscribe to it, query it.
+
+Replies that carry envelopes (Subscribe, Query, Get) are assembled from the log's stored bytes
+(see ``gateway.wire``) and handed to gRPC already encoded; the handlers are registered with
+explicit serializers for that reason instead of through the generated servicer base class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import itertools
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+from yiwang.v1 import gateway_pb2 as gw
+
+from gateway import __version__
+from gateway.admission import Admission, Admitted, admit_in_worker
+from gateway.errors import InvalidRequestError, YiwangError
+from gateway.log import AppendBatch, AppendResult, Log, StoredBatch
+from gateway.metrics import NodeMetrics
+from gateway.regions import RegionTable
+from gateway.selection import Selector
+from gateway.validation import Validator
+from gateway.wire import TAG_MISSING, TAG_PAGE_TOKEN, length_delimited, next_offset_field
+
+log = structlog.get_logger("yiwang.service")
+
+SERVICE = "yiwang.v1.Gateway"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}")
+_ACCEPTED = gw.PublishResult.ACCEPTED
+_DUPLICATE = gw.PublishResult.DUPLICATE
+_REJECTED = gw.PublishResult.REJECTED
+_INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceLimits:
+    max_batch_envelopes: int = 10_000
+    default_delivery_batch: int = 2_000
+    max_delivery_batch: int = 20_000
+    max_reply_bytes: int = 3 << 20  # below gRPC's default 4 MiB receive limit of other clients
+    default_page_size: int = 100
+    max_page_size: int = 10_000
+    publish_stream_depth: int = 8  # batches of one stream in flight before the node stops reading
+    pool_min_request_bytes: int = 16 << 10  # smaller requests are admitted inline
+    progress_interval_s: float = 1.0
+
+
+@dataclass(eq=False)
+class _Subscription:
+    label: str
+    position: int
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class GatewayService:
+    """The service's behaviour, independent of how it is registered with a server."""
+
+    def __init__(
+        self,
+        log_: Log,
+        validator: Validator,
+        metrics: NodeMetrics,
+        *,
+        node_id: str,
+        level: str,
+        region: str,
+        limits: ServiceLimits | None = None,
+        pool: ProcessPoolExecutor | None = None,
+    ) -> None:
+        self.log = log_
+        self.pool = pool
+        self.validator = validator
+        self.regions: RegionTable = validator.regions
+        self.metrics = metrics
+        self.node_id = node_id
+        self.level = level
+        self.region = region
+        self.limits = limits or ServiceLimits()
+        self.admission = Admission(validator, self.limits.max_batch_envelopes)
+        self._subscriptions: set[_Subscription] = set()
+        self._durable: dict[str, _Subscription] = {}
+        self._anonymous = itertools.count(1)
+
+    def lags(self) -> dict[str, int]:
+        head = self.log.next_offset
+        return {s.label: max(head - s.position, 0) for s in self._subscriptions}
+
+    # -- publish --------------------------------------------------------------------------------
+
+    async def admit(self, raw: bytes) -> Admitted:
+        """Parses and validates an encoded PublishRequest, in the worker pool when it is large."""
+        now = time.time()
+        if self.pool is not None and len(raw) >= self.limits.pool_min_request_bytes:
+            loop = asyncio.get_running_loop()
+            admitted: Admitted = await loop.run_in_executor(self.pool, admit_in_worker, raw, now)
+        else:
+            admitted = self.admission.admit(raw, now)
+        for _, envelope_id, field_path, reason in admitted.rejections:
+            self.metrics.rejected.labels(reason=field_path.split("[", 1)[0]).inc()
+            log.info("envelope_rejected", id=envelope_id, field=field_path, reason=reason)
+        return admitted
+
+    def append(self, admitted: Admitted) -> Awaitable[AppendResult]:
+        """Queues the admitted envelopes for the log, in call order; the result comes after the commit."""
+        return self.log.append_nowait(AppendBatch(admitted.ids, admitted.envelopes, admitted.records))
+
+    def reply(self, admitted: Admitted, appended: AppendResult) -> gw.PublishReply:
+        """One result per envelope of the request, in its order."""
+        reply = gw.PublishReply(batch_id=admitted.batch_id)
+        results = reply.results
+        offsets, duplicates = appended.offsets, appended.duplicates
+        if not admitted.rejections and not duplicates:
+            for envelope_id, offset in zip(admitted.ids, offsets, strict=True):
+                results.add(id=envelope_id, outcome=_ACCEPTED, offset=offset)
+        else:
+            rejections = {index: rest for index, *rest in admitted.rejections}
+            position = 0
+            for index in range(admitted.total):
+                rejected = rejections.get(index)
+                if rejected is not None:
+                    envelope_id, field_path, reason = rejected
+                    results.add(
+                        id=envelope_id,
+                        outcome=_REJECTED,
+                        code=_INVALID_ARGUMENT,
+                        field=field_path,
+                        reason=reason,
+                    )
+                    continue
+                outcome = _DUPLICATE if position in duplicates else _ACCEPTED
+                results.add(id=admitted.ids[position], outcome=outcome, offset=offsets[position])
+                position += 1
+        if duplicates:
+            self.metrics.duplicates.inc(len(duplicates))
+        if len(admitted.ids) - len(duplicates):
+            self.metrics.published.inc(len(admitted.ids) - len(duplicates))
+        return reply
+
+    async def publish_batch(self, raw: bytes) -> gw.PublishReply:
+        admitted = await self.admit(raw)
+        return self.reply(admitted, await self.append(admitted))
+
+    async def publish(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> gw.PublishReply:
+        return await self._guard(context, self.publish_batch(request))
+
+    async def publish_stream(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[gw.PublishReply]:
+        """Pipelines up to ``publish_stream_depth`` requests: admission runs concurrently, appends are
+        queued in request order (so the log keeps the stream's order), replies leave in that order."""
+        depth = self.limits.publish_stream_depth
+        admitting: asyncio.Queue[asyncio.Task[Admitted] | None] = asyncio.Queue(depth)
+        appending: asyncio.Queue[tuple[Admitted, Awaitable[AppendResult]] | BaseException | None] = asyncio.Queue(depth)
+
+        async def read() -> None:
+            try:
+                async for raw in requests:
+                    await admitting.put(asyncio.create_task(self.admit(raw)))
+            finally:
+                await admitting.put(None)
+
+        async def queue_appends() -> None:
+            try:
+                while (task := await admitting.get()) is not None:
+                    try:
+                        admitted = await task
+                    except YiwangError as exc:
+                        await appending.put(exc)
+                        return
+                    await appending.put((admitted, self.append(admitted)))
+            finally:
+                await appending.put(None)
+
+        reader = asyncio.create_task(read(), name="publish-stream-read")
+        appender = asyncio.create_task(queue_appends(), name="publish-stream-append")
+        try:
+            while (item := await appending.get()) is not None:
+                if isinstance(item, BaseException):
+                    code = item.grpc_code if isinstance(item, YiwangError) else grpc.StatusCode.INTERNAL
+                    await context.abort(code, str(item))
+                admitted, appended = item
+                try:
+                    yield self.reply(admitted, await appended)
+                except YiwangError as exc:
+                    await context.abort(exc.grpc_code, str(exc))
+            await reader
+        finally:
+            reader.cancel()
+            appender.cancel()
+            while not admitting.empty():
+                leftover = admitting.get_nowait()
+                if leftover is not None:
+                    leftover.cancel()
+
+    # -- subscribe ------------------------------------------------------------------------------
+
+    async def _start_position(self, request: gw.SubscribeRequest) -> int:
+        which = request.WhichOneof("start")
+        if which == "offset":
+            return max(request.offset, 1)
+        if which == "time":
+            return await self.log.offset_at(request.time.ToNanoseconds())
+        if which == "position" and request.position == gw.OLDEST:
+            return self.log.oldest_offset
+        if which == "position" and request.position not in gw.StartPosition.values():
+            raise InvalidRequestError("position", f"unknown start position {request.position}")
+        return self.log.next_offset
+
+    def _check_name(self, field: str, name: str) -> None:
+        if not _NAME.fullmatch(name):
+            raise InvalidRequestError(
+                field, f"{name[:40]!r} is not a subscription name (letters, digits, ._:@/-; up to 128)"
+            )
+
+    async def subscribe(
+        self, request: gw.SubscribeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[bytes]:
+        try:
+            selector = Selector.compile(request.filter, self.regions)
+            name = request.durable_name
+            if name:
+                self._check_name("durable_name", name)
+                position = await self.log.load_position(name)
+                if position is None:
+                    position = await self.log.save_position(name, await self._start_position(request))
+            else:
+                position = await self._start_position(request)
+        except YiwangError as exc:
+            await context.abort(exc.grpc_code, str(exc))
+        limit = min(request.max_batch or self.limits.default_delivery_batch, self.limits.max_delivery_batch)
+        sub = _Subscription(label=name or f"anonymous-{next(self._anonymous)}", position=position)
+        if name:
+            previous = self._durable.get(name)
+            if previous is not None:
+                previous.stop.set()
+                log.info("subscription_superseded", subscription=name)
+            self._durable[name] = sub
+        self._subscriptions.add(sub)
+        log.info("subscription_opened", subscription=sub.label, position=position, peer=context.peer())
+        try:
+            async for chunk in self._deliveries(sub, selector, limit):
+                yield chunk
+            if sub.stop.is_set():
+                await context.abort(grpc.StatusCode.ABORTED, f"subscription {name!r} was opened again elsewhere")
+        finally:
+            self._subscriptions.discard(sub)
+            if name and self._durable.get(name) is sub:
+                del self._durable[name]
+            log.info("subscription_closed", subscription=sub.label, position=sub.position)
+
+    async def _deliveries(self, sub: _Subscription, selector: Selector, limit: int) -> AsyncIterator[bytes]:
+        """Reads the log from the subscription's position on: replay, then the live tail, one code path."""
+        log_ = self.log
+        max_bytes = self.limits.max_reply_bytes
+        last_sent = time.monotonic()
+        sent_position = sub.position
+        while not sub.stop.is_set():
+            position = sub.position
+            if position < log_.oldest_offset:
+                self.metrics.subscription_gaps.inc()
+                log.warning("subscription_gap", subscription=sub.label, wanted=position, oldest=log_.oldest_offset)
+                position = sub.position = log_.oldest_offset
+            batches = await log_.read(position, limit)
+            if not batches:
+                waiter = asyncio.ensure_future(log_.wait_beyond(position, self.limits.progress_interval_s))
+                stopper = asyncio.ensure_future(sub.stop.wait())
+                try:
+                    await asyncio.wait((waiter, stopper), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+                    stopper.cancel()
+                if log_.closed:
+                    return
+                if sent_position != sub.position and time.monotonic() - last_sent >= self.limits.progress_interval_s:
+                    yield next_offset_field(sub.position)
+                    sent_position, last_sent = sub.position, time.monotonic()
+                continue
+            parts: list[bytes] = []
+            count = size = 0
+            for batch in batches:
+                start = max(position, batch.first_offset) - batch.first_offset
+                if start >= batch.count:
+                    continue
+                stop = min(batch.count, start + limit - count)
+                stop = self._fit(batch, start, stop, max_bytes - size)
+                indexes = selector.select(batch.records)
+                chunk = batch.entries(start, stop, indexes)
+                parts.append(chunk)
+                size += len(chunk)
+                count += (
+                    (stop - start)
+                    if indexes is None
+                    else bisect.bisect_left(indexes, stop) - bisect.bisect_left(indexes, start)
+                )
+                position = batch.first_offset + stop
+                if count >= limit or stop < batch.count:
+                    break
+            sub.position = position
+            if count:
+                self.metrics.delivered.inc(count)
+                yield b"".join(parts) + next_offset_field(position)
+                sent_position, last_sent = position, time.monotonic()
+            elif time.monotonic() - last_sent >= self.limits.progress_interval_s:
+                yield next_offset_field(position)
+                sent_position, last_sent = position, time.monotonic()
+
+    @staticmethod
+    def _fit(batch: StoredBatch, start: int, stop: int, budget: int) -> int:
+        """The largest stop <= ``stop`` whose entries from ``start`` fit in ``budget`` bytes (at least one)."""
+        base = batch.ends[start - 1] if start else 0
+        if batch.ends[stop - 1] - base <= budget:
+            return stop
+        fitting = bisect.bisect_right(batch.ends, base + budget, lo=start, hi=stop)
+        return max(fitting, start + 1)
+
+    async def ack(self, request: gw.AckRequest, context: grpc.aio.ServicerContext[Any, Any]) -> gw.AckReply:
+        async def run() -> gw.AckReply:
+            self._check_name("durable_name", request.durable_name)
+            if request.next_offset < 1:
+                raise InvalidRequestError("next_offset", "must be at least 1")
+            position = await self.log.save_position(request.durable_name, request.next_offset)
+            return gw.AckReply(next_offset=position)
+
+        return await self._guard(context, run())
+
+    # -- query ----------------------------------------------------------------------------------
+
+    async def query_bytes(self, request: gw.QueryRequest) -> bytes:
+        selector = Selector.compile(request.filter, self.regions)
+        lo = max(request.from_offset, self.log.oldest_offset, 1)
+        hi = min(request.to_offset or self.log.next_offset, self.log.next_offset)
+        if request.HasField("from_time"):
+            lo = max(lo, await self.log.offset_at(request.from_time.ToNanoseconds()))
+        if request.HasField("to_time"):
+            hi = min(hi, await self.log.offset_at(request.to_time.ToNanoseconds()))
+        if request.page_token:
+            if not request.page_token.isdigit():
+                raise InvalidRequestError("page_token", "not a token this node issued")
+            token = int(request.page_token)
+            if request.newest_first:
+                hi = min(hi, token)
+            else:
+                lo = max(lo, token)
+        page = min(request.page_size or self.limits.default_page_size, self.limits.max_page_size)
+        if request.newest_first:
+            parts, next_token = await self._page_backward(selector, lo, hi, page)
+        else:
+            parts, next_token = await self._page_forward(selector, lo, hi, page)
+        out = b"".join(parts)
+        if next_token:
+            out += length_delimited(TAG_PAGE_TOKEN, str(next_token).encode())
+        return out
+
+    async def _page_forward(self, selector: Selector, lo: int, hi: int, page: int) -> tuple[list[bytes], int]:
+        parts: list[bytes] = []
+        found = size = 0
+        position = lo
+        while position < hi and found < page:
+            batches = await self.log.read(position, max(page, 512))
+            if not batches:
+                break
+            for batch in batches:
+                indexes = selector.select(batch.records)
+                candidates = range(batch.count) if indexes is None else indexes
+                for i in candidates:
+                    offset = batch.first_offset + i
+                    if offset < position or offset >= hi:
+                        continue
+                    entry = batch.entry(i)
+                    if found >= page or (found and size + len(entry) > self.limits.max_reply_bytes):
+                        return parts, offset
+                    parts.append(entry)
+                    found += 1
+                    size += len(entry)
+                position = max(position, batch.next_offset)
+                if position >= hi:
+                    break
+        return parts, (position if position < hi else 0)
+
+    async def _page_backward(self, selector: Selector, lo: int, hi: int, page: int) -> tuple[list[bytes], int]:
+        parts: list[bytes] = []
+        found = size = 0
+        upper = hi
+        step = max(page, 512)
+        while upper > lo and found < page:
+            start = max(lo, upper - step)
+            batches = await self.log.read(start, upper - start)
+            picked: list[tuple[int, bytes]] = []
+            for batch in batches:
+                indexes = selector.select(batch.records)
+                candidates = range(batch.count) if indexes is None else indexes
+                picked += [
+                    (batch.first_offset + i, batch.entry(i))
+                    for i in candidates
+                    if start <= batch.first_offset + i < upper
+                ]
+            for offset, entry in reversed(picked):
+                if found >= page or (found and size + len(entry) > self.limits.max_reply_bytes):
+                    return parts, offset + 1
+                parts.append(entry)
+                found += 1
+                size += len(entry)
+            upper = start
+            step *= 2
+        return parts, (upper if upper > lo else 0)
+
+    async def get_bytes(self, request: gw.GetRequest) -> bytes:
+        if len(request.ids) > self.limits.max_page_size:
+            raise InvalidRequestError("ids", f"more than {self.limits.max_page_size} ids")
+        found = await self.log.find(list(request.ids))
+        parts = []
+        for envelope_id in request.ids:
+            hit = found.get(envelope_id)
+            if hit is None:
+                parts.append(length_delimited(TAG_MISSING, envelope_id.encode()))
+            else:
+                batch, index = hit
+                parts.append(batch.entry(index))
+        return b"".join(parts)
+
+    async def query(self, request: gw.QueryRequest, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        return await self._guard(context, self.query_bytes(request))
+
+    async def get(self, request: gw.GetRequest, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        return await self._guard(context, self.get_bytes(request))
+
+    async def info(self, request: gw.InfoRequest, context: grpc.aio.ServicerContext[Any, Any]) -> gw.NodeInfo:
+        return gw.NodeInfo(
+            node=self.node_id,
+            level=self.level,
+            region=self.region,
+            oldest_offset=self.log.oldest_offset,
+            next_offset=self.log.next_offset,
+            version=__version__,
+        )
+
+    async def _guard(self, context: grpc.aio.ServicerContext[Any, Any], work: Awaitable[T]) -> T:
+        """Maps our errors to their gRPC status with the message naming what is wrong."""
+        try:
+            return await work
+        except YiwangError as exc:
+            await context.abort(exc.grpc_code, str(exc))
+            raise  # abort raises; this line only satisfies the type checker
+
+    def close_subscriptions(self) -> None:
+        for sub in list(self._subscriptions):
+            sub.stop.set()
+
+    # -- registration ---------------------------------------------------------------------------
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        def identity(data: bytes) -> bytes:
+            return data
+
+        methods: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+            "Publish": grpc.unary_unary_rpc_method_handler(self.publish, identity, gw.PublishReply.SerializeToString),
+            "PublishStream": grpc.stream_stream_rpc_method_handler(
+                self.publish_stream, identity, gw.PublishReply.SerializeToString
+            ),
+            "Subscribe": grpc.unary_stream_rpc_method_handler(self.subscribe, gw.SubscribeRequest.FromString, identity),
+            "Ack": grpc.unary_unary_rpc_method_handler(
+                self.ack, gw.AckRequest.FromString, gw.AckReply.SerializeToString
+            ),
+            "Query": grpc.unary_unary_rpc_method_handler(self.query, gw.QueryRequest.FromString, identity),
+            "Get": grpc.unary_unary_rpc_method_handler(self.get, gw.GetRequest.FromString, identity),
+            "Info": grpc.unary_unary_rpc_method_handler(
+                self.info, gw.InfoRequest.FromString, gw.NodeInfo.SerializeToString
+            ),
+        }
+        return grpc.method_handlers_generic_handler(SERVICE, methods)

@@ -1,0 +1,78 @@
+"""Hand-assembled protobuf wire encoding for the hot path.
+
+The log stores each envelope already encoded as a ``Delivery`` entry (field 1 of ``DeliveryBatch``,
+``QueryReply`` and ``GetReply``), so a batch for a subscriber is a concatenation of stored bytes: the
+node never parses and re-encodes envelopes to deliver them. Everything here follows the protobuf
+encoding rules; ``tests/test_wire.py`` checks the output against the generated classes.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Sequence
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from yiwang.v1 import envelope_pb2 as pb
+
+_SMALL = [bytes([n]) for n in range(128)]
+
+# Tags: (field number << 3) | wire type. Wire type 0 is varint, 2 is length-delimited.
+TAG_DELIVERIES = b"\x0a"  # field 1, length-delimited (DeliveryBatch/QueryReply/GetReply.deliveries)
+TAG_OFFSET = b"\x08"  # Delivery.offset, varint
+TAG_ENVELOPE = b"\x12"  # Delivery.envelope
+TAG_APPENDED_AT = b"\x1a"  # Delivery.appended_at
+TAG_NEXT_OFFSET = b"\x10"  # DeliveryBatch.next_offset, varint
+TAG_PAGE_TOKEN = b"\x12"  # QueryReply.next_page_token
+TAG_MISSING = b"\x12"  # GetReply.missing
+
+
+def varint(n: int) -> bytes:
+    """The base-128 varint encoding of a non-negative integer."""
+    if n < 128:
+        return _SMALL[n]
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def length_delimited(tag: bytes, payload: bytes) -> bytes:
+    return tag + varint(len(payload)) + payload
+
+
+def timestamp(ns: int) -> Timestamp:
+    return Timestamp(seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000)
+
+
+def hop_suffix(node: str, received_ns: int) -> bytes:
+    """Bytes that, appended to an encoded Envelope, add a provenance hop (protobuf merges concatenations)."""
+    hop = pb.Hop(node=node, received_at=timestamp(received_ns))
+    return pb.Envelope(provenance=pb.Provenance(hops=[hop])).SerializeToString()
+
+
+def encode_deliveries(
+    first_offset: int, envelopes: Sequence[bytes], suffix: bytes, appended_ns: int
+) -> tuple[bytes, array[int]]:
+    """Encodes envelopes as consecutive Delivery entries; returns the bytes and each entry's end."""
+    appended = length_delimited(TAG_APPENDED_AT, timestamp(appended_ns).SerializeToString())
+    tail = len(suffix) + len(appended)
+    parts: list[bytes] = []
+    ends: array[int] = array("Q")
+    position = 0
+    offset = first_offset
+    for env in envelopes:
+        n = len(env) + len(suffix)
+        head = TAG_OFFSET + varint(offset) + TAG_ENVELOPE + varint(n)
+        body = len(head) + len(env) + tail
+        prefix = TAG_DELIVERIES + varint(body)
+        parts += (prefix, head, env, suffix, appended)
+        position += len(prefix) + body
+        ends.append(position)
+        offset += 1
+    return b"".join(parts), ends
+
+
+def next_offset_field(next_offset: int) -> bytes:
+    return TAG_NEXT_OFFSET + varint(next_offset)

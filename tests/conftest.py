@@ -1,0 +1,82 @@
+"""Shared fixtures: real nodes on port 0 with their own data directories, and real gRPC clients."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.client import GatewayClient
+from gateway.config import NodeConfig, from_dict
+from gateway.node import Node
+
+NodeFactory = Callable[..., Awaitable[Node]]
+
+
+def node_config(data: Path, *, region: str = "410000", node_id: str = "test-node", **sections: Any) -> NodeConfig:
+    """A loopback node on free ports; ``sections`` override TOML tables, e.g. log={"fsync": False}."""
+    table: dict[str, Any] = {
+        "node": {"id": node_id, "region": region},
+        "listen": {"grpc": "127.0.0.1:0", "http": "127.0.0.1:0"},
+        "log": {"data_dir": str(data), "fsync": False},
+        "limits": {"admission_workers": 0},
+    }
+    for name, values in sections.items():
+        table.setdefault(name, {}).update(values)
+    return from_dict(table, source="test")
+
+
+@pytest.fixture
+async def start_node(tmp_path: Path) -> AsyncIterator[NodeFactory]:
+    """Starts nodes (stopped at the end of the test); call again with the same data dir to restart."""
+    nodes: list[Node] = []
+
+    async def start(data: Path | None = None, **kwargs: Any) -> Node:
+        node = Node(node_config(data or tmp_path / "node", **kwargs), grace_s=0.2)
+        await node.start()
+        nodes.append(node)
+        return node
+
+    yield start
+    for node in reversed(nodes):
+        if node.log is not None and not node.log.closed:
+            await node.stop()
+
+
+@pytest.fixture
+async def node(start_node: NodeFactory) -> Node:
+    return await start_node()
+
+
+@pytest.fixture
+async def client(node: Node) -> AsyncIterator[GatewayClient]:
+    async with GatewayClient(node.grpc_target) as c:
+        yield c
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_threads() -> Iterator[None]:
+    """Fails a test that leaves one of our threads running."""
+    yield
+    deadline = 50
+    while deadline:
+        ours = [t.name for t in threading.enumerate() if t.name.startswith("yiwang-")]
+        if not ours:
+            return
+        deadline -= 1
+        threading.Event().wait(0.05)
+    pytest.fail(f"threads left running: {ours}")
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Waits until ``predicate()`` holds (a condition, not a fixed sleep)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
