@@ -17,8 +17,8 @@ from google.protobuf.message import DecodeError
 from yiwang.v1 import gateway_pb2 as gw
 
 from gateway.errors import InvalidEnvelopeError, InvalidRequestError
+from gateway.id_index import id_hash
 from gateway.regions import default_table
-from gateway.selection import record_of
 from gateway.validation import Limits, Validator
 
 
@@ -29,6 +29,7 @@ class Admitted:
     batch_id: int
     total: int
     ids: list[str] = field(default_factory=list)
+    hashes: list[int] = field(default_factory=list)  # gateway.id_index.id_hash of each id
     envelopes: list[bytes] = field(default_factory=list)
     records: list[bytes] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)  # index in the request of each admitted envelope
@@ -53,10 +54,11 @@ class Admission:
                 f"{len(envelopes)} envelopes in one request, more than {self.max_batch_envelopes}",
             )
         now = time.time() if now is None else now
-        check = self.validator.check
+        admit = self.validator.admit
         out = Admitted(request.batch_id, len(envelopes))
-        add_id, add_envelope, add_record, add_position = (
+        add_id, add_hash, add_envelope, add_record, add_position = (
             out.ids.append,
+            out.hashes.append,
             out.envelopes.append,
             out.records.append,
             out.positions.append,
@@ -64,13 +66,15 @@ class Admission:
         for index, env in enumerate(envelopes):
             encoded = env.SerializeToString()
             try:
-                check(env, len(encoded), now)
+                record = admit(env, len(encoded), now)
             except InvalidEnvelopeError as exc:
                 out.rejections.append((index, env.id[:256], exc.field, exc.reason))
                 continue
-            add_id(env.id)
+            envelope_id = env.id
+            add_id(envelope_id)
+            add_hash(id_hash(envelope_id))
             add_envelope(encoded)
-            add_record(record_of(env))
+            add_record(record)
             add_position(index)
         return out
 

@@ -88,8 +88,11 @@ def _stamp(env: pb.Envelope, now: float) -> None:
     env.observed_at.FromNanoseconds(int(now * 1e9))
 
 
-def observation(station: Station, now: float, rising: float = 0.0, status: pb.Status = pb.ACTUAL) -> pb.Envelope:
+def observation(
+    station: Station, now: float, rising: float = 0.0, status: pb.Status = pb.ACTUAL, rng: random.Random | None = None
+) -> pb.Envelope:
     """A reading of a station; ``rising`` (0..1) drives a flood wave on water levels and rainfall."""
+    rng = rng or random.Random()
     env = pb.Envelope(id=uuid7(), kind=pb.OBSERVATION, region=station.region, status=status, priority=2)
     env.origin.agency = station.agency
     env.origin.region = station.region[:4] + "00"
@@ -103,11 +106,11 @@ def observation(station: Station, now: float, rising: float = 0.0, status: pb.St
     obs.interval = "PT5M"
     for code, unit, base in station.metrics:
         if code == "39":
-            value = base + 3.5 * rising + random.uniform(-0.02, 0.02)
+            value = base + 3.5 * rising + rng.uniform(-0.02, 0.02)
         elif code == "20":
-            value = max(0.0, 40.0 * rising + random.uniform(-1, 3))
+            value = max(0.0, 40.0 * rising + rng.uniform(-1, 3))
         else:
-            value = base * (1 + random.uniform(-0.1, 0.1))
+            value = base * (1 + rng.uniform(-0.1, 0.1))
         m = obs.measurements.add(metric=code, value=round(value, 2), unit=unit, quality=pb.GOOD)
         m.at.FromNanoseconds(int(now * 1e9))
     return env
@@ -229,7 +232,7 @@ class Traffic:
         tick = self.tick
         self.tick += 1
         rising = min(1.0, (now - self.began) / 600.0)
-        out = [observation(station, now, rising) for station in STATIONS]
+        out = [observation(station, now, rising, rng=self.rng) for station in STATIONS]
         out += [position(unit, now) for unit in range(1, 4)]
         if tick % 10 == 0:
             district = DISTRICTS[(tick // 10) % len(DISTRICTS)]

@@ -25,6 +25,7 @@ class AppendBatch:
     ids: list[str] = field(default_factory=list)
     envelopes: list[bytes] = field(default_factory=list)
     records: list[bytes] = field(default_factory=list)
+    hashes: list[int] | None = None  # the ids' index hashes, when the caller computed them already
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -33,6 +34,7 @@ class AppendBatch:
         self.ids.append(envelope_id)
         self.envelopes.append(envelope)
         self.records.append(record)
+        self.hashes = None
 
 
 @dataclass(frozen=True, slots=True)

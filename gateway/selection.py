@@ -53,7 +53,7 @@ def bounding_box(geometry: pb.Geometry) -> tuple[float, float, float, float] | N
 
 
 def record_of(env: pb.Envelope) -> bytes:
-    """The selection record of a validated envelope."""
+    """The selection record of a validated envelope (``Validator.admit`` makes the same while it checks)."""
     box = bounding_box(env.geometry) if env.HasField("geometry") else None
     if box is None:
         box = (_NAN, _NAN, _NAN, _NAN)

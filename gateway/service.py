@@ -60,6 +60,12 @@ class _Subscription:
     label: str
     position: int
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: tuple[grpc.StatusCode, str] | None = None
+
+    def end(self, code: grpc.StatusCode, message: str) -> None:
+        """Ends the stream with this status at its next step."""
+        self.ended = (code, message)
+        self.stop.set()
 
 
 class GatewayService:
@@ -112,7 +118,7 @@ class GatewayService:
 
     def append(self, admitted: Admitted) -> Awaitable[AppendResult]:
         """Queues the admitted envelopes for the log, in call order; the result comes after the commit."""
-        return self.log.append_nowait(AppendBatch(admitted.ids, admitted.envelopes, admitted.records))
+        return self.log.append_nowait(AppendBatch(admitted.ids, admitted.envelopes, admitted.records, admitted.hashes))
 
     def reply(self, admitted: Admitted, appended: AppendResult) -> gw.PublishReply:
         """One result per envelope of the request, in its order."""
@@ -174,7 +180,7 @@ class GatewayService:
                 while (task := await admitting.get()) is not None:
                     try:
                         admitted = await task
-                    except YiwangError as exc:
+                    except Exception as exc:  # noqa: BLE001 - handed to the stream, which ends with its status
                         await appending.put(exc)
                         return
                     await appending.put((admitted, self.append(admitted)))
@@ -186,14 +192,15 @@ class GatewayService:
         try:
             while (item := await appending.get()) is not None:
                 if isinstance(item, BaseException):
-                    code = item.grpc_code if isinstance(item, YiwangError) else grpc.StatusCode.INTERNAL
-                    await context.abort(code, str(item))
+                    if isinstance(item, YiwangError):
+                        await context.abort(item.grpc_code, str(item))
+                    log.error("publish_failed", error=repr(item), exc_info=item)
+                    await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {item!r}")
                 admitted, appended = item
                 try:
                     yield self.reply(admitted, await appended)
                 except YiwangError as exc:
                     await context.abort(exc.grpc_code, str(exc))
-            await reader
         finally:
             reader.cancel()
             appender.cancel()
@@ -242,7 +249,7 @@ class GatewayService:
         if name:
             previous = self._durable.get(name)
             if previous is not None:
-                previous.stop.set()
+                previous.end(grpc.StatusCode.ABORTED, f"subscription {name!r} was opened again by another stream")
                 log.info("subscription_superseded", subscription=name)
             self._durable[name] = sub
         self._subscriptions.add(sub)
@@ -250,8 +257,8 @@ class GatewayService:
         try:
             async for chunk in self._deliveries(sub, selector, limit):
                 yield chunk
-            if sub.stop.is_set():
-                await context.abort(grpc.StatusCode.ABORTED, f"subscription {name!r} was opened again elsewhere")
+            if sub.ended is not None:
+                await context.abort(*sub.ended)
         finally:
             self._subscriptions.discard(sub)
             if name and self._durable.get(name) is sub:
@@ -454,7 +461,7 @@ class GatewayService:
 
     def close_subscriptions(self) -> None:
         for sub in list(self._subscriptions):
-            sub.stop.set()
+            sub.end(grpc.StatusCode.UNAVAILABLE, "the node is shutting down; resume from your position")
 
     # -- registration ---------------------------------------------------------------------------
 

@@ -371,7 +371,7 @@ class SqliteLog(Log):
 
     def _append_op(self, con: sqlite3.Connection, items: AppendBatch) -> tuple[AppendResult, StoredBatch | None]:
         ids = items.ids
-        hashes = [id_hash(i) for i in ids]
+        hashes = items.hashes if items.hashes is not None else [id_hash(i) for i in ids]
         hashes_json = json.dumps(hashes)
         known = self.index.candidates(hashes, hashes_json)
         overlay = self._w_overlay

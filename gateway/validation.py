@@ -16,6 +16,7 @@ from yiwang.v1 import envelope_pb2 as pb
 
 from gateway.errors import InvalidEnvelopeError
 from gateway.regions import RegionTable, is_well_formed
+from gateway.selection import RECORD, bounding_box
 
 #: The stable codes of the agencies in the network. A node may add more through its config.
 AGENCIES: frozenset[str] = frozenset(
@@ -56,6 +57,8 @@ _GRADES = frozenset(pb.IncidentGrade.values())
 _STAGES = frozenset(pb.ReportStage.values())
 _QUALITIES = frozenset(pb.Quality.values())
 _ACK_STATES = frozenset(pb.AckState.values()) - {pb.ACK_STATE_UNSPECIFIED}
+
+_NO_BOX = (math.nan, math.nan, math.nan, math.nan)
 
 #: 2000-01-01T00:00:00Z: nothing the network carries was observed before it.
 EARLIEST_TIME_S = 946_684_800
@@ -100,7 +103,11 @@ class Validator:
         }
 
     def check(self, env: pb.Envelope, size: int, now: float | None = None) -> None:
-        """Raises ``InvalidEnvelopeError`` for the first rule ``env`` breaks; ``size`` is its wire size.
+        """Raises ``InvalidEnvelopeError`` for the first rule ``env`` breaks; ``size`` is its wire size."""
+        self.admit(env, size, now)
+
+    def admit(self, env: pb.Envelope, size: int, now: float | None = None) -> bytes:
+        """Checks ``env`` like ``check`` and returns its selection record (``gateway.selection.RECORD``).
 
         Written for speed (this runs for every envelope): the common valid case takes the cheap
         tests, and the detailed reason is worked out only when one fails.
@@ -134,17 +141,22 @@ class Validator:
         if len(origin.node) > limits.max_id_chars or len(origin.system) > limits.max_id_chars:
             self._check_text("origin.node", origin.node, limits.max_id_chars)
             self._check_text("origin.system", origin.system, limits.max_id_chars)
-        if env.severity not in _SEVERITIES:
-            raise InvalidEnvelopeError("severity", f"unknown value {env.severity}")
+        severity = env.severity
+        if severity not in _SEVERITIES:
+            raise InvalidEnvelopeError("severity", f"unknown value {severity}")
         status = env.status
         if status not in _STATUSES:
             reason = "required (ACTUAL, EXERCISE or TEST)" if status == 0 else f"unknown value {status}"
             raise InvalidEnvelopeError("status", reason)
         if env.priority > 3:
             raise InvalidEnvelopeError("priority", f"must be 0 (highest) to 3, got {env.priority}")
-        self._check_times(env, time.time() if now is None else now)
+        start_now = time.time() if now is None else now
+        start = self._check_times(env, start_now)
+        box = _NO_BOX
         if env.HasField("geometry"):
-            self._check_geometry("geometry", env.geometry)
+            geometry = env.geometry
+            self._check_geometry("geometry", geometry)
+            box = bounding_box(geometry) or _NO_BOX
         references = env.references
         if references:
             if len(references) > limits.max_references:
@@ -163,12 +175,13 @@ class Validator:
         payload = env.WhichOneof("payload")
         expected = PAYLOAD_OF_KIND[kind]
         if payload == expected:
-            self._payload_checks[payload](env)
+            self._payload_checks[payload](env, start_now)
         elif payload is None:
             if kind != pb.HEARTBEAT:
                 raise InvalidEnvelopeError(expected, f"required for kind {pb.Kind.Name(kind)}")
         else:
             raise InvalidEnvelopeError(payload, f"does not match kind {pb.Kind.Name(kind)} (expected {expected})")
+        return RECORD.pack(kind, severity, status, int(env.region), origin.agency.encode(), *box, start)
 
     # -- pieces ---------------------------------------------------------------------------------
 
@@ -194,7 +207,8 @@ class Validator:
         if code not in self.regions:
             raise InvalidEnvelopeError(field, f"{code} is not a known GB/T 2260 region code")
 
-    def _check_times(self, env: pb.Envelope, now: float) -> None:
+    def _check_times(self, env: pb.Envelope, now: float) -> float:
+        """Checks the times; returns the start (observed_at, else sent_at) in Unix seconds."""
         if not env.HasField("sent_at"):
             raise InvalidEnvelopeError("sent_at", "required")
         latest = now + self.limits.max_clock_skew_s
@@ -207,6 +221,7 @@ class Validator:
             expires = env.expires_at
             if self._check_timestamp("expires_at", expires.seconds, expires.nanos, None) <= start:
                 raise InvalidEnvelopeError("expires_at", "is not after observed_at/sent_at")
+        return start
 
     def _check_timestamp(self, field: str, seconds: int, nanos: int, latest: float | None) -> float:
         if not 0 <= nanos < 1_000_000_000:
@@ -268,7 +283,7 @@ class Validator:
 
     # -- payloads -------------------------------------------------------------------------------
 
-    def _check_alert(self, env: pb.Envelope) -> None:
+    def _check_alert(self, env: pb.Envelope, _now: float) -> None:
         alert = env.alert
         if not alert.infos:
             raise InvalidEnvelopeError("alert.infos", "an alert needs at least one info block")
@@ -280,7 +295,7 @@ class Validator:
             for j, area in enumerate(info.areas):
                 self._check_shapes(f"alert.infos[{i}].areas[{j}]", area.polygons, area.circles)
 
-    def _check_incident(self, env: pb.Envelope) -> None:
+    def _check_incident(self, env: pb.Envelope, now: float) -> None:
         incident = env.incident
         self._check_id("incident.incident_id", incident.incident_id, required=True)
         if not incident.event_type:
@@ -292,11 +307,9 @@ class Validator:
         self._check_text("incident.description", incident.description, self.limits.max_text_chars)
         if incident.HasField("occurred_at"):
             ts = incident.occurred_at
-            self._check_timestamp(
-                "incident.occurred_at", ts.seconds, ts.nanos, time.time() + self.limits.max_clock_skew_s
-            )
+            self._check_timestamp("incident.occurred_at", ts.seconds, ts.nanos, now + self.limits.max_clock_skew_s)
 
-    def _check_observation(self, env: pb.Envelope) -> None:
+    def _check_observation(self, env: pb.Envelope, _now: float) -> None:
         obs = env.observation
         self._check_id("observation.station_id", obs.station_id, required=True)
         if not obs.measurements:
@@ -311,7 +324,7 @@ class Validator:
             if m.quality not in _QUALITIES:
                 raise InvalidEnvelopeError(f"observation.measurements[{i}].quality", f"unknown value {m.quality}")
 
-    def _check_position(self, env: pb.Envelope) -> None:
+    def _check_position(self, env: pb.Envelope, _now: float) -> None:
         position = env.position
         self._check_id("position.unit_id", position.unit_id, required=True)
         if not (env.HasField("geometry") and env.geometry.HasField("point")):
@@ -321,24 +334,24 @@ class Validator:
         if not (math.isfinite(position.course_deg) and 0 <= position.course_deg < 360):
             raise InvalidEnvelopeError("position.course_deg", "must be in 0..360")
 
-    def _check_resource(self, env: pb.Envelope) -> None:
+    def _check_resource(self, env: pb.Envelope, _now: float) -> None:
         resource = env.resource
         self._check_id("resource.resource_id", resource.resource_id, required=True)
         if not math.isfinite(resource.quantity) or resource.quantity < 0:
             raise InvalidEnvelopeError("resource.quantity", "must be a non-negative number")
 
-    def _check_command(self, env: pb.Envelope) -> None:
+    def _check_command(self, env: pb.Envelope, _now: float) -> None:
         command = env.command
         if not command.targets:
             raise InvalidEnvelopeError("command.targets", "at least one target is required")
         if not command.action:
             raise InvalidEnvelopeError("command.action", "required")
 
-    def _check_command_ack(self, env: pb.Envelope) -> None:
+    def _check_command_ack(self, env: pb.Envelope, _now: float) -> None:
         ack = env.command_ack
         self._check_id("command_ack.command_id", ack.command_id, required=True)
         if ack.state not in _ACK_STATES:
             raise InvalidEnvelopeError("command_ack.state", "required (RECEIVED, EXECUTED, FAILED, REFUSED or EXPIRED)")
 
-    def _check_heartbeat(self, env: pb.Envelope) -> None:
+    def _check_heartbeat(self, env: pb.Envelope, _now: float) -> None:
         self._check_id("heartbeat.subject", env.heartbeat.subject, required=True)
