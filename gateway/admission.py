@@ -8,7 +8,11 @@ more than it saves for a handful of envelopes.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import os
+import signal
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -80,10 +84,21 @@ class Admission:
 
 
 _worker: Admission | None = None
+_PR_SET_PDEATHSIG = 1
 
 
-def _start_worker(agencies: frozenset[str], limits: Limits, max_batch_envelopes: int) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Asks Linux to kill this worker when the node dies, even by SIGKILL, so no orphan is left behind."""
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the node died before the request above took effect
+        os._exit(1)
+
+
+def _start_worker(agencies: frozenset[str], limits: Limits, max_batch_envelopes: int, parent: int) -> None:
     global _worker  # noqa: PLW0603 - the one piece of state of a worker process, set once at its start
+    _die_with_parent(parent)
     _worker = Admission(Validator(default_table(), agencies=agencies, limits=limits), max_batch_envelopes)
 
 
@@ -102,5 +117,5 @@ def start_pool(workers: int, validator: Validator, max_batch_envelopes: int) -> 
         max_workers=workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_start_worker,
-        initargs=(validator.agencies, validator.limits, max_batch_envelopes),
+        initargs=(validator.agencies, validator.limits, max_batch_envelopes, os.getpid()),
     )

@@ -162,6 +162,7 @@ async def _publish(args: argparse.Namespace) -> int:
         done = False
         while not done:
             batch: list[tuple[int, pb.Envelope]] = []
+            rows: dict[int, dict[str, Any]] = {}  # results by input line, printed in input order
             first = await lines.get()
             pending = [first]
             while len(pending) < args.batch and not lines.empty():
@@ -177,28 +178,22 @@ async def _publish(args: argparse.Namespace) -> int:
                 try:
                     json_format.Parse(line, env)
                 except json_format.ParseError as exc:
-                    print(
-                        json.dumps(
-                            {"line": number, "outcome": "REJECTED", "field": "json", "reason": str(exc)},
-                            ensure_ascii=False,
-                        ),
-                        flush=True,
-                    )
-                    refused += 1
+                    rows[number] = {"line": number, "outcome": "REJECTED", "field": "json", "reason": str(exc)}
                     continue
                 if not env.id:
                     env.id = uuid7()
                 if not env.HasField("sent_at"):
                     env.sent_at.GetCurrentTime()
                 batch.append((number, env))
-            if not batch:
-                continue
-            reply = await client.publish([env for _, env in batch])
-            for (line_number, _), result in zip(batch, reply.results, strict=True):
-                row = {"line": line_number, **json_format.MessageToDict(result)}
-                print(json.dumps(row, ensure_ascii=False), flush=True)
-                if result.outcome == gw.PublishResult.REJECTED:
+            if batch:
+                reply = await client.publish([env for _, env in batch])
+                for (line_number, _), result in zip(batch, reply.results, strict=True):
+                    rows[line_number] = {"line": line_number, **json_format.MessageToDict(result)}
+            for line_number in sorted(rows):
+                row = rows[line_number]
+                if row.get("outcome") == "REJECTED":
                     refused += 1
+                print(json.dumps(row, ensure_ascii=False), flush=True)
     return EXIT_REFUSED if refused else 0
 
 

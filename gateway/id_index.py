@@ -41,10 +41,11 @@ def id_hash(envelope_id: str) -> int:
 class _Chunk:
     """Ids handed to the indexer thread; searched by the writer until the indexer has committed them."""
 
-    __slots__ = ("done", "entries", "upto")
+    __slots__ = ("done", "entries", "extra", "upto")
 
-    def __init__(self, entries: dict[int, int], upto: int) -> None:
+    def __init__(self, entries: dict[int, int], extra: list[tuple[int, int]], upto: int) -> None:
         self.entries = entries
+        self.extra = extra  # (hash, offset) of colliding ids, which have no slot in ``entries``
         self.upto = upto
         self.done = False
 
@@ -58,6 +59,7 @@ class IdIndex:
         self.flush_interval_s = flush_interval_s
         self.hot: dict[int, int] = {}
         self.collided: dict[str, int] = {}  # ids whose hash was already taken in ``hot`` by another id
+        self._hot_extra: list[tuple[int, int]] = []  # their (hash, offset), written with the next chunk
         self._pending: deque[_Chunk] = deque()
         self._jobs: queue.Queue[_Chunk | int | None] = queue.Queue()
         self._probe: sqlite3.Connection | None = None
@@ -144,6 +146,7 @@ class IdIndex:
         self.hot.update(pairs)
         if collided:
             self.collided.update(collided)
+            self._hot_extra += [(id_hash(envelope_id), offset) for envelope_id, offset in collided.items()]
 
     def maybe_flush(self, next_offset: int, *, force: bool = False) -> None:
         """Hands the hot ids to the indexer when there are enough of them (or when forced)."""
@@ -151,10 +154,11 @@ class IdIndex:
             self._pending.popleft()
         if self.failure is not None:
             return  # the indexer stopped; ids stay in memory (and the log still has them)
-        if not self.hot or (len(self.hot) < self.chunk_entries and not force):
+        if not (self.hot or self._hot_extra) or (len(self.hot) < self.chunk_entries and not force):
             return
-        chunk = _Chunk(self.hot, next_offset)
+        chunk = _Chunk(self.hot, self._hot_extra, next_offset)
         self.hot = {}
+        self._hot_extra = []
         self._pending.append(chunk)
         self._jobs.put(chunk)
 
@@ -172,7 +176,7 @@ class IdIndex:
                 if isinstance(job, int):
                     con.execute("DELETE FROM ids WHERE off < ?", (job,))
                     continue
-                pairs = sorted(job.entries.items())
+                pairs = sorted([*job.entries.items(), *job.extra])
                 con.execute("BEGIN IMMEDIATE")
                 con.execute(
                     "INSERT OR IGNORE INTO ids (h, off) SELECT value ->> 0, value ->> 1 FROM json_each(?)",

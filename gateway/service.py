@@ -34,6 +34,7 @@ from gateway.wire import TAG_MISSING, TAG_PAGE_TOKEN, length_delimited, next_off
 log = structlog.get_logger("yiwang.service")
 
 SERVICE = "yiwang.v1.Gateway"
+_PAGE_TOKEN = re.compile(r"[0-9]{1,20}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}")
 _ACCEPTED = gw.PublishResult.ACCEPTED
 _DUPLICATE = gw.PublishResult.DUPLICATE
@@ -351,7 +352,7 @@ class GatewayService:
         if request.HasField("to_time"):
             hi = min(hi, await self.log.offset_at(request.to_time.ToNanoseconds()))
         if request.page_token:
-            if not request.page_token.isdigit():
+            if not _PAGE_TOKEN.fullmatch(request.page_token):
                 raise InvalidRequestError("page_token", "not a token this node issued")
             token = int(request.page_token)
             if request.newest_first:

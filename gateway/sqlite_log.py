@@ -192,7 +192,7 @@ class SqliteLog(Log):
                     continue
                 h = id_hash(envelope_id)
                 if h in hot:
-                    self.index.collided[envelope_id] = offset
+                    self.index.add((), {envelope_id: offset})
                 else:
                     hot[h] = offset
                 rebuilt += 1
@@ -449,8 +449,11 @@ class SqliteLog(Log):
                 offsets.append(previous)
                 duplicates.add(i)
                 continue
-            if h in known or h in overlay or h in self.index.hot:
-                collided[envelope_id] = offset  # another id has this hash: keep this one apart
+            # The in-memory slot of this hash may hold another live id (a true collision: keep this one
+            # apart) or an id that retention removed (stale: take the slot over).
+            slot = overlay.get(h, self.index.hot.get(h))
+            if slot is not None and slot >= self._oldest:
+                collided[envelope_id] = offset
             else:
                 overlay[h] = offset
             known.setdefault(h, []).append(offset)
