@@ -8,11 +8,8 @@ more than it saves for a handful of envelopes.
 
 from __future__ import annotations
 
-import ctypes
 import multiprocessing
 import os
-import signal
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -21,7 +18,7 @@ from google.protobuf.message import DecodeError
 from yiwang.v1 import gateway_pb2 as gw
 
 from gateway.errors import InvalidEnvelopeError, InvalidRequestError
-from gateway.id_index import id_hash
+from gateway.id_index import die_with_parent, id_hash
 from gateway.regions import default_table
 from gateway.validation import Limits, Validator
 
@@ -84,21 +81,11 @@ class Admission:
 
 
 _worker: Admission | None = None
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(parent: int) -> None:
-    """Asks Linux to kill this worker when the node dies, even by SIGKILL, so no orphan is left behind."""
-    if sys.platform == "linux":
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the node died before the request above took effect
-        os._exit(1)
 
 
 def _start_worker(agencies: frozenset[str], limits: Limits, max_batch_envelopes: int, parent: int) -> None:
     global _worker  # noqa: PLW0603 - the one piece of state of a worker process, set once at its start
-    _die_with_parent(parent)
+    die_with_parent(parent)
     _worker = Admission(Validator(default_table(), agencies=agencies, limits=limits), max_batch_envelopes)
 
 

@@ -2,9 +2,10 @@
 
 Why not one SQLite index entry per envelope written with each append: ids are random, so every
 append would dirty a page of the index B-tree per envelope and the commit would write megabytes.
-Instead the newest ids live in memory (``hot``), and a separate thread moves them into an on-disk
-table in large sorted chunks, off the append path. The on-disk table is an index only: it records
-the log offset up to which it is complete (its watermark), and at start everything after the
+Instead the newest ids live in memory (``hot``), and a separate process moves them into an on-disk
+table in large sorted chunks, off the append path and off the node's interpreter lock. The on-disk
+table is an index only: it records the log offset up to which it is complete (its watermark), and
+at start everything after the
 watermark is re-read from the log, so losing the index's latest writes loses nothing.
 
 Keys are 64-bit hashes of the ids. A hash match is only a candidate: the caller compares the id
@@ -14,18 +15,26 @@ stored at the candidate offset, so a collision can never make a new envelope loo
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import json
-import queue
+import multiprocessing
+import os
+import signal
 import sqlite3
-import threading
+import sys
+from array import array
 from collections import deque
 from collections.abc import Iterable
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import Any
 
 import structlog
 
 log = structlog.get_logger("yiwang.log")
+_PR_SET_PDEATHSIG = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS ids (h INTEGER NOT NULL, off INTEGER NOT NULL, PRIMARY KEY (h, off)) WITHOUT ROWID;
@@ -61,9 +70,9 @@ class IdIndex:
         self.collided: dict[str, int] = {}  # ids whose hash was already taken in ``hot`` by another id
         self._hot_extra: list[tuple[int, int]] = []  # their (hash, offset), written with the next chunk
         self._pending: deque[_Chunk] = deque()
-        self._jobs: queue.Queue[_Chunk | int | None] = queue.Queue()
         self._probe: sqlite3.Connection | None = None
-        self._thread: threading.Thread | None = None
+        self._indexer: BaseProcess | None = None
+        self._conn: Connection | None = None
         self.watermark = 1
         self.failure: BaseException | None = None
 
@@ -77,20 +86,38 @@ class IdIndex:
     def open(self) -> int:
         """Opens (or creates) the index; returns its watermark: ids from there on must be re-added."""
         con = self._connect()
-        con.executescript(_SCHEMA)
-        row = con.execute("SELECT next_offset FROM watermark").fetchone()
+        try:
+            con.executescript(_SCHEMA)
+            row = con.execute("SELECT next_offset FROM watermark").fetchone()
+        finally:
+            con.close()
         self.watermark = row[0] if row else 1
         self._probe = self._connect()
         self._probe.execute("PRAGMA query_only=ON")
-        self._thread = threading.Thread(target=self._run, args=(con,), name="yiwang-id-indexer", daemon=True)
-        self._thread.start()
         return self.watermark
 
+    def _start_indexer(self) -> None:
+        """Starts the indexer process (at the first chunk: a node that never flushes never starts one)."""
+        ctx = multiprocessing.get_context("spawn")
+        here, there = ctx.Pipe()
+        self._indexer = ctx.Process(
+            target=run_indexer, args=(str(self.path), there, os.getpid()), name="yiwang-id-indexer", daemon=True
+        )
+        self._indexer.start()
+        there.close()
+        self._conn = here
+
     def close(self) -> None:
-        if self._thread is not None:
-            self._jobs.put(None)
-            self._thread.join()
-            self._thread = None
+        if self._indexer is not None and self._conn is not None:
+            with contextlib.suppress(OSError):
+                self._conn.send(None)
+            self._indexer.join(timeout=60)
+            if self._indexer.is_alive():
+                log.error("id_indexer_stuck", path=str(self.path))
+                self._indexer.kill()
+                self._indexer.join()
+            self._conn.close()
+            self._indexer = self._conn = None
         if self._probe is not None:
             self._probe.close()
             self._probe = None
@@ -148,10 +175,42 @@ class IdIndex:
             self.collided.update(collided)
             self._hot_extra += [(id_hash(envelope_id), offset) for envelope_id, offset in collided.items()]
 
-    def maybe_flush(self, next_offset: int, *, force: bool = False) -> None:
-        """Hands the hot ids to the indexer when there are enough of them (or when forced)."""
+    def _collect(self) -> None:
+        """Takes the indexer's reports: chunks it has committed, or that it has failed."""
+        conn = self._conn
+        while conn is not None and conn.poll():
+            try:
+                kind, value = conn.recv()
+            except (EOFError, OSError) as exc:
+                self.failure = exc
+                log.error("id_indexer_gone", path=str(self.path), error=repr(exc))
+                self._conn = None
+                return
+            if kind == "done":
+                for chunk in self._pending:
+                    if chunk.upto <= value:
+                        chunk.done = True
+            else:
+                self.failure = RuntimeError(value)
+                log.error("id_index_failed", path=str(self.path), error=value)
         while self._pending and self._pending[0].done:
             self._pending.popleft()
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        if self.failure is not None:
+            return
+        if self._conn is None:
+            self._start_indexer()
+        assert self._conn is not None
+        try:
+            self._conn.send(message)
+        except OSError as exc:
+            self.failure = exc
+            log.error("id_indexer_gone", path=str(self.path), error=repr(exc))
+
+    def maybe_flush(self, next_offset: int, *, force: bool = False) -> None:
+        """Hands the hot ids to the indexer when there are enough of them (or when forced)."""
+        self._collect()
         if self.failure is not None:
             return  # the indexer stopped; ids stay in memory (and the log still has them)
         if not (self.hot or self._hot_extra) or (len(self.hot) < self.chunk_entries and not force):
@@ -160,36 +219,58 @@ class IdIndex:
         self.hot = {}
         self._hot_extra = []
         self._pending.append(chunk)
-        self._jobs.put(chunk)
+        hashes = array("q", chunk.entries.keys())
+        offsets = array("q", chunk.entries.values())
+        for h, off in chunk.extra:
+            hashes.append(h)
+            offsets.append(off)
+        self._send(("chunk", next_offset, hashes.tobytes(), offsets.tobytes()))
 
     def forget_before(self, oldest_offset: int) -> None:
         """Drops index entries of offsets that retention removed from the log (in the background)."""
-        self._jobs.put(oldest_offset)
+        if self._conn is not None:
+            self._send(("forget", oldest_offset))
         if self.collided:
             self.collided = {k: v for k, v in self.collided.items() if v >= oldest_offset}
 
-    # -- the indexer thread ---------------------------------------------------------------------
 
-    def _run(self, con: sqlite3.Connection) -> None:
-        try:
-            while (job := self._jobs.get()) is not None:
-                if isinstance(job, int):
-                    con.execute("DELETE FROM ids WHERE off < ?", (job,))
-                    continue
-                pairs = sorted([*job.entries.items(), *job.extra])
-                con.execute("BEGIN IMMEDIATE")
-                con.execute(
-                    "INSERT OR IGNORE INTO ids (h, off) SELECT value ->> 0, value ->> 1 FROM json_each(?)",
-                    (json.dumps(pairs),),
-                )
-                con.execute("INSERT OR REPLACE INTO watermark VALUES (1, ?)", (job.upto,))
-                con.execute("COMMIT")
-                job.done = True
-        except sqlite3.Error as exc:
-            # The ids stay in memory and in the log, so appends stay correct; the node reports it.
-            self.failure = exc
-            log.error("id_index_failed", path=str(self.path), error=str(exc))
-            with contextlib.suppress(sqlite3.Error):
-                con.execute("ROLLBACK")
-        finally:
-            con.close()
+def run_indexer(path: str, conn: Connection, parent: int) -> None:
+    """The indexer process: writes each chunk of (hash, offset) pairs in one sorted transaction."""
+    die_with_parent(parent)
+    con = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA synchronous=NORMAL")
+    con.execute("PRAGMA cache_size=-65536")
+    try:
+        while (job := conn.recv()) is not None:
+            if job[0] == "forget":
+                con.execute("DELETE FROM ids WHERE off < ?", (job[1],))
+                continue
+            _, upto, hashes_raw, offsets_raw = job
+            hashes, offsets = array("q"), array("q")
+            hashes.frombytes(hashes_raw)
+            offsets.frombytes(offsets_raw)
+            con.execute("BEGIN IMMEDIATE")
+            con.executemany(
+                "INSERT OR IGNORE INTO ids (h, off) VALUES (?, ?)", sorted(zip(hashes, offsets, strict=True))
+            )
+            con.execute("INSERT OR REPLACE INTO watermark VALUES (1, ?)", (upto,))
+            con.execute("COMMIT")
+            conn.send(("done", upto))
+    except sqlite3.Error as exc:
+        # The ids stay in memory and in the log, so appends stay correct; the node reports it.
+        with contextlib.suppress(OSError):
+            conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+    except (EOFError, OSError):
+        pass  # the node went away
+    finally:
+        con.close()
+
+
+def die_with_parent(parent: int) -> None:
+    """Asks Linux to end this process when the node dies, even by SIGKILL, so no orphan is left behind."""
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the node died before the request above took effect
+        os._exit(1)
