@@ -48,9 +48,12 @@ def free_port() -> int:
 # -- envelopes ----------------------------------------------------------------------------------------
 
 
-def template(now_ns: int) -> bytes:
-    """A small, realistic water-level observation without its id (field 1 is prepended per envelope)."""
-    env = pb.Envelope(kind=pb.OBSERVATION, region="410105", status=pb.ACTUAL, priority=2)
+def fill(env: pb.Envelope, now_ns: int) -> pb.Envelope:
+    """Makes ``env`` a small, realistic water-level observation (its id is the caller's)."""
+    env.kind = pb.OBSERVATION
+    env.region = "410105"
+    env.status = pb.ACTUAL
+    env.priority = 2
     env.origin.agency = "water"
     env.origin.region = "410100"
     env.origin.system = "bench"
@@ -58,7 +61,12 @@ def template(now_ns: int) -> bytes:
     env.geometry.point.lat, env.geometry.point.lon = 34.91, 113.66
     env.observation.station_id = "41100050"
     env.observation.measurements.add(metric="39", value=91.23, unit="m", quality=pb.GOOD)
-    return env.SerializeToString()
+    return env
+
+
+def template(now_ns: int) -> bytes:
+    """The observation without its id (field 1 is prepended per envelope)."""
+    return fill(pb.Envelope(), now_ns).SerializeToString()
 
 
 def request_built(prefix: str, start: int, count: int, batch_id: int) -> bytes:
@@ -66,15 +74,7 @@ def request_built(prefix: str, start: int, count: int, batch_id: int) -> bytes:
     now_ns = time.time_ns()
     request = gw.PublishRequest(batch_id=batch_id)
     for n in range(start, start + count):
-        env = request.envelopes.add(id=f"{prefix}-{n}", kind=pb.OBSERVATION, region="410105", status=pb.ACTUAL)
-        env.priority = 2
-        env.origin.agency = "water"
-        env.origin.region = "410100"
-        env.origin.system = "bench"
-        env.sent_at.FromNanoseconds(now_ns)
-        env.geometry.point.lat, env.geometry.point.lon = 34.91, 113.66
-        env.observation.station_id = "41100050"
-        env.observation.measurements.add(metric="39", value=91.23, unit="m", quality=pb.GOOD)
+        fill(request.envelopes.add(id=f"{prefix}-{n}"), now_ns)
     return request.SerializeToString()
 
 

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import signal
 import sys
 import tempfile
 import threading
@@ -318,14 +319,19 @@ async def _demo(args: argparse.Namespace) -> int:
                         flush=True,
                     )
 
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
         async with asyncio.TaskGroup() as group:
             pub = group.create_task(publisher(), name="demo-publisher")
             sub = group.create_task(subscriber(), name="demo-subscriber")
-            if args.duration:
-                await asyncio.sleep(args.duration)
-                pub.cancel()
-                await asyncio.sleep(0.5)
-                sub.cancel()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), args.duration or None)
+            pub.cancel()
+            await asyncio.sleep(0.5)  # let the subscriber print what was published last
+            sub.cancel()
+        print("yiwang demo: stopped", flush=True)
     return 0
 
 
@@ -338,9 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--log-level",
-        default="info",
+        default=None,
         choices=["debug", "info", "warning", "error"],
-        help="log lines (on stderr) at this level and above",
+        help="log lines (on stderr) at this level and above (default info; warning for demo)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -440,6 +446,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     prog = f"yiwang {args.command}"
+    if args.log_level is None:  # the demo's own lines are the show; elsewhere info
+        args.log_level = "warning" if args.command == "demo" else "info"
     if args.command != "gateway":
         logsetup.configure(args.log_level)
     try:

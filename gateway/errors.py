@@ -21,8 +21,8 @@ class ConfigError(YiwangError):
         self.source = source
 
 
-class InvalidEnvelopeError(YiwangError):
-    """An envelope broke a rule of the canonical model; `field` is the path of the offending field."""
+class FieldError(YiwangError):
+    """Something sent to the node is wrong in one field; `field` is its path, `reason` says what."""
 
     grpc_code = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -31,22 +31,16 @@ class InvalidEnvelopeError(YiwangError):
         self.field = field
         self.reason = reason
 
-    def __reduce__(self) -> tuple[type[InvalidEnvelopeError], tuple[str, str]]:
+    def __reduce__(self) -> tuple[type[FieldError], tuple[str, str]]:  # these cross process pools
         return type(self), (self.field, self.reason)
 
 
-class InvalidRequestError(YiwangError):
+class InvalidEnvelopeError(FieldError):
+    """An envelope broke a rule of the canonical model."""
+
+
+class InvalidRequestError(FieldError):
     """A request (filter, start position, page token) is malformed."""
-
-    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
-
-    def __reduce__(self) -> tuple[type[InvalidRequestError], tuple[str, str]]:  # crosses process pools
-        return type(self), (self.field, self.reason)
 
 
 class NotFoundError(YiwangError):

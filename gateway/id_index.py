@@ -268,7 +268,12 @@ def run_indexer(path: str, conn: Connection, parent: int) -> None:
 
 
 def die_with_parent(parent: int) -> None:
-    """Asks Linux to end this process when the node dies, even by SIGKILL, so no orphan is left behind."""
+    """Ties a helper process's life to the node's.
+
+    Linux ends it when the node dies, even by SIGKILL, so no orphan is left behind; and it ignores
+    Ctrl-C, which the terminal sends to the whole process group: the node decides when it stops.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform == "linux":
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
