@@ -3,8 +3,15 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# Debian packages the tests use: openssl (checks our certificates the way other tools will).
+APT_PACKAGES := openssl
 
-.PHONY: install demo test lint typecheck unit soak bench proto clean
+.PHONY: install apt demo test lint typecheck unit soak bench proto clean
+
+# Installs only what is missing, so a machine that has everything runs no apt at all.
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then apt-get update && apt-get install -y $$missing; fi
 
 # Debian's python3 needs python3-venv for `-m venv`; install it only when it is missing.
 $(BIN)/python:
@@ -29,12 +36,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) apt
 	$(BIN)/pytest -m "not soak"
 
 test: lint typecheck unit
 
-soak: $(STAMP)
+soak: $(STAMP) apt
 	$(BIN)/pytest -m soak
 
 bench: $(STAMP)

@@ -32,6 +32,8 @@ from gateway.demo import Traffic, describe
 from gateway.errors import ConfigError, YiwangError
 from gateway.ids import uuid7
 from gateway.node import Node, run_until_signalled
+from gateway.pki import Authority, Role
+from gateway.pki import describe as describe_certificate
 from gateway.regions import default_table
 
 EXIT_REFUSED = 1
@@ -335,6 +337,80 @@ async def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pki(args: argparse.Namespace) -> int:
+    directory = Path(args.dir)
+    if args.pki_command == "init":
+        authority = Authority.init(directory, trust_domain=args.trust_domain, province=args.province)
+        print(json.dumps({"ca": str(directory / "ca.pem"), "crl": str(directory / "crl.pem"),
+                          "trust_domain": authority.register.trust_domain}, ensure_ascii=False))  # fmt: skip
+        return 0
+    if args.pki_command == "show":
+        print(
+            json.dumps(describe_certificate(Path(args.file), directory if args.dir_given else None), ensure_ascii=False)
+        )
+        return 0
+    authority = Authority(directory)
+    if args.pki_command == "issue":
+        role = Role(args.role)
+        principal = (args.node or args.name) if role is Role.GATEWAY else (args.agency or "")
+        identity = authority.identity(role, args.region, args.name, principal)
+        tls, signing = authority.issue(identity, days=args.days, dns_names=tuple(args.dns), ip_addresses=tuple(args.ip))
+        print(json.dumps({"identity": identity.uri, "tls": str(tls), "signing": str(signing)}, ensure_ascii=False))
+        return 0
+    if args.pki_command == "revoke":
+        for record in authority.revoke(args.which, args.reason):
+            print(json.dumps({"revoked": record.serial, "identity": record.identity, "purpose": record.purpose}))
+        return 0
+    if args.pki_command == "crl":
+        print(json.dumps({"crl": str(authority.write_crl())}))
+        return 0
+    raise CommandError(f"unknown pki command {args.pki_command!r}")
+
+
+def _add_pki_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "pki",
+        parents=[common],
+        help="the network's certificates: CA, identities, revocation",
+        description="Creates the province root CA, issues identity certificates (URI SAN "
+        "spiffe://DOMAIN/REGION/AGENCY-OR-NODE/ROLE/NAME), revokes them and writes the CRL.",
+    )
+    p.set_defaults(run=_pki)
+    pki = p.add_subparsers(dest="pki_command", required=True, metavar="PKI_COMMAND")
+
+    def with_dir(q: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        q.add_argument("--dir", default="pki", help="the PKI directory (default ./pki)")
+        return q
+
+    q = with_dir(pki.add_parser("init", help="create the province root CA and an empty CRL"))
+    q.add_argument("--trust-domain", required=True, help="the network's trust domain, e.g. yjt.henan.gov.cn")
+    q.add_argument("--province", default="410000", help="GB/T 2260 code of the province (default 410000)")
+
+    q = with_dir(pki.add_parser("issue", help="issue the TLS and signing certificates of an identity"))
+    q.add_argument("--role", required=True, choices=[r.value for r in Role])
+    q.add_argument("--region", required=True, metavar="CODE", help="GB/T 2260 code the identity is bound to")
+    q.add_argument("--agency", metavar="CODE", help="agency code (required except for --role gateway)")
+    q.add_argument("--node", metavar="ID", help="for --role gateway: the node id (default: --name)")
+    q.add_argument("--name", required=True, help="a name unique in this PKI, e.g. zhengzhou-city or gauge-17")
+    q.add_argument("--days", type=int, default=397, help="validity in days (default 397)")
+    q.add_argument("--dns", action="append", default=[], help="DNS name for a server certificate; repeatable")
+    q.add_argument("--ip", action="append", default=[], help="IP address for a server certificate; repeatable")
+
+    q = with_dir(pki.add_parser("revoke", help="revoke a name's certificates (or a serial) and rewrite the CRL"))
+    q.add_argument("which", metavar="NAME|SERIAL")
+    q.add_argument(
+        "--reason",
+        default="unspecified",
+        help="unspecified, key_compromise, affiliation_changed, superseded or cessation_of_operation",
+    )
+
+    with_dir(pki.add_parser("crl", help="sign a fresh CRL (it is valid for a week)"))
+
+    q = pki.add_parser("show", help="print what a certificate says (and whether it is revoked, with --dir)")
+    q.add_argument("file", metavar="FILE")
+    q.add_argument("--dir", help="a PKI directory to look the certificate up in")
+
+
 # -- parser -----------------------------------------------------------------------------------------
 
 
@@ -426,6 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, metavar="HOST:PORT")
     p.set_defaults(run=lambda a: asyncio.run(_info(a)))
 
+    _add_pki_parser(sub, common)
+
     p = sub.add_parser(
         "demo",
         parents=[common],
@@ -446,6 +524,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     prog = f"yiwang {args.command}"
+    if args.command == "pki":
+        args.dir_given = args.dir is not None
+        args.dir = args.dir or "pki"
     if args.log_level is None:  # the demo's own lines are the show; elsewhere info
         args.log_level = "warning" if args.command == "demo" else "info"
     if args.command != "gateway":
