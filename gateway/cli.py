@@ -26,6 +26,7 @@ from yiwang.v1 import envelope_pb2 as pb
 from yiwang.v1 import gateway_pb2 as gw
 
 from gateway import __version__, logsetup
+from gateway.audit import verify as verify_audit
 from gateway.client import GatewayClient
 from gateway.config import NodeConfig, from_dict, load
 from gateway.demo import Traffic, describe
@@ -367,6 +368,15 @@ def _pki(args: argparse.Namespace) -> int:
     raise CommandError(f"unknown pki command {args.pki_command!r}")
 
 
+def _audit(args: argparse.Namespace) -> int:
+    verdict = verify_audit(Path(args.file), args.head)
+    print(json.dumps({"ok": verdict.ok, "records": verdict.records, "head": verdict.head, "problem": verdict.problem}))
+    if not verdict.ok:
+        print(f"yiwang audit: {args.file}: {verdict.problem}", file=sys.stderr)
+        return EXIT_REFUSED
+    return 0
+
+
 def _add_pki_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "pki",
@@ -503,6 +513,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=lambda a: asyncio.run(_info(a)))
 
     _add_pki_parser(sub, common)
+
+    p = sub.add_parser(
+        "audit", parents=[common], help="check an audit log", description="Checks the hash chain of an audit log."
+    )
+    audit = p.add_subparsers(dest="audit_command", required=True, metavar="AUDIT_COMMAND")
+    q = audit.add_parser("verify", help="exit 1 and name the record if any was edited, removed or reordered")
+    q.add_argument("file", metavar="FILE")
+    q.add_argument("--head", metavar="HASH", help="the head hash kept elsewhere (default: FILE.head)")
+    p.set_defaults(run=_audit)
 
     p = sub.add_parser(
         "demo",

@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 from yiwang.v1 import gateway_pb2 as gw
 
 from gateway.admission import start_pool, worker_ready
+from gateway.audit import AuditLog
 from gateway.config import NodeConfig, parse_address, parse_size
 from gateway.http import HttpSide
 from gateway.metrics import NodeMetrics
@@ -41,6 +42,7 @@ class Node:
         self.grpc_port = 0
         self.http_port = 0
         self.pool: ProcessPoolExecutor | None = None
+        self.audit: AuditLog | None = None
 
     @property
     def grpc_target(self) -> str:
@@ -50,6 +52,7 @@ class Node:
     async def start(self) -> None:
         cfg = self.config
         src = cfg.source
+        self.audit = AuditLog(cfg.data_dir / "audit.log").open()
         retention = Retention(
             max_age_s=cfg.log.retention_hours * 3600.0,
             max_bytes=parse_size(cfg.log.retention_bytes, "log.retention_bytes", src),
@@ -108,6 +111,9 @@ class Node:
         self.http_port = await self.http.start(http_host, http_port)
         for name in ("", SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.audit.record(
+            "node_started", node=cfg.node.id, region=cfg.node.region, grpc=f"{host}:{self.grpc_port}", tls=False
+        )
         log.info(
             "node_started",
             node=cfg.node.id,
@@ -132,6 +138,10 @@ class Node:
             self.pool = None
         if self.log is not None:
             await self.log.close()
+        if self.audit is not None:
+            self.audit.record("node_stopped", node=self.config.node.id)
+            await asyncio.to_thread(self.audit.close)
+            self.audit = None
         log.info("node_stopped", node=self.config.node.id)
 
     async def __aenter__(self) -> Node:

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from gateway.audit import AuditLog
 from gateway.errors import YiwangError
 from gateway.regions import default_table
 from gateway.validation import AGENCIES, AGENCY_CODE
@@ -203,8 +204,17 @@ class Authority:
         _write(directory / "ca.pem", _cert_pem(cert), mode=0o644)
         Register(trust_domain, province).save(directory / "pki.json")
         authority = cls(directory)
+        authority.audit("ca_created", trust_domain=trust_domain, province=province, serial=f"{cert.serial_number:x}")
         authority.write_crl()
         return authority
+
+    def audit(self, event: str, **fields: Any) -> None:
+        """Records a PKI event in the PKI directory's audit log (``audit.log``)."""
+        trail = AuditLog(self.dir / "audit.log").open()
+        try:
+            trail.record(event, **fields)
+        finally:
+            trail.close()
 
     def identity(self, role: Role, region: str, name: str, principal: str) -> Identity:
         """Checks and builds an identity of this trust domain."""
@@ -267,6 +277,12 @@ class Authority:
                 )
             )
         self.register.save(self.dir / "pki.json")
+        self.audit(
+            "certificate_issued",
+            identity=identity.uri,
+            serials={"tls": f"{tls_cert.serial_number:x}", "signing": f"{sign_cert.serial_number:x}"},
+            not_after=tls_cert.not_valid_after_utc.isoformat(),
+        )
         return tls_path, sign_path
 
     def _sign(
@@ -323,6 +339,8 @@ class Authority:
             record.revoked_at = when
             record.reason = reason
         self.register.save(self.dir / "pki.json")
+        for record in hits:
+            self.audit("certificate_revoked", identity=record.identity, serial=record.serial, reason=reason)
         self.write_crl()
         return hits
 
@@ -350,6 +368,11 @@ class Authority:
         crl = builder.sign(self.ca_key, hashes.SHA256())
         path = self.dir / "crl.pem"
         _write(path, crl.public_bytes(serialization.Encoding.PEM), mode=0o644)
+        self.audit(
+            "crl_written",
+            revoked=sum(1 for r in self.register.issued if r.revoked_at),
+            next_update=str(crl.next_update_utc),
+        )
         return path
 
 

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from gateway.audit import verify
 from gateway.pki import Authority, Identity, PkiError, Role
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,3 +148,14 @@ def test_cli(tmp_path: Path) -> None:
     missing = yiwang("issue", "--role", "edge", "--region", "410105", "--name", "x")
     assert missing.returncode == 2
     assert "--agency is required" in missing.stderr
+
+
+def test_pki_events_are_audited(ca: Authority) -> None:
+    ca.issue(ca.identity(Role.EDGE, "410105", "gauge-9", "water"))
+    ca.revoke("gauge-9", "superseded")
+    verdict = verify(ca.dir / "audit.log")
+    assert verdict.ok, verdict.problem
+    events = [json.loads(line)["event"] for line in (ca.dir / "audit.log").read_text(encoding="utf-8").splitlines()]
+    assert events[0] == "ca_created"
+    assert "certificate_issued" in events
+    assert events.count("certificate_revoked") == 2
