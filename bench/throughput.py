@@ -236,7 +236,8 @@ def start_node(data: str, fsync: bool) -> tuple[subprocess.Popen[bytes], int]:
     config = Path(data) / "node.toml"
     config.write_text(
         f'[node]\nid = "bench"\nregion = "410000"\n[listen]\ngrpc = "127.0.0.1:{port}"\nhttp = "127.0.0.1:{http}"\n'
-        f'[log]\ndata_dir = "{data}"\nfsync = {"true" if fsync else "false"}\nretention_hours = 1\n',
+        f'[log]\ndata_dir = "{data}"\nfsync = {"true" if fsync else "false"}\nretention_hours = 1\n'
+        "[tls]\ninsecure = true\n",
         encoding="utf-8",
     )
     node = subprocess.Popen(

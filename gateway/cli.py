@@ -36,6 +36,7 @@ from gateway.node import Node, run_until_signalled
 from gateway.pki import Authority, Role
 from gateway.pki import describe as describe_certificate
 from gateway.regions import default_table
+from gateway.tls import ClientTls
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
@@ -125,29 +126,69 @@ def parse_time(text: str, option: str) -> dt.datetime:
 
 def cmd_gateway(args: argparse.Namespace) -> int:
     if args.config:
-        if args.region or args.listen or args.http or args.data or args.node_id:
+        if args.region or args.listen or args.http or args.data or args.node_id or args.insecure or args.ca:
             raise CommandError("give either --config FILE or --region/--listen/--http/--data, not both")
         config = load(Path(args.config))
     else:
         if not args.region:
             raise CommandError("give --config FILE, or at least --region CODE for a quick node")
-        config = quick_config(args.region, args.listen, args.http, args.data, args.node_id)
+        given = [args.ca, args.cert, args.key]
+        if args.insecure == any(given) or (any(given) and not all(given)):
+            raise CommandError("a quick node needs --ca, --cert and --key, or --insecure (loopback only)")
+        tls: dict[str, Any] = {"insecure": True}
+        if not args.insecure:
+            tls = {"ca": args.ca, "cert": args.cert, "key": args.key, "crl": args.crl or ""}
+        config = quick_config(
+            args.region, listen=args.listen, http=args.http, data=args.data, node_id=args.node_id, tls=tls
+        )
     logsetup.configure(args.log_level)
     asyncio.run(run_until_signalled(config))
     return 0
 
 
 def quick_config(
-    region: str, listen: str | None, http: str | None, data: str | None, node_id: str | None
+    region: str,
+    *,
+    listen: str | None,
+    http: str | None,
+    data: str | None,
+    node_id: str | None,
+    tls: dict[str, Any] | None = None,
 ) -> NodeConfig:
+    """A node from command-line flags; plaintext on loopback unless TLS material is given."""
     return from_dict(
         {
             "node": {"id": node_id or f"node-{region}", "region": region},
             "listen": {"grpc": listen or "127.0.0.1:7400", "http": http or "127.0.0.1:7480"},
             "log": {"data_dir": data or "yiwang-data"},
+            "tls": tls or {"insecure": True},
         },
         source="command line",
     )
+
+
+def _client(args: argparse.Namespace) -> GatewayClient:
+    """A client as the command line asks: mutual TLS with --ca/--cert/--key, or plaintext with --insecure."""
+    given = [args.ca, args.cert, args.key]
+    if args.insecure:
+        if any(given):
+            raise CommandError("give either --ca/--cert/--key or --insecure, not both")
+        return GatewayClient(args.to, insecure=True)
+    if not all(given):
+        raise CommandError(
+            "the node requires mutual TLS: give --ca, --cert and --key (or --insecure for a development node)"
+        )
+    return GatewayClient(args.to, tls=ClientTls(Path(args.ca), Path(args.cert), Path(args.key), args.server_name or ""))
+
+
+def _add_client_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--to", required=True, metavar="HOST:PORT", help="the node's gRPC address")
+    g = p.add_argument_group("identity (mutual TLS)")
+    g.add_argument("--ca", metavar="FILE", help="the network's root CA (PEM)")
+    g.add_argument("--cert", metavar="FILE", help="this client's certificate (PEM)")
+    g.add_argument("--key", metavar="FILE", help="this client's private key (PEM)")
+    g.add_argument("--server-name", metavar="NAME", help="the name to expect in the node's certificate")
+    g.add_argument("--insecure", action="store_true", help="plaintext, to a development node on loopback only")
 
 
 def _stdin_lines(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | None]) -> None:
@@ -162,7 +203,7 @@ async def _publish(args: argparse.Namespace) -> int:
     threading.Thread(target=_stdin_lines, args=(loop, lines), daemon=True, name="stdin").start()
     refused = 0
     number = 0
-    async with GatewayClient(args.to) as client:
+    async with _client(args) as client:
         done = False
         while not done:
             batch: list[tuple[int, pb.Envelope]] = []
@@ -222,7 +263,7 @@ async def _subscribe(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit <= 0:
         raise CommandError("--limit must be at least 1")
     printed = 0
-    async with GatewayClient(args.to) as client:
+    async with _client(args) as client:
         call = client.subscribe(request)
         try:
             async for batch in call:
@@ -256,7 +297,7 @@ async def _query(args: argparse.Namespace) -> int:
     if args.until:
         request.to_time.FromDatetime(parse_time(args.until, "--until"))
     printed = 0
-    async with GatewayClient(args.to) as client:
+    async with _client(args) as client:
         async for delivery in client.query_all(request):
             print(_json(delivery))
             printed += 1
@@ -266,7 +307,7 @@ async def _query(args: argparse.Namespace) -> int:
 
 
 async def _get(args: argparse.Namespace) -> int:
-    async with GatewayClient(args.to) as client:
+    async with _client(args) as client:
         reply = await client.get(args.ids)
     for delivery in reply.deliveries:
         print(_json(delivery))
@@ -276,16 +317,16 @@ async def _get(args: argparse.Namespace) -> int:
 
 
 async def _info(args: argparse.Namespace) -> int:
-    async with GatewayClient(args.to) as client:
+    async with _client(args) as client:
         print(_json(await client.info()))
     return 0
 
 
 async def _demo(args: argparse.Namespace) -> int:
     data = args.data or tempfile.mkdtemp(prefix="yiwang-demo-")
-    config = quick_config("410000", args.listen, args.http, data, "henan-province")
+    config = quick_config("410000", listen=args.listen, http=args.http, data=data, node_id="henan-province")
     regions = default_table()
-    async with Node(config) as node, GatewayClient(node.grpc_target) as client:
+    async with Node(config) as node, GatewayClient(node.grpc_target, insecure=True) as client:
         print(
             f"yiwang demo: node henan-province (410000 河南省) on grpc {node.grpc_target}, "
             f"http http://127.0.0.1:{node.http_port}/metrics, log in {data}",
@@ -448,6 +489,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http", metavar="HOST:PORT", help="quick node: /healthz and /metrics (default 127.0.0.1:7480)")
     p.add_argument("--data", metavar="DIR", help="quick node: data directory (default ./yiwang-data)")
     p.add_argument("--node-id", metavar="ID", help="quick node: its id (default node-REGION)")
+    p.add_argument("--ca", metavar="FILE", help="quick node: the network's root CA")
+    p.add_argument("--cert", metavar="FILE", help="quick node: its certificate (chain)")
+    p.add_argument("--key", metavar="FILE", help="quick node: its private key")
+    p.add_argument("--crl", metavar="FILE", help="quick node: the CA's CRL, re-read when it changes")
+    p.add_argument("--insecure", action="store_true", help="quick node: plaintext on loopback, for development")
     p.set_defaults(run=cmd_gateway)
 
     p = sub.add_parser(
@@ -458,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and prints one result line per envelope. A missing id gets a UUIDv7, a missing sent_at the "
         "current time. Exits 1 if any envelope was refused.",
     )
-    p.add_argument("--to", required=True, metavar="HOST:PORT", help="the node's gRPC address")
+    _add_client_args(p)
     p.add_argument("--batch", type=int, default=500, help="most envelopes per request (default 500)")
     p.set_defaults(run=lambda a: asyncio.run(_publish(a)))
 
@@ -469,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Prints deliveries (offset, envelope, appendedAt) as JSON lines, replaying from "
         "--from and then following the live log.",
     )
-    p.add_argument("--to", required=True, metavar="HOST:PORT")
+    _add_client_args(p)
     _add_filter_args(p)
     p.add_argument(
         "--from",
@@ -487,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="print history by filter",
         description="Prints the log's history that matches the filter, as JSON lines, page by page.",
     )
-    p.add_argument("--to", required=True, metavar="HOST:PORT")
+    _add_client_args(p)
     _add_filter_args(p)
     p.add_argument("--from-offset", type=int, metavar="OFFSET", help="first offset (inclusive)")
     p.add_argument("--to-offset", type=int, metavar="OFFSET", help="last offset (exclusive)")
@@ -504,12 +550,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="print envelopes by id",
         description="Prints the deliveries of the given ids.",
     )
-    p.add_argument("--to", required=True, metavar="HOST:PORT")
+    _add_client_args(p)
     p.add_argument("ids", nargs="+", metavar="ID")
     p.set_defaults(run=lambda a: asyncio.run(_get(a)))
 
     p = sub.add_parser("info", parents=[common], help="print what a node is and how far its log reaches")
-    p.add_argument("--to", required=True, metavar="HOST:PORT")
+    _add_client_args(p)
     p.set_defaults(run=lambda a: asyncio.run(_info(a)))
 
     _add_pki_parser(sub, common)

@@ -11,6 +11,9 @@ import grpc
 from yiwang.v1 import envelope_pb2 as pb
 from yiwang.v1 import gateway_pb2 as gw
 
+from gateway.errors import ConfigError
+from gateway.tls import ClientTls
+
 _PREFIX = "/yiwang.v1.Gateway/"
 MAX_MESSAGE_BYTES = 64 << 20
 
@@ -18,15 +21,35 @@ MAX_MESSAGE_BYTES = 64 << 20
 class GatewayClient:
     """``async with GatewayClient("127.0.0.1:7400") as client: ...``"""
 
-    def __init__(self, target: str, *, channel: grpc.aio.Channel | None = None) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        tls: ClientTls | None = None,
+        insecure: bool = False,
+        channel: grpc.aio.Channel | None = None,
+    ) -> None:
+        """Connects with mutual TLS (``tls``) or, only when asked for by name, in plaintext (``insecure``).
+
+        There is no default and no fallback: a client given neither is an error.
+        """
         self.target = target
-        self.channel = channel or grpc.aio.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
+        if channel is not None:
+            self.channel = channel
+        elif tls is not None:
+            if insecure:
+                raise ConfigError("give either TLS material or insecure, not both")
+            if tls.server_name:
+                options.append(("grpc.ssl_target_name_override", tls.server_name))
+            self.channel = grpc.aio.secure_channel(target, tls.credentials(), options=options)
+        elif insecure:
+            self.channel = grpc.aio.insecure_channel(target, options=options)
+        else:
+            raise ConfigError("no TLS material (ca, cert, key) given and plaintext not asked for (insecure)")
         c = self.channel
         self._publish = c.unary_unary(
             _PREFIX + "Publish", gw.PublishRequest.SerializeToString, gw.PublishReply.FromString

@@ -7,6 +7,7 @@ mistyped setting never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 import tomllib
 import types
@@ -56,6 +57,17 @@ class LimitsSection:
 
 
 @dataclass(frozen=True)
+class TlsSection:
+    """Mutual TLS of the node's listeners. Paths are relative to the config file."""
+
+    ca: str = ""  # the network's root CA (PEM): clients must present a certificate it issued
+    cert: str = ""  # the node's certificate (PEM, chain allowed)
+    key: str = ""  # its private key
+    crl: str = ""  # the CA's CRL, re-read when it changes; revoked identities are refused and cut off
+    insecure: bool = False  # plaintext, for development on loopback only; never a fallback
+
+
+@dataclass(frozen=True)
 class AgenciesSection:
     extra: list[str] = field(default_factory=list)
 
@@ -67,6 +79,7 @@ class NodeConfig:
     log: LogSection = field(default_factory=LogSection)
     limits: LimitsSection = field(default_factory=LimitsSection)
     agencies: AgenciesSection = field(default_factory=AgenciesSection)
+    tls: TlsSection = field(default_factory=TlsSection)
     source: str = ""
 
     @property
@@ -77,6 +90,13 @@ class NodeConfig:
     def data_dir(self) -> Path:
         path = Path(self.log.data_dir)
         if not path.is_absolute() and self.source:
+            path = Path(self.source).parent / path
+        return path
+
+    def path(self, value: str) -> Path:
+        """A path from the config, relative to the config file's folder."""
+        path = Path(value)
+        if not path.is_absolute() and self.source and self.source != "command line":
             path = Path(self.source).parent / path
         return path
 
@@ -101,6 +121,15 @@ def parse_address(value: str, key: str, source: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"{value!r} is not HOST:PORT", key=key, source=source)
     return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _type_ok(value: Any, hint: Any) -> bool:
@@ -161,8 +190,27 @@ def check(config: NodeConfig) -> NodeConfig:
                 key="node.level",
                 source=src,
             )
-    parse_address(config.listen.grpc, "listen.grpc", src)
-    parse_address(config.listen.http, "listen.http", src)
+    grpc_host, _ = parse_address(config.listen.grpc, "listen.grpc", src)
+    http_host, _ = parse_address(config.listen.http, "listen.http", src)
+    tls = config.tls
+    if tls.insecure:
+        for key, host in (("listen.grpc", grpc_host), ("listen.http", http_host)):
+            if not is_loopback(host):
+                raise ConfigError(
+                    f"{host} is not a loopback address: plaintext (tls.insecure) is only for development on loopback",
+                    key=key,
+                    source=src,
+                )
+        if tls.ca or tls.cert or tls.key:
+            raise ConfigError("give either ca/cert/key or insecure = true, not both", key="tls.insecure", source=src)
+    else:
+        for key in ("ca", "cert", "key"):
+            if not getattr(tls, key):
+                raise ConfigError(
+                    "required: the node's listeners require mutual TLS (or set tls.insecure = true on loopback)",
+                    key=f"tls.{key}",
+                    source=src,
+                )
     if config.log.retention_hours < 0:
         raise ConfigError("must not be negative", key="log.retention_hours", source=src)
     parse_size(config.log.retention_bytes, "log.retention_bytes", src)

@@ -43,6 +43,12 @@ class InvalidRequestError(FieldError):
     """A request (filter, start position, page token) is malformed."""
 
 
+class UnauthenticatedError(YiwangError):
+    """The peer's certificate is missing, revoked, or names no identity of this network."""
+
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+
+
 class NotFoundError(YiwangError):
     grpc_code = grpc.StatusCode.NOT_FOUND
 

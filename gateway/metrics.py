@@ -52,6 +52,9 @@ class NodeMetrics:
         )
         self.delivered = Counter("yiwang_envelopes_delivered", "Envelopes sent to subscribers", registry=r)
         self.commits = Counter("yiwang_log_commit_batches", "Batches written by log commits", registry=r)
+        self.auth_failures = Counter(
+            "yiwang_authentication_failures", "Calls refused for a missing, revoked or foreign certificate", registry=r
+        )
         self.subscription_gaps = Counter(
             "yiwang_subscription_gaps",
             "Subscriptions that resumed behind the oldest retained offset (retention removed what they missed)",

@@ -10,6 +10,7 @@ from types import TracebackType
 
 import grpc
 import structlog
+from cryptography import x509
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from yiwang.v1 import gateway_pb2 as gw
@@ -17,11 +18,14 @@ from yiwang.v1 import gateway_pb2 as gw
 from gateway.admission import start_pool, worker_ready
 from gateway.audit import AuditLog
 from gateway.config import NodeConfig, parse_address, parse_size
+from gateway.errors import ConfigError
 from gateway.http import HttpSide
 from gateway.metrics import NodeMetrics
+from gateway.pki import Identity, PkiError
 from gateway.regions import default_table
 from gateway.service import SERVICE, GatewayService, ServiceLimits
 from gateway.sqlite_log import Retention, SqliteLog
+from gateway.tls import Revocations, ServerTls
 from gateway.validation import Limits, Validator
 
 log = structlog.get_logger("yiwang.node")
@@ -43,6 +47,9 @@ class Node:
         self.http_port = 0
         self.pool: ProcessPoolExecutor | None = None
         self.audit: AuditLog | None = None
+        self.revocations = Revocations(None, None)
+        self.crl_interval_s = 2.0
+        self._crl_watch: asyncio.Task[None] | None = None
 
     @property
     def grpc_target(self) -> str:
@@ -79,6 +86,14 @@ class Node:
             self.pool = start_pool(workers, validator, cfg.limits.max_batch_envelopes)
             loop = asyncio.get_running_loop()
             await asyncio.gather(*(loop.run_in_executor(self.pool, worker_ready) for _ in range(workers)))
+        tls = cfg.tls
+        server_tls: ServerTls | None = None
+        trust_domain = ""
+        if not tls.insecure:
+            server_tls = ServerTls(cfg.path(tls.ca), cfg.path(tls.cert), cfg.path(tls.key))
+            trust_domain = self._own_identity(server_tls).trust_domain
+        self.revocations = Revocations(cfg.path(tls.crl) if tls.crl else None, server_tls.ca if server_tls else None)
+        self.revocations.reload()
         self.service = GatewayService(
             self.log,
             validator,
@@ -88,6 +103,10 @@ class Node:
             region=cfg.node.region,
             limits=ServiceLimits(max_batch_envelopes=cfg.limits.max_batch_envelopes),
             pool=self.pool,
+            tls=server_tls is not None,
+            trust_domain=trust_domain,
+            revocations=self.revocations,
+            audit=self.audit,
         )
         self.metrics.watch(self.log.stats, self.service.lags)
         max_message = parse_size(cfg.limits.max_message_bytes, "limits.max_message_bytes", src)
@@ -102,17 +121,34 @@ class Node:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         host, port = parse_address(cfg.listen.grpc, "listen.grpc", src)
-        self.grpc_port = self.server.add_insecure_port(f"{host}:{port}")
+        if server_tls is None:
+            log.warning(
+                "plaintext_listeners",
+                message="tls.insecure: gRPC and HTTP listen WITHOUT TLS and WITHOUT client identities; "
+                "for development on loopback only",
+                grpc=cfg.listen.grpc,
+                http=cfg.listen.http,
+            )
+            self.grpc_port = self.server.add_insecure_port(f"{host}:{port}")
+        else:
+            self.grpc_port = self.server.add_secure_port(f"{host}:{port}", server_tls.grpc_credentials(src))
         if self.grpc_port == 0:
             raise OSError(f"cannot listen on {cfg.listen.grpc} (listen.grpc)")
         await self.server.start()
         http_host, http_port = parse_address(cfg.listen.http, "listen.http", src)
         self.http = HttpSide(self)
-        self.http_port = await self.http.start(http_host, http_port)
+        self.http_port = await self.http.start(
+            http_host, http_port, server_tls.ssl_context() if server_tls is not None else None
+        )
+        self._crl_watch = asyncio.create_task(self._watch_crl(), name="crl-watch")
         for name in ("", SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.audit.record(
-            "node_started", node=cfg.node.id, region=cfg.node.region, grpc=f"{host}:{self.grpc_port}", tls=False
+            "node_started",
+            node=cfg.node.id,
+            region=cfg.node.region,
+            grpc=f"{host}:{self.grpc_port}",
+            tls=server_tls is not None,
         )
         log.info(
             "node_started",
@@ -124,7 +160,31 @@ class Node:
             data_dir=str(cfg.data_dir),
         )
 
+    def _own_identity(self, server_tls: ServerTls) -> Identity:
+        """The node's identity, from its own certificate (which must name one)."""
+        try:
+            cert = x509.load_pem_x509_certificate(server_tls.cert.read_bytes())
+            return Identity.of(cert)
+        except (OSError, ValueError, PkiError) as exc:
+            raise ConfigError(
+                f"the node's certificate names no identity: {exc}", key="tls.cert", source=self.config.source
+            ) from exc
+
+    async def _watch_crl(self) -> None:
+        """Re-reads the CRL every few seconds; cuts the streams of newly revoked certificates."""
+        while True:
+            await asyncio.sleep(self.crl_interval_s)
+            added = await asyncio.to_thread(self.revocations.reload)
+            if added and self.service is not None:
+                cut = self.service.cut_revoked(added)
+                if self.audit is not None:
+                    self.audit.record("crl_reloaded", newly_revoked=sorted(f"{s:x}" for s in added), streams_cut=cut)
+                log.info("crl_reloaded", newly_revoked=len(added), streams_cut=cut)
+
     async def stop(self) -> None:
+        if self._crl_watch is not None:
+            self._crl_watch.cancel()
+            self._crl_watch = None
         for name in ("", SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self.service is not None:

@@ -23,11 +23,14 @@ from yiwang.v1 import gateway_pb2 as gw
 
 from gateway import __version__
 from gateway.admission import Admission, Admitted, admit_in_worker
-from gateway.errors import InvalidRequestError, YiwangError
+from gateway.audit import AuditLog
+from gateway.errors import InvalidRequestError, UnauthenticatedError, YiwangError
 from gateway.log import AppendBatch, AppendResult, Log, StoredBatch
 from gateway.metrics import NodeMetrics
+from gateway.pki import Identity, PkiError
 from gateway.regions import RegionTable
 from gateway.selection import Selector
+from gateway.tls import Revocations, peer_certificate
 from gateway.validation import Validator
 from gateway.wire import TAG_MISSING, TAG_PAGE_TOKEN, length_delimited, next_offset_field
 
@@ -56,10 +59,22 @@ class ServiceLimits:
     progress_interval_s: float = 1.0
 
 
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Who is calling, from the client certificate (None identity on a plaintext development node)."""
+
+    identity: Identity | None
+    serial: int | None
+
+
+_ANONYMOUS = Peer(None, None)
+
+
 @dataclass(eq=False)
 class _Subscription:
     label: str
     position: int
+    serial: int | None = None  # the peer certificate's serial, to cut the stream if it is revoked
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     ended: tuple[grpc.StatusCode, str] | None = None
 
@@ -83,9 +98,18 @@ class GatewayService:
         region: str,
         limits: ServiceLimits | None = None,
         pool: ProcessPoolExecutor | None = None,
+        tls: bool = False,
+        trust_domain: str = "",
+        revocations: Revocations | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.log = log_
         self.pool = pool
+        self.tls = tls
+        self.trust_domain = trust_domain
+        self.revocations = revocations or Revocations(None, None)
+        self.audit = audit
+        self._publish_streams: dict[int, set[asyncio.Queue[Any]]] = {}
         self.validator = validator
         self.regions: RegionTable = validator.regions
         self.metrics = metrics
@@ -101,6 +125,49 @@ class GatewayService:
     def lags(self) -> dict[str, int]:
         head = self.log.next_offset
         return {s.label: max(head - s.position, 0) for s in self._subscriptions}
+
+    # -- authentication -------------------------------------------------------------------------
+
+    def authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> Peer:
+        """The caller's identity from its certificate; raises UnauthenticatedError, recorded in the audit log."""
+        if not self.tls:
+            return _ANONYMOUS
+        try:
+            return self._peer(context)
+        except UnauthenticatedError as exc:
+            self.metrics.auth_failures.inc()
+            if self.audit is not None:
+                self.audit.record("authentication_failed", peer=context.peer(), reason=str(exc))
+            log.warning("authentication_failed", peer=context.peer(), reason=str(exc))
+            raise
+
+    def _peer(self, context: grpc.aio.ServicerContext[Any, Any]) -> Peer:
+        cert = peer_certificate(context)
+        if cert is None:
+            raise UnauthenticatedError("no client certificate")
+        serial = cert.serial_number
+        if serial in self.revocations.serials:
+            raise UnauthenticatedError(f"certificate {serial:x} is revoked")
+        try:
+            identity = Identity.of(cert)
+        except PkiError as exc:
+            raise UnauthenticatedError(f"the client certificate names no identity: {exc}") from None
+        if self.trust_domain and identity.trust_domain != self.trust_domain:
+            raise UnauthenticatedError(f"identity {identity.uri} is not of trust domain {self.trust_domain}")
+        return Peer(identity, serial)
+
+    def cut_revoked(self, serials: frozenset[int]) -> int:
+        """Ends the open streams of revoked certificates; returns how many."""
+        cut = 0
+        for sub in list(self._subscriptions):
+            if sub.serial is not None and sub.serial in serials:
+                sub.end(grpc.StatusCode.UNAUTHENTICATED, f"certificate {sub.serial:x} was revoked")
+                cut += 1
+        for serial in serials & self._publish_streams.keys():
+            for queue in self._publish_streams[serial]:
+                queue.put_nowait(UnauthenticatedError(f"certificate {serial:x} was revoked"))
+                cut += 1
+        return cut
 
     # -- publish --------------------------------------------------------------------------------
 
@@ -158,16 +225,28 @@ class GatewayService:
         return self.reply(admitted, await self.append(admitted))
 
     async def publish(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> gw.PublishReply:
-        return await self._guard(context, self.publish_batch(request))
+        async def run() -> gw.PublishReply:
+            self.authenticate(context)
+            return await self.publish_batch(request)
+
+        return await self._guard(context, run())
 
     async def publish_stream(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[gw.PublishReply]:
         """Pipelines up to ``publish_stream_depth`` requests: admission runs concurrently, appends are
         queued in request order (so the log keeps the stream's order), replies leave in that order."""
+        try:
+            peer = self.authenticate(context)
+        except YiwangError as exc:
+            await context.abort(exc.grpc_code, str(exc))
         depth = self.limits.publish_stream_depth
         admitting: asyncio.Queue[asyncio.Task[Admitted] | None] = asyncio.Queue(depth)
-        appending: asyncio.Queue[tuple[Admitted, Awaitable[AppendResult]] | BaseException | None] = asyncio.Queue(depth)
+        # Unbounded, yet never longer than `depth` + 1: it is filled from `admitting` one by one.
+        # A revocation puts its error here, which ends the stream once earlier batches are answered.
+        appending: asyncio.Queue[tuple[Admitted, Awaitable[AppendResult]] | BaseException | None] = asyncio.Queue()
+        if peer.serial is not None:
+            self._publish_streams.setdefault(peer.serial, set()).add(appending)
 
         async def read() -> None:
             try:
@@ -203,6 +282,11 @@ class GatewayService:
                 except YiwangError as exc:
                     await context.abort(exc.grpc_code, str(exc))
         finally:
+            if peer.serial is not None:
+                streams = self._publish_streams.get(peer.serial, set())
+                streams.discard(appending)
+                if not streams:
+                    self._publish_streams.pop(peer.serial, None)
             reader.cancel()
             appender.cancel()
             while not admitting.empty():
@@ -234,6 +318,7 @@ class GatewayService:
         self, request: gw.SubscribeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[bytes]:
         try:
+            peer = self.authenticate(context)
             selector = Selector.compile(request.filter, self.regions)
             name = request.durable_name
             if name:
@@ -246,7 +331,7 @@ class GatewayService:
         except YiwangError as exc:
             await context.abort(exc.grpc_code, str(exc))
         limit = min(request.max_batch or self.limits.default_delivery_batch, self.limits.max_delivery_batch)
-        sub = _Subscription(label=name or f"anonymous-{next(self._anonymous)}", position=position)
+        sub = _Subscription(label=name or f"anonymous-{next(self._anonymous)}", position=position, serial=peer.serial)
         if name:
             previous = self._durable.get(name)
             if previous is not None:
@@ -333,6 +418,7 @@ class GatewayService:
 
     async def ack(self, request: gw.AckRequest, context: grpc.aio.ServicerContext[Any, Any]) -> gw.AckReply:
         async def run() -> gw.AckReply:
+            self.authenticate(context)
             self._check_name("durable_name", request.durable_name)
             if request.next_offset < 1:
                 raise InvalidRequestError("next_offset", "must be at least 1")
@@ -437,12 +523,24 @@ class GatewayService:
         return b"".join(parts)
 
     async def query(self, request: gw.QueryRequest, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        return await self._guard(context, self.query_bytes(request))
+        async def run() -> bytes:
+            self.authenticate(context)
+            return await self.query_bytes(request)
+
+        return await self._guard(context, run())
 
     async def get(self, request: gw.GetRequest, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        return await self._guard(context, self.get_bytes(request))
+        async def run() -> bytes:
+            self.authenticate(context)
+            return await self.get_bytes(request)
+
+        return await self._guard(context, run())
 
     async def info(self, request: gw.InfoRequest, context: grpc.aio.ServicerContext[Any, Any]) -> gw.NodeInfo:
+        try:
+            self.authenticate(context)
+        except YiwangError as exc:
+            await context.abort(exc.grpc_code, str(exc))
         return gw.NodeInfo(
             node=self.node_id,
             level=self.level,

@@ -24,6 +24,7 @@ def node_config(data: Path, *, region: str = "410000", node_id: str = "test-node
         "listen": {"grpc": "127.0.0.1:0", "http": "127.0.0.1:0"},
         "log": {"data_dir": str(data), "fsync": False},
         "limits": {"admission_workers": 0},
+        "tls": {"insecure": True},
     }
     for name, values in sections.items():
         table.setdefault(name, {}).update(values)
@@ -54,7 +55,7 @@ async def node(start_node: NodeFactory) -> Node:
 
 @pytest.fixture
 async def client(node: Node) -> AsyncIterator[GatewayClient]:
-    async with GatewayClient(node.grpc_target) as c:
+    async with GatewayClient(node.grpc_target, insecure=True) as c:
         yield c
 
 

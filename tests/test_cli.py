@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 YIWANG = [sys.executable, "-m", "gateway.cli"]
 SCRIPT = Path(sys.executable).with_name("yiwang")  # the installed console script
 COMMAND_TIMEOUT_S = 60.0
+CLIENT_COMMANDS = {"publish", "subscribe", "query", "get", "info"}
 START_TIMEOUT_S = 60.0
 
 # The seeded log of the shared node: offset = position + 1. The last one, a red warning over all of
@@ -88,6 +89,8 @@ def yiwang(
     *args: str, stdin: str | None = None, env: dict[str, str] | None = None, timeout: float = COMMAND_TIMEOUT_S
 ) -> subprocess.CompletedProcess[str]:
     """Runs ``yiwang ARGS`` to completion (killed if it overruns ``timeout``)."""
+    if args and args[0] in CLIENT_COMMANDS and "--to" in args:
+        args = (args[0], "--insecure", *args[1:])  # the test node is a plaintext loopback node
     return subprocess.run(
         [*YIWANG, *args],
         input=stdin,
@@ -150,6 +153,7 @@ def running_gateway(workdir: Path) -> Iterator[Gateway]:
                 f"127.0.0.1:{http_port}",
                 "--data",
                 str(workdir / "data"),
+                "--insecure",
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -299,7 +303,7 @@ def test_a_following_subscriber_is_told_when_the_node_stops(tmp_path: Path) -> N
         assert published.returncode == 0, published.stderr
         with out_path.open("wb") as out:
             subscriber = subprocess.Popen(
-                [*YIWANG, "subscribe", "--to", node.target, "--from", "oldest"],
+                [*YIWANG, "subscribe", "--insecure", "--to", node.target, "--from", "oldest"],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.PIPE,

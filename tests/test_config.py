@@ -15,6 +15,7 @@ from gateway.config import (
     LogSection,
     NodeConfig,
     NodeSection,
+    TlsSection,
     from_dict,
     load,
     parse_address,
@@ -50,10 +51,20 @@ admission_workers = 0
 
 [agencies]
 extra = ["red_cross", "civil_air_defence"]
+
+[tls]
+ca = "pki/ca.pem"
+cert = "pki/issued/zhengzhou-city-1.chain.pem"
+key = "pki/issued/zhengzhou-city-1.key"
+crl = "pki/crl.pem"
 """
 
-MINIMAL: dict[str, Any] = {"node": {"id": "henan-province", "region": "410000"}}
+MINIMAL: dict[str, Any] = {
+    "node": {"id": "henan-province", "region": "410000"},
+    "tls": {"ca": "ca.pem", "cert": "node.pem", "key": "node.key"},
+}
 SOURCE = "/etc/yiwang/node.toml"
+TLS = '[tls]\nca = "ca.pem"\ncert = "node.pem"\nkey = "node.key"\n'
 
 
 def write(tmp_path: Path, text: str, name: str = "node.toml") -> Path:
@@ -93,8 +104,15 @@ def test_a_full_file_loads(tmp_path: Path) -> None:
             admission_workers=0,
         ),
         agencies=AgenciesSection(extra=["red_cross", "civil_air_defence"]),
+        tls=TlsSection(
+            ca="pki/ca.pem",
+            cert="pki/issued/zhengzhou-city-1.chain.pem",
+            key="pki/issued/zhengzhou-city-1.key",
+            crl="pki/crl.pem",
+        ),
         source=str(path),
     )
+    assert config.path(config.tls.ca) == tmp_path / "pki" / "ca.pem"
     assert config.level == "city"
     assert config.data_dir == tmp_path / "state" / "log"
     assert config.all_agencies == AGENCIES | {"red_cross", "civil_air_defence"}
@@ -138,8 +156,8 @@ def test_unknown_key_in_a_section_names_the_key_and_the_file(tmp_path: Path) -> 
 
 
 def test_an_unknown_section_is_an_unknown_key() -> None:
-    error = config_error(table(tls={"cert": "node.pem"}))
-    assert error.key == "tls"
+    error = config_error(table(mqtt={"broker": "127.0.0.1:1883"}))
+    assert error.key == "mqtt"
     assert "unknown key" in str(error)
 
 
@@ -326,19 +344,19 @@ def test_good_agency_codes() -> None:
 def test_relative_data_dir_is_resolved_against_the_config_folder(tmp_path: Path) -> None:
     folder = tmp_path / "etc" / "yiwang"
     folder.mkdir(parents=True)
-    path = write(folder, '[node]\nid = "n1"\nregion = "410000"\n[log]\ndata_dir = "../../var/yiwang"\n')
+    path = write(folder, '[node]\nid = "n1"\nregion = "410000"\n[log]\ndata_dir = "../../var/yiwang"\n' + TLS)
     assert load(path).data_dir == folder / "../../var/yiwang"
     assert load(path).data_dir.resolve() == (tmp_path / "var" / "yiwang").resolve()
 
 
 def test_default_data_dir_is_beside_the_config(tmp_path: Path) -> None:
-    path = write(tmp_path, '[node]\nid = "n1"\nregion = "410000"\n')
+    path = write(tmp_path, '[node]\nid = "n1"\nregion = "410000"\n' + TLS)
     assert load(path).data_dir == tmp_path / "data"
 
 
 def test_absolute_data_dir_is_kept(tmp_path: Path) -> None:
     absolute = tmp_path / "elsewhere"
-    path = write(tmp_path, f'[node]\nid = "n1"\nregion = "410000"\n[log]\ndata_dir = "{absolute}"\n')
+    path = write(tmp_path, f'[node]\nid = "n1"\nregion = "410000"\n[log]\ndata_dir = "{absolute}"\n' + TLS)
     assert load(path).data_dir == absolute
 
 
@@ -365,3 +383,33 @@ def test_config_is_frozen() -> None:
     config = from_dict(copy.deepcopy(MINIMAL))
     with pytest.raises(AttributeError):
         config.node.id = "other"  # type: ignore[misc]
+
+
+def test_tls_is_required_unless_insecure_is_asked_for() -> None:
+    error = config_error({"node": {"id": "n", "region": "410000"}})
+    assert "tls.ca" in str(error)
+    assert "require mutual TLS" in str(error)
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0:7400", "10.1.2.3:7400", "node.example:7400"])
+def test_insecure_only_on_loopback(address: str) -> None:
+    error = config_error(
+        {"node": {"id": "n", "region": "410000"}, "listen": {"grpc": address}, "tls": {"insecure": True}}
+    )
+    assert "listen.grpc" in str(error)
+    assert "loopback" in str(error)
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:7400", "[::1]:7400", "localhost:7400", "127.0.0.2:0"])
+def test_insecure_on_loopback_loads(address: str) -> None:
+    config = from_dict(
+        {"node": {"id": "n", "region": "410000"}, "listen": {"grpc": address}, "tls": {"insecure": True}}
+    )
+    assert config.tls.insecure
+
+
+def test_insecure_and_certificates_together_are_refused() -> None:
+    error = config_error(
+        {"node": {"id": "n", "region": "410000"}, "tls": {"insecure": True, "ca": "ca.pem", "cert": "c", "key": "k"}}
+    )
+    assert "tls.insecure" in str(error)

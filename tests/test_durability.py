@@ -59,6 +59,9 @@ http = "127.0.0.1:{free_port()}"
 [log]
 data_dir = "{tmp_path / "data"}"
 fsync = {"true" if fsync else "false"}
+
+[tls]
+insecure = true
 """,
         encoding="utf-8",
     )
@@ -105,7 +108,7 @@ class GatewayProcess:
         assert self.proc is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + START_TIMEOUT_S
-        async with GatewayClient(self.target) as client:
+        async with GatewayClient(self.target, insecure=True) as client:
             while True:
                 if self.proc.returncode is not None:
                     raise AssertionError(f"gateway exited with {self.proc.returncode}:\n{self.stderr()}")
@@ -246,7 +249,7 @@ async def test_kill_9_while_publishing_loses_nothing_acknowledged(tmp_path: Path
     config = write_config(tmp_path, fsync=fsync)
     ledger = Ledger()
 
-    async with gateway(config, run=1) as node, GatewayClient(node.target) as client:
+    async with gateway(config, run=1) as node, GatewayClient(node.target, insecure=True) as client:
         publishers = [
             asyncio.create_task(publish_until_the_node_dies(client, ledger, tag), name=f"publisher-{tag}")
             for tag in ("a", "b")
@@ -267,7 +270,7 @@ async def test_kill_9_while_publishing_loses_nothing_acknowledged(tmp_path: Path
     assert len(set(acked.values())) == len(acked), "two acknowledged ids share an offset"
     assert len(ledger.unanswered) == 2, "each publisher was cut off with a request unanswered"
 
-    async with gateway(config, run=2) as node, GatewayClient(node.target) as client:
+    async with gateway(config, run=2) as node, GatewayClient(node.target, insecure=True) as client:
         info = await client.info()
         assert info.oldest_offset == 1
         head = info.next_offset
@@ -328,7 +331,7 @@ async def test_kill_9_while_publishing_loses_nothing_acknowledged(tmp_path: Path
 async def test_kill_9_keeps_durable_subscriptions_at_their_acknowledged_position(tmp_path: Path) -> None:
     config = write_config(tmp_path, fsync=False)
 
-    async with gateway(config, run=1) as node, GatewayClient(node.target) as client:
+    async with gateway(config, run=1) as node, GatewayClient(node.target, insecure=True) as client:
         for number in range(5):
             reply = await client.publish(make_batch("before", number), timeout=RPC_TIMEOUT_S)
             assert {r.outcome for r in reply.results} == {ACCEPTED}
@@ -359,7 +362,7 @@ async def test_kill_9_keeps_durable_subscriptions_at_their_acknowledged_position
             desk.cancel()
             late.cancel()
 
-    async with gateway(config, run=2) as node, GatewayClient(node.target) as client:
+    async with gateway(config, run=2) as node, GatewayClient(node.target, insecure=True) as client:
         reply = await client.publish(make_batch("after", 0), timeout=RPC_TIMEOUT_S)
         assert [r.offset for r in reply.results] == list(range(1001, 1201))
 

@@ -192,7 +192,7 @@ async def test_a_repeated_id_is_a_duplicate_with_its_original_offset_and_stored_
     data = tmp_path / "idem"
     a, b, c = observations(3)
     node = await start_node(data)
-    async with GatewayClient(node.grpc_target) as client:
+    async with GatewayClient(node.grpc_target, insecure=True) as client:
         assert await publish(client, [a, b]) == [1, 2]
 
         # The same id twice in one batch: stored once, the second answered with the first's offset.
@@ -211,7 +211,7 @@ async def test_a_repeated_id_is_a_duplicate_with_its_original_offset_and_stored_
     await node.stop()
 
     node = await start_node(data)
-    async with GatewayClient(node.grpc_target) as client:
+    async with GatewayClient(node.grpc_target, insecure=True) as client:
         later = factories.observation()
         reply = await client.publish([later, b, fresh, c])
         assert [(r.id, r.outcome, r.offset) for r in reply.results] == [
@@ -295,7 +295,7 @@ async def test_publish_stream_answers_pipelined_requests_in_order(client: Gatewa
 
 async def test_publish_stream_refuses_a_request_over_the_batch_limit(start_node: NodeFactory) -> None:
     node = await start_node(limits={"max_batch_envelopes": 10})
-    async with GatewayClient(node.grpc_target) as client:
+    async with GatewayClient(node.grpc_target, insecure=True) as client:
         call = open_publish_stream(client, [observations(3), observations(11), observations(2)])
         try:
             first = await asyncio.wait_for(call.read(), STREAM_TIMEOUT)
@@ -337,7 +337,7 @@ async def test_large_batches_through_the_admission_pool_get_the_same_results_as_
     stream = [envelopes, smalls[0], larges[0], smalls[1], larges[1]]
     outcomes: list[list[list[tuple[str, int, int, int, str]]]] = []
     for node in (pooled, inline):
-        async with GatewayClient(node.grpc_target) as client:
+        async with GatewayClient(node.grpc_target, insecure=True) as client:
             replies = await publish_stream(client, stream)
             outcomes.append(
                 [[(r.id, r.outcome, r.offset, r.code, r.field) for r in reply.results] for reply in replies]
@@ -510,7 +510,7 @@ async def test_a_durable_subscription_resumes_right_after_its_acknowledged_posit
     data = tmp_path / "durable"
     node = await start_node(data)
     processed: list[int] = []
-    async with GatewayClient(node.grpc_target) as client:
+    async with GatewayClient(node.grpc_target, insecure=True) as client:
         await publish(client, observations(10))
         request = gw.SubscribeRequest(durable_name="flood-desk", position=gw.OLDEST, max_batch=4)
         async with subscribed(client, request) as call:
@@ -535,7 +535,7 @@ async def test_a_durable_subscription_resumes_right_after_its_acknowledged_posit
     await node.stop()
 
     node = await start_node(data)
-    async with GatewayClient(node.grpc_target) as client:
+    async with GatewayClient(node.grpc_target, insecure=True) as client:
         later = await publish(client, observations(3))
         assert later == [11, 12, 13]
         async with subscribed(client, gw.SubscribeRequest(durable_name="flood-desk", max_batch=2)) as call:
@@ -550,7 +550,7 @@ async def test_a_durable_position_survives_a_restart_even_without_a_new_envelope
 ) -> None:
     data = tmp_path / "durable-restart"
     node = await start_node(data)
-    async with GatewayClient(node.grpc_target) as client:
+    async with GatewayClient(node.grpc_target, insecure=True) as client:
         await publish(client, observations(6))
         request = gw.SubscribeRequest(durable_name="relay/zz", position=gw.OLDEST, max_batch=2)
         async with subscribed(client, request) as call:
@@ -561,7 +561,7 @@ async def test_a_durable_position_survives_a_restart_even_without_a_new_envelope
 
     node = await start_node(data)
     request = gw.SubscribeRequest(durable_name="relay/zz")
-    async with GatewayClient(node.grpc_target) as client, subscribed(client, request) as call:
+    async with GatewayClient(node.grpc_target, insecure=True) as client, subscribed(client, request) as call:
         assert offsets_of(await read_until(call, 7, after=3)) == [3, 4, 5, 6]
 
 
@@ -570,7 +570,7 @@ async def test_stopping_the_node_ends_open_streams_unavailable_and_they_resume_a
 ) -> None:
     data = tmp_path / "durable-stop"
     node = await start_node(data)
-    async with GatewayClient(node.grpc_target) as client:
+    async with GatewayClient(node.grpc_target, insecure=True) as client:
         await publish(client, observations(5))
         request = gw.SubscribeRequest(durable_name="province-desk", position=gw.OLDEST, max_batch=3)
         async with registered(node, client, request) as call:
@@ -583,7 +583,7 @@ async def test_stopping_the_node_ends_open_streams_unavailable_and_they_resume_a
         assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
 
     node = await start_node(data)
-    async with GatewayClient(node.grpc_target) as client:
+    async with GatewayClient(node.grpc_target, insecure=True) as client:
         await publish(client, observations(2))
         async with subscribed(client, gw.SubscribeRequest(durable_name="province-desk")) as call:
             assert offsets_of(await read_until(call, 8, after=4)) == [4, 5, 6, 7]
@@ -642,7 +642,10 @@ async def test_a_subscriber_joining_mid_stream_sees_every_offset_once_in_order(
     batches, per_batch = 400, 5
     total = batches * per_batch
     node = await start_node(log={"cache_bytes": cache})
-    async with GatewayClient(node.grpc_target) as publisher, GatewayClient(node.grpc_target) as reader:
+    async with (
+        GatewayClient(node.grpc_target, insecure=True) as publisher,
+        GatewayClient(node.grpc_target, insecure=True) as reader,
+    ):
         partway = asyncio.Event()
 
         async def publish_all() -> None:
@@ -675,9 +678,9 @@ async def test_a_subscriber_that_never_reads_holds_back_neither_publishers_nor_m
     largest_batch = 0
 
     async with (
-        GatewayClient(node.grpc_target) as publisher,
-        GatewayClient(node.grpc_target) as slow_client,
-        GatewayClient(node.grpc_target) as reader,
+        GatewayClient(node.grpc_target, insecure=True) as publisher,
+        GatewayClient(node.grpc_target, insecure=True) as slow_client,
+        GatewayClient(node.grpc_target, insecure=True) as reader,
     ):
         async with (
             registered(node, slow_client, gw.SubscribeRequest(position=gw.OLDEST)) as slow,
@@ -817,7 +820,7 @@ async def test_retention_removes_the_oldest_and_the_node_carries_on(start_node: 
     limit = 100_000
     node = await start_node(data, log={"retention_bytes": limit})
     log = log_of(node)
-    async with GatewayClient(node.grpc_target) as client:
+    async with GatewayClient(node.grpc_target, insecure=True) as client:
         # A durable subscription fixed at offset 1, before anything is published.
         async with registered(node, client, gw.SubscribeRequest(durable_name="laggard", position=gw.OLDEST)):
             pass
@@ -856,7 +859,7 @@ async def test_retention_removes_the_oldest_and_the_node_carries_on(start_node: 
     await node.stop()
 
     node = await start_node(data, log={"retention_bytes": limit})
-    async with GatewayClient(node.grpc_target) as client:
+    async with GatewayClient(node.grpc_target, insecure=True) as client:
         info = await client.info()
         assert (info.oldest_offset, info.next_offset) == (oldest, head)
         assert await publish(client, observations(3)) == [head, head + 1, head + 2]
@@ -877,7 +880,7 @@ async def test_an_id_published_again_after_retention_removed_it_stays_idempotent
     # whenever an id is published and retained within one flush interval.
     log.index.flush_interval_s = 1e9
     again = factories.observation()
-    async with GatewayClient(node.grpc_target) as client:
+    async with GatewayClient(node.grpc_target, insecure=True) as client:
         await publish(client, observations(2))
         [first_offset] = await publish(client, [again])
         for _ in range(20):
@@ -896,7 +899,7 @@ async def test_an_id_published_again_after_retention_removed_it_stays_idempotent
     await node.stop()
 
     node = await start_node(data, log={"retention_bytes": 20_000})
-    async with GatewayClient(node.grpc_target) as client:
+    async with GatewayClient(node.grpc_target, insecure=True) as client:
         reply = await client.publish([again])
         assert (reply.results[0].id, reply.results[0].outcome, reply.results[0].offset) == (
             again.id,

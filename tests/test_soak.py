@@ -53,7 +53,7 @@ async def test_soak_publish_subscribe_retention(start_node: NodeFactory) -> None
             if loop.time() > deadline and published and seen and seen[-1] == published[-1]:
                 return seen
 
-    async with GatewayClient(node.grpc_target) as client:
+    async with GatewayClient(node.grpc_target, insecure=True) as client:
         reader = asyncio.create_task(subscribe(client))
         await publish(client)
         seen = await asyncio.wait_for(reader, 120)
