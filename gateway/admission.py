@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
@@ -19,7 +20,9 @@ from yiwang.v1 import gateway_pb2 as gw
 
 from gateway.errors import InvalidEnvelopeError, InvalidRequestError
 from gateway.id_index import die_with_parent, id_hash
+from gateway.policy import Decision
 from gateway.regions import default_table
+from gateway.selection import RECORD
 from gateway.validation import Limits, Validator
 
 
@@ -34,7 +37,8 @@ class Admitted:
     envelopes: list[bytes] = field(default_factory=list)
     records: list[bytes] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)  # index in the request of each admitted envelope
-    rejections: list[tuple[int, str, str, str]] = field(default_factory=list)  # (index, id, field, reason)
+    # (index in the request, id, field, reason, google.rpc code)
+    rejections: list[tuple[int, str, str, str, int]] = field(default_factory=list)
 
 
 class Admission:
@@ -69,7 +73,7 @@ class Admission:
             try:
                 record = admit(env, len(encoded), now)
             except InvalidEnvelopeError as exc:
-                out.rejections.append((index, env.id[:256], exc.field, exc.reason))
+                out.rejections.append((index, env.id[:256], exc.field, exc.reason, INVALID_ARGUMENT))
                 continue
             envelope_id = env.id
             add_id(envelope_id)
@@ -79,6 +83,9 @@ class Admission:
             add_position(index)
         return out
 
+
+INVALID_ARGUMENT = 3  # google.rpc.Code
+PERMISSION_DENIED = 7
 
 _worker: Admission | None = None
 
@@ -92,6 +99,39 @@ def _start_worker(agencies: frozenset[str], limits: Limits, max_batch_envelopes:
 def admit_in_worker(raw: bytes, now: float) -> Admitted:
     assert _worker is not None, "admission worker not initialised"
     return _worker.admit(raw, now)
+
+
+def enforce(admitted: Admitted, decide: Callable[[int, str, str], Decision]) -> list[tuple[str, str, str]]:
+    """Moves the envelopes ``decide`` denies (by kind, region, origin agency) from admitted to refused.
+
+    Returns (id, field, reason) of each denial. Decisions are cached per batch: a batch usually
+    repeats the same few combinations.
+    """
+    decisions: dict[tuple[int, int, bytes], Decision] = {}
+    keep: list[int] = []
+    denied: list[tuple[str, str, str]] = []
+    for i, record in enumerate(admitted.records):
+        kind, _, _, region, agency = RECORD.unpack(record)[:5]
+        key = (kind, region, agency)
+        decision = decisions.get(key)
+        if decision is None:
+            decision = decisions[key] = decide(kind, f"{region:06d}", agency.rstrip(b"\0").decode())
+        if decision.allowed:
+            keep.append(i)
+            continue
+        envelope_id = admitted.ids[i]
+        admitted.rejections.append(
+            (admitted.positions[i], envelope_id, decision.field, decision.reason, PERMISSION_DENIED)
+        )
+        denied.append((envelope_id, decision.field, decision.reason))
+    if denied:
+        admitted.rejections.sort()
+        admitted.ids = [admitted.ids[i] for i in keep]
+        admitted.hashes = [admitted.hashes[i] for i in keep]
+        admitted.envelopes = [admitted.envelopes[i] for i in keep]
+        admitted.records = [admitted.records[i] for i in keep]
+        admitted.positions = [admitted.positions[i] for i in keep]
+    return denied
 
 
 def worker_ready() -> bool:

@@ -68,6 +68,11 @@ class TlsSection:
 
 
 @dataclass(frozen=True)
+class PolicySection:
+    file: str = ""  # the sharing policy (TOML); empty: the policy yiwang ships with
+
+
+@dataclass(frozen=True)
 class AgenciesSection:
     extra: list[str] = field(default_factory=list)
 
@@ -80,6 +85,7 @@ class NodeConfig:
     limits: LimitsSection = field(default_factory=LimitsSection)
     agencies: AgenciesSection = field(default_factory=AgenciesSection)
     tls: TlsSection = field(default_factory=TlsSection)
+    policy: PolicySection = field(default_factory=PolicySection)
     source: str = ""
 
     @property

@@ -55,6 +55,12 @@ class NodeMetrics:
         self.auth_failures = Counter(
             "yiwang_authentication_failures", "Calls refused for a missing, revoked or foreign certificate", registry=r
         )
+        self.denials = Counter(
+            "yiwang_permission_denials",
+            "Envelopes and calls the sharing policy refused, by action",
+            ["action"],
+            registry=r,
+        )
         self.subscription_gaps = Counter(
             "yiwang_subscription_gaps",
             "Subscriptions that resumed behind the oldest retained offset (retention removed what they missed)",

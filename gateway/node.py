@@ -22,6 +22,7 @@ from gateway.errors import ConfigError
 from gateway.http import HttpSide
 from gateway.metrics import NodeMetrics
 from gateway.pki import Identity, PkiError
+from gateway.policy import Policy
 from gateway.regions import default_table
 from gateway.service import SERVICE, GatewayService, ServiceLimits
 from gateway.sqlite_log import Retention, SqliteLog
@@ -107,6 +108,7 @@ class Node:
             trust_domain=trust_domain,
             revocations=self.revocations,
             audit=self.audit,
+            policy=Policy.load(cfg.path(cfg.policy.file) if cfg.policy.file else None),
         )
         self.metrics.watch(self.log.stats, self.service.lags)
         max_message = parse_size(cfg.limits.max_message_bytes, "limits.max_message_bytes", src)

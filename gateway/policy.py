@@ -33,6 +33,7 @@ _OWN = "$own"
 class Decision:
     allowed: bool
     reason: str  # the rule's reason when allowed; what is missing when denied
+    field: str = ""  # for a denied publish: the envelope field that decided it
 
 
 @dataclass(frozen=True)
@@ -92,24 +93,29 @@ class Policy:
         return scope == "related" and self.regions.is_within(who.region, region)
 
     def may_publish(self, who: Identity, env: pb.Envelope) -> Decision:
-        """Whether ``who`` may publish ``env``; a denial names what the identity lacks."""
-        kind_name = pb.Kind.Name(env.kind) if env.kind in _KIND_NAMES.values() else str(env.kind)
-        rules = [r for r in self.publish if r.applies_to(who) and env.kind in r.kinds]
+        """Whether ``who`` may publish ``env``; a denial names the field and what the identity lacks."""
+        return self.may_publish_as(who, env.kind, env.region, env.origin.agency)
+
+    def may_publish_as(self, who: Identity, kind: int, region: str, agency: str) -> Decision:
+        """The same decision from the envelope's kind, region code and origin agency."""
+        kind_name = pb.Kind.Name(kind) if kind in _KIND_NAMES.values() else str(kind)
+        rules = [r for r in self.publish if r.applies_to(who) and kind in r.kinds]
         if not rules:
             return Decision(
-                allowed=False, reason=f"{who.role.value} {who.principal} may not publish {kind_name} envelopes"
+                allowed=False,
+                reason=f"{who.role.value} {who.principal} may not publish {kind_name} envelopes",
+                field="kind",
             )
         for rule in rules:
-            if not rule.origin_ok(who, env.origin.agency):
-                continue
-            if self._in_scope(rule.scope, who, env.region):
+            if rule.origin_ok(who, agency) and self._in_scope(rule.scope, who, region):
                 return Decision(allowed=True, reason=rule.reason)
-        if not any(r.origin_ok(who, env.origin.agency) for r in rules):
+        if not any(r.origin_ok(who, agency) for r in rules):
             return Decision(
                 allowed=False,
-                reason=f"origin.agency {env.origin.agency!r} is not yours ({who.principal}): you cannot speak for it",
+                reason=f"{agency!r} is not yours ({who.principal}): you cannot speak for it",
+                field="origin.agency",
             )
-        return Decision(allowed=False, reason=f"region {env.region} is outside your region {who.region}")
+        return Decision(allowed=False, reason=f"{region} is outside your region {who.region}", field="region")
 
     def reader(self, who: Identity) -> Callable[[Record], bool] | None:
         """A predicate over selection records of what ``who`` may read (None: nothing at all)."""

@@ -87,7 +87,31 @@ class Selector:
     match: Callable[[Record], bool] | None
 
     @classmethod
-    def compile(cls, flt: gw.Filter, regions: RegionTable, field: str = "filter") -> Selector:
+    def compile(
+        cls,
+        flt: gw.Filter,
+        regions: RegionTable,
+        field: str = "filter",
+        allow: Callable[[Record], bool] | None = None,
+        *,
+        restricted: bool = False,
+    ) -> Selector:
+        """Compiles a filter; ``allow`` (when ``restricted``) is what the reader may see at all.
+
+        A restricted reader with no ``allow`` may see nothing.
+        """
+        selector = cls._compile(flt, regions, field)
+        if not restricted:
+            return selector
+        if allow is None:
+            return cls(lambda _record: False)
+        wanted = selector.match
+        if wanted is None:
+            return cls(allow)
+        return cls(lambda record: allow(record) and wanted(record))
+
+    @classmethod
+    def _compile(cls, flt: gw.Filter, regions: RegionTable, field: str) -> Selector:
         kinds = frozenset(flt.kinds)
         for kind in kinds:
             if kind not in pb.Kind.values() or kind == pb.KIND_UNSPECIFIED:
@@ -135,6 +159,9 @@ class Selector:
             return box is None or (lat0 <= box[2] and lat1 >= box[0] and lon0 <= box[3] and lon1 >= box[1])
 
         return cls(match)
+
+    def allows(self, record: bytes) -> bool:
+        return self.match is None or self.match(RECORD.unpack(record))
 
     def select(self, records: bytes) -> list[int] | None:
         """Indexes of the matching records, or None when the filter matches everything."""

@@ -12,7 +12,7 @@ import bisect
 import itertools
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -22,14 +22,15 @@ import structlog
 from yiwang.v1 import gateway_pb2 as gw
 
 from gateway import __version__
-from gateway.admission import Admission, Admitted, admit_in_worker
+from gateway.admission import Admission, Admitted, admit_in_worker, enforce
 from gateway.audit import AuditLog
 from gateway.errors import InvalidRequestError, UnauthenticatedError, YiwangError
 from gateway.log import AppendBatch, AppendResult, Log, StoredBatch
 from gateway.metrics import NodeMetrics
 from gateway.pki import Identity, PkiError
+from gateway.policy import Policy
 from gateway.regions import RegionTable
-from gateway.selection import Selector
+from gateway.selection import RECORD, Record, Selector
 from gateway.tls import Revocations, peer_certificate
 from gateway.validation import Validator
 from gateway.wire import TAG_MISSING, TAG_PAGE_TOKEN, length_delimited, next_offset_field
@@ -102,6 +103,7 @@ class GatewayService:
         trust_domain: str = "",
         revocations: Revocations | None = None,
         audit: AuditLog | None = None,
+        policy: Policy | None = None,
     ) -> None:
         self.log = log_
         self.pool = pool
@@ -109,6 +111,8 @@ class GatewayService:
         self.trust_domain = trust_domain
         self.revocations = revocations or Revocations(None, None)
         self.audit = audit
+        self.policy = policy
+        self._readers: dict[Identity, Callable[[Record], bool] | None] = {}
         self._publish_streams: dict[int, set[asyncio.Queue[Any]]] = {}
         self.validator = validator
         self.regions: RegionTable = validator.regions
@@ -171,18 +175,47 @@ class GatewayService:
 
     # -- publish --------------------------------------------------------------------------------
 
-    async def admit(self, raw: bytes) -> Admitted:
-        """Parses and validates an encoded PublishRequest, in the worker pool when it is large."""
+    async def admit(self, raw: bytes, peer: Peer = _ANONYMOUS) -> Admitted:
+        """Parses and validates an encoded PublishRequest (in the worker pool when it is large), then
+        refuses what the sharing policy does not let the peer publish."""
         now = time.time()
         if self.pool is not None and len(raw) >= self.limits.pool_min_request_bytes:
             loop = asyncio.get_running_loop()
             admitted: Admitted = await loop.run_in_executor(self.pool, admit_in_worker, raw, now)
         else:
             admitted = self.admission.admit(raw, now)
-        for _, envelope_id, field_path, reason in admitted.rejections:
+        for _, envelope_id, field_path, reason, _code in admitted.rejections:
             self.metrics.rejected.labels(reason=field_path.split("[", 1)[0]).inc()
             log.info("envelope_rejected", id=envelope_id, field=field_path, reason=reason)
+        who = peer.identity
+        if who is not None and self.policy is not None:
+            policy = self.policy
+            denied = enforce(admitted, lambda kind, region, agency: policy.may_publish_as(who, kind, region, agency))
+            for envelope_id, field_path, reason in denied:
+                self.denied(peer, "publish", envelope_id=envelope_id, field=field_path, reason=reason)
         return admitted
+
+    def denied(self, peer: Peer, action: str, **fields: Any) -> None:
+        """Counts, logs and audits a policy denial."""
+        self.metrics.denials.labels(action=action).inc()
+        identity = peer.identity.uri if peer.identity else ""
+        log.info("permission_denied", action=action, identity=identity, **fields)
+        if self.audit is not None:
+            self.audit.record("permission_denied", action=action, identity=identity, **fields)
+
+    def selector(self, flt: gw.Filter, peer: Peer) -> Selector:
+        """The filter the caller asked for, narrowed to what the sharing policy lets it read."""
+        who = peer.identity
+        if who is None or self.policy is None:
+            return Selector.compile(flt, self.regions)
+        if who not in self._readers:
+            self._readers[who] = self.policy.reader(who)
+        return Selector.compile(flt, self.regions, allow=self._readers[who], restricted=True)
+
+    def durable_name(self, name: str, peer: Peer) -> str:
+        """Durable subscriptions are per identity: one identity cannot move another's position."""
+        self._check_name("durable_name", name)
+        return f"{peer.identity.path}/{name}" if peer.identity is not None else name
 
     def append(self, admitted: Admitted) -> Awaitable[AppendResult]:
         """Queues the admitted envelopes for the log, in call order; the result comes after the commit."""
@@ -197,19 +230,16 @@ class GatewayService:
             for envelope_id, offset in zip(admitted.ids, offsets, strict=True):
                 results.add(id=envelope_id, outcome=_ACCEPTED, offset=offset)
         else:
-            rejections = {index: rest for index, *rest in admitted.rejections}
+            rejections = {
+                index: (envelope_id, path, reason, code)
+                for index, envelope_id, path, reason, code in admitted.rejections
+            }
             position = 0
             for index in range(admitted.total):
                 rejected = rejections.get(index)
                 if rejected is not None:
-                    envelope_id, field_path, reason = rejected
-                    results.add(
-                        id=envelope_id,
-                        outcome=_REJECTED,
-                        code=_INVALID_ARGUMENT,
-                        field=field_path,
-                        reason=reason,
-                    )
+                    envelope_id, field_path, reason, code = rejected
+                    results.add(id=envelope_id, outcome=_REJECTED, code=code, field=field_path, reason=reason)
                     continue
                 outcome = _DUPLICATE if position in duplicates else _ACCEPTED
                 results.add(id=admitted.ids[position], outcome=outcome, offset=offsets[position])
@@ -220,14 +250,13 @@ class GatewayService:
             self.metrics.published.inc(len(admitted.ids) - len(duplicates))
         return reply
 
-    async def publish_batch(self, raw: bytes) -> gw.PublishReply:
-        admitted = await self.admit(raw)
+    async def publish_batch(self, raw: bytes, peer: Peer = _ANONYMOUS) -> gw.PublishReply:
+        admitted = await self.admit(raw, peer)
         return self.reply(admitted, await self.append(admitted))
 
     async def publish(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> gw.PublishReply:
         async def run() -> gw.PublishReply:
-            self.authenticate(context)
-            return await self.publish_batch(request)
+            return await self.publish_batch(request, self.authenticate(context))
 
         return await self._guard(context, run())
 
@@ -251,7 +280,7 @@ class GatewayService:
         async def read() -> None:
             try:
                 async for raw in requests:
-                    await admitting.put(asyncio.create_task(self.admit(raw)))
+                    await admitting.put(asyncio.create_task(self.admit(raw, peer)))
             finally:
                 await admitting.put(None)
 
@@ -319,10 +348,9 @@ class GatewayService:
     ) -> AsyncIterator[bytes]:
         try:
             peer = self.authenticate(context)
-            selector = Selector.compile(request.filter, self.regions)
-            name = request.durable_name
+            selector = self.selector(request.filter, peer)
+            name = self.durable_name(request.durable_name, peer) if request.durable_name else ""
             if name:
-                self._check_name("durable_name", name)
                 position = await self.log.load_position(name)
                 if position is None:
                     position = await self.log.save_position(name, await self._start_position(request))
@@ -418,19 +446,18 @@ class GatewayService:
 
     async def ack(self, request: gw.AckRequest, context: grpc.aio.ServicerContext[Any, Any]) -> gw.AckReply:
         async def run() -> gw.AckReply:
-            self.authenticate(context)
-            self._check_name("durable_name", request.durable_name)
+            name = self.durable_name(request.durable_name, self.authenticate(context))
             if request.next_offset < 1:
                 raise InvalidRequestError("next_offset", "must be at least 1")
-            position = await self.log.save_position(request.durable_name, request.next_offset)
+            position = await self.log.save_position(name, request.next_offset)
             return gw.AckReply(next_offset=position)
 
         return await self._guard(context, run())
 
     # -- query ----------------------------------------------------------------------------------
 
-    async def query_bytes(self, request: gw.QueryRequest) -> bytes:
-        selector = Selector.compile(request.filter, self.regions)
+    async def query_bytes(self, request: gw.QueryRequest, peer: Peer = _ANONYMOUS) -> bytes:
+        selector = self.selector(request.filter, peer)
         lo = max(request.from_offset, self.log.oldest_offset, 1)
         hi = min(request.to_offset or self.log.next_offset, self.log.next_offset)
         if request.HasField("from_time"):
@@ -508,7 +535,10 @@ class GatewayService:
             step *= 2
         return parts, (upper if upper > lo else 0)
 
-    async def get_bytes(self, request: gw.GetRequest) -> bytes:
+    async def get_bytes(self, request: gw.GetRequest, peer: Peer = _ANONYMOUS) -> bytes:
+        """Envelopes by id; what the caller may not read is reported missing, as if it did not exist."""
+        selector = self.selector(gw.Filter(), peer)
+        size = RECORD.size
         if len(request.ids) > self.limits.max_page_size:
             raise InvalidRequestError("ids", f"more than {self.limits.max_page_size} ids")
         found = await self.log.find(list(request.ids))
@@ -519,20 +549,21 @@ class GatewayService:
                 parts.append(length_delimited(TAG_MISSING, envelope_id.encode()))
             else:
                 batch, index = hit
-                parts.append(batch.entry(index))
+                if selector.allows(batch.records[index * size : (index + 1) * size]):
+                    parts.append(batch.entry(index))
+                else:
+                    parts.append(length_delimited(TAG_MISSING, envelope_id.encode()))
         return b"".join(parts)
 
     async def query(self, request: gw.QueryRequest, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         async def run() -> bytes:
-            self.authenticate(context)
-            return await self.query_bytes(request)
+            return await self.query_bytes(request, self.authenticate(context))
 
         return await self._guard(context, run())
 
     async def get(self, request: gw.GetRequest, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         async def run() -> bytes:
-            self.authenticate(context)
-            return await self.get_bytes(request)
+            return await self.get_bytes(request, self.authenticate(context))
 
         return await self._guard(context, run())
 

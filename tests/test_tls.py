@@ -71,8 +71,8 @@ async def node(pki: Authority, tmp_path: Path) -> AsyncIterator[Node]:
 
 
 async def test_a_certified_client_publishes_and_reads(node: Node, pki: Authority) -> None:
-    async with GatewayClient(node.grpc_target, tls=client_tls(pki, "duty-desk")) as client:
-        reply = await client.publish([factories.observation()])
+    async with GatewayClient(node.grpc_target, tls=client_tls(pki, "jinshui-water")) as client:
+        reply = await client.publish([factories.observation(region="410105", agency="water")])
         assert reply.results[0].outcome == gw.PublishResult.ACCEPTED
         assert (await client.info()).next_offset == 2
 
@@ -134,7 +134,7 @@ async def test_revocation_cuts_open_streams_and_refuses_new_calls(node: Node, pk
     async with GatewayClient(node.grpc_target, tls=client_tls(pki, "jinshui-water")) as client:
         call = client.subscribe(gw.SubscribeRequest(position=gw.OLDEST))
         try:
-            await client.publish([factories.observation()])
+            await client.publish([factories.observation(region="410105", agency="water")])
             first = await asyncio.wait_for(call.read(), 30)
             assert isinstance(first, gw.DeliveryBatch)
             pki.revoke("jinshui-water", "key_compromise")
