@@ -3,8 +3,8 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-# Debian packages the tests use: openssl (checks our certificates the way other tools will).
-APT_PACKAGES := openssl
+# Debian packages the tests use: openssl and Mosquitto (they check our certificates the way other tools will).
+APT_PACKAGES := openssl mosquitto mosquitto-clients
 
 .PHONY: install apt demo test lint typecheck unit soak bench proto clean
 
