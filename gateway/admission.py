@@ -15,6 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
+from cryptography import x509
 from google.protobuf.message import DecodeError
 from yiwang.v1 import gateway_pb2 as gw
 
@@ -23,6 +24,7 @@ from gateway.id_index import die_with_parent, id_hash
 from gateway.policy import Decision
 from gateway.regions import default_table
 from gateway.selection import RECORD
+from gateway.signing import SignatureError, Verifier
 from gateway.validation import Limits, Validator
 
 
@@ -37,16 +39,18 @@ class Admitted:
     envelopes: list[bytes] = field(default_factory=list)
     records: list[bytes] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)  # index in the request of each admitted envelope
+    signers: list[str] = field(default_factory=list)  # the verified signer of each, "" if unsigned
     # (index in the request, id, field, reason, google.rpc code)
     rejections: list[tuple[int, str, str, str, int]] = field(default_factory=list)
 
 
 class Admission:
-    def __init__(self, validator: Validator, max_batch_envelopes: int) -> None:
+    def __init__(self, validator: Validator, max_batch_envelopes: int, verifier: Verifier | None = None) -> None:
         self.validator = validator
         self.max_batch_envelopes = max_batch_envelopes
+        self.verifier = verifier
 
-    def admit(self, raw: bytes, now: float | None = None) -> Admitted:
+    def admit(self, raw: bytes, now: float | None = None, revoked: frozenset[int] = frozenset()) -> Admitted:
         """Parses and validates an encoded PublishRequest."""
         try:
             request = gw.PublishRequest.FromString(raw)
@@ -60,6 +64,9 @@ class Admission:
             )
         now = time.time() if now is None else now
         admit = self.validator.admit
+        verifier = self.verifier
+        if verifier is not None:
+            verifier.revoked = revoked
         out = Admitted(request.batch_id, len(envelopes))
         add_id, add_hash, add_envelope, add_record, add_position = (
             out.ids.append,
@@ -75,6 +82,17 @@ class Admission:
             except InvalidEnvelopeError as exc:
                 out.rejections.append((index, env.id[:256], exc.field, exc.reason, INVALID_ARGUMENT))
                 continue
+            signer = ""
+            if env.provenance.HasField("signature"):
+                if verifier is None:
+                    signer = env.provenance.signature.signer  # a plaintext development node cannot check it
+                else:
+                    try:
+                        signer = verifier.verify(env)
+                    except SignatureError as exc:
+                        out.rejections.append((index, env.id[:256], "provenance.signature", str(exc), UNAUTHENTICATED))
+                        continue
+            out.signers.append(signer)
             envelope_id = env.id
             add_id(envelope_id)
             add_hash(id_hash(envelope_id))
@@ -86,23 +104,31 @@ class Admission:
 
 INVALID_ARGUMENT = 3  # google.rpc.Code
 PERMISSION_DENIED = 7
+UNAUTHENTICATED = 16
 
 _worker: Admission | None = None
 
 
-def _start_worker(agencies: frozenset[str], limits: Limits, max_batch_envelopes: int, parent: int) -> None:
+def _start_worker(
+    agencies: frozenset[str], limits: Limits, max_batch_envelopes: int, parent: int, ca_pem: bytes | None
+) -> None:
     global _worker  # noqa: PLW0603 - the one piece of state of a worker process, set once at its start
     die_with_parent(parent)
-    _worker = Admission(Validator(default_table(), agencies=agencies, limits=limits), max_batch_envelopes)
+    verifier = Verifier(x509.load_pem_x509_certificate(ca_pem)) if ca_pem else None
+    _worker = Admission(Validator(default_table(), agencies=agencies, limits=limits), max_batch_envelopes, verifier)
 
 
-def admit_in_worker(raw: bytes, now: float) -> Admitted:
+def admit_in_worker(raw: bytes, now: float, revoked: frozenset[int]) -> Admitted:
     assert _worker is not None, "admission worker not initialised"
-    return _worker.admit(raw, now)
+    return _worker.admit(raw, now, revoked)
 
 
-def enforce(admitted: Admitted, decide: Callable[[int, str, str], Decision]) -> list[tuple[str, str, str]]:
-    """Moves the envelopes ``decide`` denies (by kind, region, origin agency) from admitted to refused.
+def enforce(
+    admitted: Admitted, decide: Callable[[int, str, str], Decision], peer: str, forwarder: bool
+) -> list[tuple[str, str, str]]:
+    """Moves the envelopes ``decide`` denies (by kind, region, origin agency) from admitted to refused;
+    also those whose policy wants a signature they lack, and those signed by another identity than
+    the peer ``peer`` unless it is a ``forwarder`` (a gateway acting for others).
 
     Returns (id, field, reason) of each denial. Decisions are cached per batch: a batch usually
     repeats the same few combinations.
@@ -116,6 +142,17 @@ def enforce(admitted: Admitted, decide: Callable[[int, str, str], Decision]) -> 
         decision = decisions.get(key)
         if decision is None:
             decision = decisions[key] = decide(kind, f"{region:06d}", agency.rstrip(b"\0").decode())
+        signer = admitted.signers[i]
+        if decision.allowed and decision.signature_required and not signer:
+            decision = Decision(
+                allowed=False, reason="the policy requires a signature here", field="provenance.signature"
+            )
+        elif decision.allowed and signer and signer != peer and not forwarder:
+            decision = Decision(
+                allowed=False,
+                reason=f"signed by {signer}, sent by {peer}: only a gateway may forward what others signed",
+                field="provenance.signature",
+            )
         if decision.allowed:
             keep.append(i)
             continue
@@ -131,6 +168,7 @@ def enforce(admitted: Admitted, decide: Callable[[int, str, str], Decision]) -> 
         admitted.envelopes = [admitted.envelopes[i] for i in keep]
         admitted.records = [admitted.records[i] for i in keep]
         admitted.positions = [admitted.positions[i] for i in keep]
+        admitted.signers = [admitted.signers[i] for i in keep]
     return denied
 
 
@@ -138,11 +176,13 @@ def worker_ready() -> bool:
     return _worker is not None
 
 
-def start_pool(workers: int, validator: Validator, max_batch_envelopes: int) -> ProcessPoolExecutor:
+def start_pool(
+    workers: int, validator: Validator, max_batch_envelopes: int, ca_pem: bytes | None = None
+) -> ProcessPoolExecutor:
     """A pool of admission workers (spawned, not forked: the parent runs gRPC threads)."""
     return ProcessPoolExecutor(
         max_workers=workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_start_worker,
-        initargs=(validator.agencies, validator.limits, max_batch_envelopes, os.getpid()),
+        initargs=(validator.agencies, validator.limits, max_batch_envelopes, os.getpid(), ca_pem),
     )

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import grpc
+from cryptography import x509
 from google.protobuf import json_format
 from yiwang.v1 import envelope_pb2 as pb
 from yiwang.v1 import gateway_pb2 as gw
@@ -36,7 +37,8 @@ from gateway.node import Node, run_until_signalled
 from gateway.pki import Authority, Role
 from gateway.pki import describe as describe_certificate
 from gateway.regions import default_table
-from gateway.tls import ClientTls
+from gateway.signing import SignatureError, Signer, Verifier
+from gateway.tls import ClientTls, Revocations
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
@@ -197,7 +199,18 @@ def _stdin_lines(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | Non
     loop.call_soon_threadsafe(queue.put_nowait, None)
 
 
+def _signer(args: argparse.Namespace) -> Signer | None:
+    if args.sign_key or args.sign_cert:
+        if not (args.sign_key and args.sign_cert):
+            raise CommandError("give both --sign-key and --sign-cert to sign")
+        return Signer.load(Path(args.sign_key).read_bytes(), Path(args.sign_cert).read_bytes())
+    if args.batch_signature:
+        raise CommandError("--batch-signature needs --sign-key and --sign-cert")
+    return None
+
+
 async def _publish(args: argparse.Namespace) -> int:
+    signer = _signer(args)
     loop = asyncio.get_running_loop()
     lines: asyncio.Queue[str | None] = asyncio.Queue()
     threading.Thread(target=_stdin_lines, args=(loop, lines), daemon=True, name="stdin").start()
@@ -230,6 +243,12 @@ async def _publish(args: argparse.Namespace) -> int:
                 if not env.HasField("sent_at"):
                     env.sent_at.GetCurrentTime()
                 batch.append((number, env))
+            if batch and signer is not None:
+                if args.batch_signature:
+                    signer.sign_batch([env for _, env in batch])
+                else:
+                    for _, env in batch:
+                        signer.sign(env)
             if batch:
                 reply = await client.publish([env for _, env in batch])
                 for (line_number, _), result in zip(batch, reply.results, strict=True):
@@ -409,6 +428,35 @@ def _pki(args: argparse.Namespace) -> int:
     raise CommandError(f"unknown pki command {args.pki_command!r}")
 
 
+def _verify(args: argparse.Namespace) -> int:
+    """Checks the signatures of envelopes (or deliveries) read as JSON lines on stdin."""
+    ca = x509.load_pem_x509_certificate(Path(args.ca).read_bytes())
+    revoked = Revocations(Path(args.crl), Path(args.ca)) if args.crl else None
+    if revoked is not None:
+        revoked.reload()
+    verifier = Verifier(ca, revoked.serials if revoked else frozenset())
+    failed = 0
+    for number, line in enumerate(sys.stdin, start=1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+            env = pb.Envelope()
+            json_format.ParseDict(raw.get("envelope", raw), env)
+        except (json.JSONDecodeError, json_format.ParseError, AttributeError) as exc:
+            print(json.dumps({"line": number, "ok": False, "reason": f"not an envelope: {exc}"}), flush=True)
+            failed += 1
+            continue
+        try:
+            signer = verifier.verify(env)
+        except SignatureError as exc:
+            print(json.dumps({"line": number, "id": env.id, "ok": False, "reason": str(exc)}, ensure_ascii=False))
+            failed += 1
+        else:
+            print(json.dumps({"line": number, "id": env.id, "ok": True, "signer": signer}, ensure_ascii=False))
+    return EXIT_REFUSED if failed else 0
+
+
 def _audit(args: argparse.Namespace) -> int:
     verdict = verify_audit(Path(args.file), args.head)
     print(json.dumps({"ok": verdict.ok, "records": verdict.records, "head": verdict.head, "problem": verdict.problem}))
@@ -505,6 +553,9 @@ def build_parser() -> argparse.ArgumentParser:
         "current time. Exits 1 if any envelope was refused.",
     )
     _add_client_args(p)
+    p.add_argument("--sign-key", metavar="FILE", help="sign each envelope with this Ed25519 key (NAME.sign.key)")
+    p.add_argument("--sign-cert", metavar="FILE", help="... and its signing certificate (NAME.sign.pem)")
+    p.add_argument("--batch-signature", action="store_true", help="one signature per request (for telemetry)")
     p.add_argument("--batch", type=int, default=500, help="most envelopes per request (default 500)")
     p.set_defaults(run=lambda a: asyncio.run(_publish(a)))
 
@@ -559,6 +610,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=lambda a: asyncio.run(_info(a)))
 
     _add_pki_parser(sub, common)
+
+    p = sub.add_parser(
+        "verify",
+        parents=[common],
+        help="check envelope signatures (JSON lines on stdin)",
+        description="Reads envelopes or deliveries as JSON lines (as subscribe, query and get print them) and "
+        "checks each signature against the network's CA: who signed it, and that nothing was altered. "
+        "Exits 1 if any does not verify.",
+    )
+    p.add_argument("--ca", required=True, metavar="FILE", help="the network's root CA")
+    p.add_argument("--crl", metavar="FILE", help="the CA's CRL: signatures of revoked certificates fail")
+    p.set_defaults(run=_verify)
 
     p = sub.add_parser(
         "audit", parents=[common], help="check an audit log", description="Checks the hash chain of an audit log."

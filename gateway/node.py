@@ -25,6 +25,7 @@ from gateway.pki import Identity, PkiError
 from gateway.policy import Policy
 from gateway.regions import default_table
 from gateway.service import SERVICE, GatewayService, ServiceLimits
+from gateway.signing import Verifier
 from gateway.sqlite_log import Retention, SqliteLog
 from gateway.tls import Revocations, ServerTls
 from gateway.validation import Limits, Validator
@@ -83,8 +84,10 @@ class Node:
         workers = cfg.limits.admission_workers
         if workers < 0:
             workers = max(0, min(4, (os.cpu_count() or 1) - 1))
+        tls = cfg.tls
+        ca_pem = None if tls.insecure else cfg.path(tls.ca).read_bytes()
         if workers:
-            self.pool = start_pool(workers, validator, cfg.limits.max_batch_envelopes)
+            self.pool = start_pool(workers, validator, cfg.limits.max_batch_envelopes, ca_pem)
             loop = asyncio.get_running_loop()
             await asyncio.gather(*(loop.run_in_executor(self.pool, worker_ready) for _ in range(workers)))
         tls = cfg.tls
@@ -109,6 +112,7 @@ class Node:
             revocations=self.revocations,
             audit=self.audit,
             policy=Policy.load(cfg.path(cfg.policy.file) if cfg.policy.file else None),
+            verifier=Verifier(x509.load_pem_x509_certificate(ca_pem)) if ca_pem else None,
         )
         self.metrics.watch(self.log.stats, self.service.lags)
         max_message = parse_size(cfg.limits.max_message_bytes, "limits.max_message_bytes", src)

@@ -34,6 +34,7 @@ class Decision:
     allowed: bool
     reason: str  # the rule's reason when allowed; what is missing when denied
     field: str = ""  # for a denied publish: the envelope field that decided it
+    signature_required: bool = False  # for an allowed publish: the envelope must carry a signature
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class Rule:
     scope: str
     reason: str
     index: int
+    signature_required: bool = False
 
     def applies_to(self, who: Identity) -> bool:
         return who.role in self.roles and (self.agencies is None or who.principal in self.agencies)
@@ -108,7 +110,7 @@ class Policy:
             )
         for rule in rules:
             if rule.origin_ok(who, agency) and self._in_scope(rule.scope, who, region):
-                return Decision(allowed=True, reason=rule.reason)
+                return Decision(allowed=True, reason=rule.reason, signature_required=rule.signature_required)
         if not any(r.origin_ok(who, agency) for r in rules):
             return Decision(
                 allowed=False,
@@ -162,7 +164,9 @@ def _rule(raw: Any, key: str, source: str, section: str) -> Rule:
     if not isinstance(raw, dict):
         raise ConfigError("must be a table", key=key, source=source)
     origin_key = "origin" if section == "publish" else "from"
-    known = {"roles", "agencies", "kinds", "scope", "reason", origin_key}
+    known = {"roles", "agencies", "kinds", "scope", "reason", origin_key} | (
+        {"signatures"} if section == "publish" else set()
+    )
     for name in raw:
         if name not in known:
             raise ConfigError(f"unknown key (known: {', '.join(sorted(known))})", key=f"{key}.{name}", source=source)
@@ -186,6 +190,9 @@ def _rule(raw: Any, key: str, source: str, section: str) -> Rule:
     origins_raw = raw.get(origin_key, _ANY)
     origins = frozenset([origins_raw] if isinstance(origins_raw, str) else origins_raw)
     agencies = raw.get("agencies")
+    signatures = raw.get("signatures", "optional")
+    if signatures not in ("required", "optional"):
+        raise ConfigError("must be required or optional", key=f"{key}.signatures", source=source)
     return Rule(
         roles=roles,
         agencies=frozenset(agencies) if agencies is not None else None,
@@ -194,4 +201,5 @@ def _rule(raw: Any, key: str, source: str, section: str) -> Rule:
         scope=raw["scope"],
         reason=str(raw["reason"]),
         index=int(key.rsplit("[", 1)[1].rstrip("]")),
+        signature_required=signatures == "required",
     )

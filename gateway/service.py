@@ -22,15 +22,16 @@ import structlog
 from yiwang.v1 import gateway_pb2 as gw
 
 from gateway import __version__
-from gateway.admission import Admission, Admitted, admit_in_worker, enforce
+from gateway.admission import UNAUTHENTICATED, Admission, Admitted, admit_in_worker, enforce
 from gateway.audit import AuditLog
 from gateway.errors import InvalidRequestError, UnauthenticatedError, YiwangError
 from gateway.log import AppendBatch, AppendResult, Log, StoredBatch
 from gateway.metrics import NodeMetrics
-from gateway.pki import Identity, PkiError
+from gateway.pki import Identity, PkiError, Role
 from gateway.policy import Policy
 from gateway.regions import RegionTable
 from gateway.selection import RECORD, Record, Selector
+from gateway.signing import Verifier
 from gateway.tls import Revocations, peer_certificate
 from gateway.validation import Validator
 from gateway.wire import TAG_MISSING, TAG_PAGE_TOKEN, length_delimited, next_offset_field
@@ -104,6 +105,7 @@ class GatewayService:
         revocations: Revocations | None = None,
         audit: AuditLog | None = None,
         policy: Policy | None = None,
+        verifier: Verifier | None = None,
     ) -> None:
         self.log = log_
         self.pool = pool
@@ -121,7 +123,7 @@ class GatewayService:
         self.level = level
         self.region = region
         self.limits = limits or ServiceLimits()
-        self.admission = Admission(validator, self.limits.max_batch_envelopes)
+        self.admission = Admission(validator, self.limits.max_batch_envelopes, verifier)
         self._subscriptions: set[_Subscription] = set()
         self._durable: dict[str, _Subscription] = {}
         self._anonymous = itertools.count(1)
@@ -181,16 +183,26 @@ class GatewayService:
         now = time.time()
         if self.pool is not None and len(raw) >= self.limits.pool_min_request_bytes:
             loop = asyncio.get_running_loop()
-            admitted: Admitted = await loop.run_in_executor(self.pool, admit_in_worker, raw, now)
+            revoked = self.revocations.serials
+            admitted: Admitted = await loop.run_in_executor(self.pool, admit_in_worker, raw, now, revoked)
         else:
-            admitted = self.admission.admit(raw, now)
-        for _, envelope_id, field_path, reason, _code in admitted.rejections:
+            admitted = self.admission.admit(raw, now, self.revocations.serials)
+        for _, envelope_id, field_path, reason, code in admitted.rejections:
             self.metrics.rejected.labels(reason=field_path.split("[", 1)[0]).inc()
             log.info("envelope_rejected", id=envelope_id, field=field_path, reason=reason)
+            if code == UNAUTHENTICATED and self.audit is not None:
+                self.audit.record(
+                    "signature_failed", id=envelope_id, reason=reason, peer=peer.identity.uri if peer.identity else ""
+                )
         who = peer.identity
         if who is not None and self.policy is not None:
             policy = self.policy
-            denied = enforce(admitted, lambda kind, region, agency: policy.may_publish_as(who, kind, region, agency))
+            denied = enforce(
+                admitted,
+                lambda kind, region, agency: policy.may_publish_as(who, kind, region, agency),
+                who.uri,
+                forwarder=who.role is Role.GATEWAY,
+            )
             for envelope_id, field_path, reason in denied:
                 self.denied(peer, "publish", envelope_id=envelope_id, field=field_path, reason=reason)
         return admitted

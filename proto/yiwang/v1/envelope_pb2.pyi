@@ -443,18 +443,22 @@ class Hop(_message.Message):
     def __init__(self, node: _Optional[str] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Signature(_message.Message):
-    __slots__ = ("signer", "algorithm", "value", "batch_root", "batch_proof")
+    __slots__ = ("signer", "algorithm", "value", "batch_root", "batch_proof", "batch_index", "certificate")
     SIGNER_FIELD_NUMBER: _ClassVar[int]
     ALGORITHM_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     BATCH_ROOT_FIELD_NUMBER: _ClassVar[int]
     BATCH_PROOF_FIELD_NUMBER: _ClassVar[int]
+    BATCH_INDEX_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     signer: str
     algorithm: str
     value: bytes
     batch_root: bytes
     batch_proof: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, signer: _Optional[str] = ..., algorithm: _Optional[str] = ..., value: _Optional[bytes] = ..., batch_root: _Optional[bytes] = ..., batch_proof: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    batch_index: int
+    certificate: bytes
+    def __init__(self, signer: _Optional[str] = ..., algorithm: _Optional[str] = ..., value: _Optional[bytes] = ..., batch_root: _Optional[bytes] = ..., batch_proof: _Optional[_Iterable[bytes]] = ..., batch_index: _Optional[int] = ..., certificate: _Optional[bytes] = ...) -> None: ...
 
 class Provenance(_message.Message):
     __slots__ = ("hops", "original_format", "original_id", "signature")

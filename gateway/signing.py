@@ -1,0 +1,204 @@
+"""Signed envelopes: an origin signs what it says, and anyone can check it later.
+
+What is signed is the envelope's content: the envelope serialised deterministically with the
+provenance hops and the signature itself left out, so hop records added on the way do not break
+it. Low-rate envelopes are signed one by one (``ed25519``); a batch of telemetry can share one
+signature over the Merkle root of its envelopes' content digests (``ed25519-merkle``), each envelope
+keeping its index and the sibling hashes it needs to be verified alone.
+
+The signature carries the signer's Ed25519 signing certificate; a verifier checks that the network's
+CA issued it, that it is valid and not revoked, and that it names the identity given as signer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from yiwang.v1 import envelope_pb2 as pb
+
+from gateway.errors import YiwangError
+from gateway.pki import Identity, PkiError
+
+ENVELOPE_CONTEXT = b"yiwang/v1 envelope\0"
+BATCH_CONTEXT = b"yiwang/v1 batch\0"
+SINGLE = "ed25519"
+BATCH = "ed25519-merkle"
+
+
+class SignatureError(YiwangError):
+    """A signature does not verify; the message says which check failed."""
+
+
+def content_digest(env: pb.Envelope) -> bytes:
+    """SHA-256 of the envelope's signed content (without hops and signature)."""
+    content = pb.Envelope()
+    content.CopyFrom(env)
+    content.provenance.ClearField("hops")
+    content.provenance.ClearField("signature")
+    if not content.provenance.ListFields():
+        content.ClearField("provenance")
+    return hashlib.sha256(content.SerializeToString(deterministic=True)).digest()
+
+
+def _node(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(b"\1" + left + right).digest()
+
+
+def _leaf(digest: bytes) -> bytes:
+    return hashlib.sha256(b"\0" + digest).digest()
+
+
+def merkle_tree(digests: Sequence[bytes]) -> list[list[bytes]]:
+    """The levels of a Merkle tree over content digests, leaves first; an odd level repeats its last node."""
+    level = [_leaf(d) for d in digests]
+    levels = []
+    while True:
+        if len(level) > 1 and len(level) % 2:
+            level = [*level, level[-1]]
+        levels.append(level)
+        if len(level) == 1:
+            return levels
+        level = [_node(level[i], level[i + 1]) for i in range(0, len(level), 2)]
+
+
+def merkle_proof(levels: list[list[bytes]], index: int) -> list[bytes]:
+    """The sibling of the leaf's path at each level below the root."""
+    proof = []
+    for level in levels[:-1]:
+        proof.append(level[index ^ 1])
+        index //= 2
+    return proof
+
+
+def merkle_root_from(digest: bytes, index: int, proof: Sequence[bytes]) -> bytes:
+    """The root that a leaf's proof leads to."""
+    node = _leaf(digest)
+    for sibling in proof:
+        node = _node(sibling, node) if index % 2 else _node(node, sibling)
+        index //= 2
+    return node
+
+
+class Signer:
+    """Signs envelopes with an identity's Ed25519 signing key and certificate."""
+
+    def __init__(self, key: ed25519.Ed25519PrivateKey, certificate: x509.Certificate) -> None:
+        self.key = key
+        self.certificate_der = certificate.public_bytes(serialization.Encoding.DER)
+        self.identity = Identity.of(certificate).uri
+
+    @classmethod
+    def load(cls, key_pem: bytes, cert_pem: bytes) -> Signer:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+        if not isinstance(key, ed25519.Ed25519PrivateKey):
+            raise SignatureError("the signing key is not an Ed25519 key (use the .sign.key that `yiwang pki` issues)")
+        return cls(key, x509.load_pem_x509_certificate(cert_pem))
+
+    def sign(self, env: pb.Envelope) -> None:
+        """Signs one envelope in place."""
+        value = self.key.sign(ENVELOPE_CONTEXT + content_digest(env))
+        env.provenance.signature.CopyFrom(
+            pb.Signature(signer=self.identity, algorithm=SINGLE, value=value, certificate=self.certificate_der)
+        )
+
+    def sign_batch(self, envelopes: Sequence[pb.Envelope]) -> None:
+        """Signs a batch with one signature; each envelope gets what it needs to be verified alone."""
+        levels = merkle_tree([content_digest(env) for env in envelopes])
+        root = levels[-1][0]
+        value = self.key.sign(BATCH_CONTEXT + root)
+        for index, env in enumerate(envelopes):
+            env.provenance.signature.CopyFrom(
+                pb.Signature(
+                    signer=self.identity,
+                    algorithm=BATCH,
+                    value=value,
+                    batch_root=root,
+                    batch_index=index,
+                    batch_proof=merkle_proof(levels, index),
+                    certificate=self.certificate_der,
+                )
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class _Trusted:
+    identity: str
+    key: ed25519.Ed25519PublicKey
+    serial: int
+    not_after: dt.datetime
+
+
+class Verifier:
+    """Checks signatures against the network's CA (and a set of revoked serials)."""
+
+    def __init__(self, ca: x509.Certificate, revoked: frozenset[int] = frozenset()) -> None:
+        self.ca = ca
+        self.revoked = revoked
+        self._certificates: dict[bytes, _Trusted] = {}
+        self._roots: dict[tuple[bytes, bytes], bool] = {}
+
+    def _trusted(self, der: bytes, signer: str) -> _Trusted:
+        trusted = self._certificates.get(der)
+        if trusted is None:
+            try:
+                cert = x509.load_der_x509_certificate(der)
+            except ValueError:
+                raise SignatureError("the signer's certificate cannot be read") from None
+            ca_key = self.ca.public_key()
+            if cert.issuer != self.ca.subject or not isinstance(ca_key, ec.EllipticCurvePublicKey):
+                raise SignatureError("the signer's certificate was not issued by this network's CA")
+            try:
+                cert.verify_directly_issued_by(self.ca)
+            except (ValueError, TypeError, InvalidSignature):
+                raise SignatureError("the signer's certificate was not issued by this network's CA") from None
+            key = cert.public_key()
+            if not isinstance(key, ed25519.Ed25519PublicKey):
+                raise SignatureError("the signer's certificate is not an Ed25519 signing certificate")
+            try:
+                identity = Identity.of(cert).uri
+            except PkiError as exc:
+                raise SignatureError(f"the signer's certificate names no identity: {exc}") from None
+            trusted = _Trusted(identity, key, cert.serial_number, cert.not_valid_after_utc)
+            self._certificates[der] = trusted
+        if trusted.identity != signer:
+            raise SignatureError(f"signer {signer!r} is not the identity of its certificate ({trusted.identity})")
+        if trusted.serial in self.revoked:
+            raise SignatureError(f"the signer's certificate {trusted.serial:x} is revoked")
+        if trusted.not_after < dt.datetime.now(dt.UTC):
+            raise SignatureError("the signer's certificate has expired")
+        return trusted
+
+    def verify(self, env: pb.Envelope) -> str:
+        """Verifies an envelope's signature; returns the signer's identity or raises SignatureError."""
+        if not env.HasField("provenance") or not env.provenance.HasField("signature"):
+            raise SignatureError("the envelope is not signed")
+        sig = env.provenance.signature
+        trusted = self._trusted(sig.certificate, sig.signer)
+        digest = content_digest(env)
+        if sig.algorithm == SINGLE:
+            try:
+                trusted.key.verify(sig.value, ENVELOPE_CONTEXT + digest)
+            except InvalidSignature:
+                raise SignatureError("the signature does not match the content (altered, or another key)") from None
+            return trusted.identity
+        if sig.algorithm == BATCH:
+            if merkle_root_from(digest, sig.batch_index, sig.batch_proof) != sig.batch_root:
+                raise SignatureError("the content is not the one the batch signature covers (altered)")
+            cache_key = (sig.batch_root, sig.value)
+            if cache_key not in self._roots:
+                if len(self._roots) > 10_000:
+                    self._roots.clear()
+                try:
+                    trusted.key.verify(sig.value, BATCH_CONTEXT + sig.batch_root)
+                except InvalidSignature:
+                    raise SignatureError("the batch signature does not verify") from None
+                self._roots[cache_key] = True
+            return trusted.identity
+        raise SignatureError(f"unknown signature algorithm {sig.algorithm!r}")

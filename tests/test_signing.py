@@ -1,0 +1,249 @@
+"""Signed envelopes: signing, verification anywhere later, and the node's check on entry."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from google.protobuf import json_format
+from hypothesis import given
+from hypothesis import strategies as st
+from yiwang.v1 import envelope_pb2 as pb
+from yiwang.v1 import gateway_pb2 as gw
+
+from gateway.client import GatewayClient
+from gateway.config import from_dict
+from gateway.node import Node
+from gateway.pki import Authority, Role
+from gateway.signing import SignatureError, Signer, Verifier, merkle_proof, merkle_root_from, merkle_tree
+from gateway.tls import ClientTls
+from tests import factories
+
+DOMAIN = "yjt.henan.gov.cn"
+ACCEPTED = gw.PublishResult.ACCEPTED
+REJECTED = gw.PublishResult.REJECTED
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Authority:
+    ca = Authority.init(tmp_path_factory.mktemp("signing") / "pki", trust_domain=DOMAIN)
+    ca.issue(ca.identity(Role.GATEWAY, "410000", "henan-province", "henan-province"), ip_addresses=("127.0.0.1",))
+    ca.issue(ca.identity(Role.GATEWAY, "410100", "zhengzhou-city", "zhengzhou-city"))
+    ca.issue(ca.identity(Role.DEPARTMENT, "410100", "zz-qxj", "meteorology"))
+    ca.issue(ca.identity(Role.DEPARTMENT, "410105", "jinshui-water", "water"))
+    return ca
+
+
+def signer(ca: Authority, name: str) -> Signer:
+    issued = ca.dir / "issued"
+    return Signer.load((issued / f"{name}.sign.key").read_bytes(), (issued / f"{name}.sign.pem").read_bytes())
+
+
+def met_alert(envelope_id: str = "warning-1") -> pb.Envelope:
+    return factories.alert(envelope_id=envelope_id, region="410102")
+
+
+def test_a_signature_survives_hops_and_catches_any_change(pki: Authority) -> None:
+    env = met_alert()
+    signer(pki, "zz-qxj").sign(env)
+    verifier = Verifier(pki.ca_cert)
+    assert verifier.verify(env) == f"spiffe://{DOMAIN}/410100/meteorology/department/zz-qxj"
+    env.provenance.hops.add(node="zhengzhou-city").received_at.GetCurrentTime()
+    env.provenance.hops.add(node="henan-province")
+    assert verifier.verify(pb.Envelope.FromString(env.SerializeToString()))  # and after a trip on the wire
+    for change in (
+        lambda e: setattr(e.alert.infos[0], "headline", "解除预警"),
+        lambda e: setattr(e, "severity", pb.RED),
+        lambda e: setattr(e, "id", "warning-2"),  # a replay under a new id
+        lambda e: e.attributes.__setitem__("x", "y"),
+        lambda e: setattr(e.provenance, "original_format", "cap-1.2"),
+    ):
+        altered = pb.Envelope()
+        altered.CopyFrom(env)
+        change(altered)
+        with pytest.raises(SignatureError, match="does not match the content"):
+            verifier.verify(altered)
+
+
+def test_signer_must_be_the_certificate_identity_of_this_ca(pki: Authority, tmp_path: Path) -> None:
+    env = met_alert()
+    signer(pki, "zz-qxj").sign(env)
+    forged = pb.Envelope()
+    forged.CopyFrom(env)
+    forged.provenance.signature.signer = f"spiffe://{DOMAIN}/410100/emergency/department/zz-yjj"
+    with pytest.raises(SignatureError, match="is not the identity of its certificate"):
+        Verifier(pki.ca_cert).verify(forged)
+    other = Authority.init(tmp_path / "other", trust_domain=DOMAIN)
+    other.issue(other.identity(Role.DEPARTMENT, "410100", "zz-qxj", "meteorology"))
+    impostor = met_alert()
+    signer(other, "zz-qxj").sign(impostor)
+    with pytest.raises(SignatureError, match="not issued by this network's CA"):
+        Verifier(pki.ca_cert).verify(impostor)
+    with pytest.raises(SignatureError, match="not signed"):
+        Verifier(pki.ca_cert).verify(met_alert())
+
+
+def test_revoked_and_expired_signers_fail(pki: Authority) -> None:
+    env = met_alert()
+    signer(pki, "zz-qxj").sign(env)
+    serial = x509.load_der_x509_certificate(env.provenance.signature.certificate).serial_number
+    with pytest.raises(SignatureError, match="revoked"):
+        Verifier(pki.ca_cert, revoked=frozenset({serial})).verify(env)
+    key = ed25519.Ed25519PrivateKey.generate()
+    identity = pki.identity(Role.DEPARTMENT, "410100", "lapsed", "meteorology")
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, identity.path)]))
+        .issuer_name(pki.ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=10))
+        .not_valid_after(now - dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.uri)]), critical=False)
+        .sign(pki.ca_key, hashes.SHA256())
+    )
+    lapsed = met_alert()
+    Signer(key, cert).sign(lapsed)
+    with pytest.raises(SignatureError, match="expired"):
+        Verifier(pki.ca_cert).verify(lapsed)
+
+
+@given(st.integers(1, 40))
+def test_merkle_proofs_lead_to_the_root(count: int) -> None:
+    digests = [bytes([i]) * 32 for i in range(count)]
+    levels = merkle_tree(digests)
+    for index, digest in enumerate(digests):
+        assert merkle_root_from(digest, index, merkle_proof(levels, index)) == levels[-1][0]
+
+
+def test_a_batch_signature_verifies_each_envelope_alone(pki: Authority) -> None:
+    envelopes = [factories.observation(region="410105", agency="water", value=90 + i) for i in range(13)]
+    signer(pki, "jinshui-water").sign_batch(envelopes)
+    verifier = Verifier(pki.ca_cert)
+    for env in envelopes:
+        alone = pb.Envelope.FromString(env.SerializeToString())
+        assert verifier.verify(alone).endswith("/jinshui-water")
+    envelopes[5].observation.measurements[0].value = 1.0
+    with pytest.raises(SignatureError, match="not the one the batch signature covers"):
+        verifier.verify(envelopes[5])
+
+
+# -- the node checks on entry ---------------------------------------------------------------------
+
+
+def signed_warnings_policy(folder: Path) -> Path:
+    """The shipped policy, with signatures required on warnings."""
+    shipped = (Path(__file__).resolve().parent.parent / "gateway" / "data" / "default-policy.toml").read_text()
+    required = 'kinds = ["ALERT"]\norigin = "$own"\nsignatures = "required"'
+    policy = folder / "policy.toml"
+    policy.write_text(shipped.replace('kinds = ["ALERT"]\norigin = "$own"', required), encoding="utf-8")
+    return policy
+
+
+@pytest.fixture
+async def node(pki: Authority, tmp_path: Path) -> AsyncIterator[Node]:
+    issued = pki.dir / "issued"
+    policy = signed_warnings_policy(tmp_path)
+    config = from_dict(
+        {
+            "node": {"id": "henan-province", "region": "410000"},
+            "listen": {"grpc": "127.0.0.1:0", "http": "127.0.0.1:0"},
+            "log": {"data_dir": str(tmp_path / "data"), "fsync": False},
+            "limits": {"admission_workers": 1},
+            "tls": {
+                "ca": str(pki.dir / "ca.pem"),
+                "cert": str(issued / "henan-province.chain.pem"),
+                "key": str(issued / "henan-province.key"),
+            },
+            "policy": {"file": str(policy)},
+        },
+        source="test",
+    )
+    node = Node(config, grace_s=0.2)
+    await node.start()
+    try:
+        yield node
+    finally:
+        await node.stop()
+
+
+def as_(pki: Authority, node: Node, name: str) -> GatewayClient:
+    issued = pki.dir / "issued"
+    return GatewayClient(
+        node.grpc_target, tls=ClientTls(pki.dir / "ca.pem", issued / f"{name}.chain.pem", issued / f"{name}.key")
+    )
+
+
+async def test_the_node_verifies_on_entry(node: Node, pki: Authority) -> None:
+    good = met_alert("signed")
+    signer(pki, "zz-qxj").sign(good)
+    tampered = met_alert("tampered")
+    signer(pki, "zz-qxj").sign(tampered)
+    tampered.alert.infos[0].headline = "altered on the way"
+    unsigned = met_alert("unsigned")
+    async with as_(pki, node, "zz-qxj") as met:
+        reply = await met.publish([good, tampered, unsigned])
+    assert [(r.id, r.outcome, r.code, r.field) for r in reply.results] == [
+        ("signed", ACCEPTED, 0, ""),
+        ("tampered", REJECTED, 16, "provenance.signature"),
+        ("unsigned", REJECTED, 7, "provenance.signature"),
+    ]
+    assert "requires a signature" in reply.results[2].reason
+
+
+async def test_only_gateways_forward_what_others_signed(node: Node, pki: Authority) -> None:
+    theirs = factories.observation(envelope_id="theirs", region="410105", agency="water")
+    signer(pki, "zz-qxj").sign(theirs)  # signed by the weather bureau, sent by the water bureau
+    async with as_(pki, node, "jinshui-water") as water:
+        reply = await water.publish([theirs])
+    assert reply.results[0].outcome == REJECTED
+    assert "only a gateway may forward" in reply.results[0].reason
+    forwarded = met_alert("forwarded")
+    signer(pki, "zz-qxj").sign(forwarded)
+    async with as_(pki, node, "zhengzhou-city") as city:
+        reply = await city.publish([forwarded])
+    assert reply.results[0].outcome == ACCEPTED
+
+
+async def test_batch_signed_telemetry_goes_through_the_worker_pool(node: Node, pki: Authority) -> None:
+    envelopes = [factories.observation(region="410105", agency="water", value=i) for i in range(300)]
+    signer(pki, "jinshui-water").sign_batch(envelopes)
+    envelopes[100].observation.measurements[0].value = -1.0  # altered after signing
+    async with as_(pki, node, "jinshui-water") as water:
+        reply = await water.publish(envelopes)  # large enough for the admission pool
+        outcomes = [r.outcome for r in reply.results]
+        assert outcomes.count(ACCEPTED) == 299
+        assert reply.results[100].outcome == REJECTED
+        assert reply.results[100].code == 16
+        stored = await water.get([envelopes[0].id])
+    assert Verifier(pki.ca_cert).verify(stored.deliveries[0].envelope).endswith("/jinshui-water")
+
+
+def test_cli_verify(pki: Authority, tmp_path: Path) -> None:
+    good = met_alert("good")
+    signer(pki, "zz-qxj").sign(good)
+    bad = met_alert("bad")
+    signer(pki, "zz-qxj").sign(bad)
+    bad.severity = pb.RED
+    lines = [json_format.MessageToJson(e, indent=None) for e in (good, bad)]
+    delivery = json.dumps({"offset": "7", "envelope": json.loads(lines[0])})
+    run = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "verify", "--ca", str(pki.dir / "ca.pem")],
+        input="\n".join([*lines, delivery]) + "\n",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    results = [json.loads(line) for line in run.stdout.splitlines()]
+    assert [r["ok"] for r in results] == [True, False, True]
+    assert results[0]["signer"].endswith("/meteorology/department/zz-qxj")
+    assert run.returncode == 1
