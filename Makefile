@@ -46,6 +46,7 @@ soak: $(STAMP) apt
 
 bench: $(STAMP)
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/trust.py
 
 proto: $(STAMP)
 	$(BIN)/python proto/generate.py

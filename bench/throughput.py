@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import signal
@@ -33,6 +34,8 @@ import grpc
 from yiwang.v1 import envelope_pb2 as pb
 from yiwang.v1 import gateway_pb2 as gw
 
+from gateway.signing import Signer
+from gateway.tls import ClientTls
 from gateway.wire import varint
 
 HERE = Path(__file__).resolve()
@@ -76,6 +79,34 @@ def request_built(prefix: str, start: int, count: int, batch_id: int) -> bytes:
     for n in range(start, start + count):
         fill(request.envelopes.add(id=f"{prefix}-{n}"), now_ns)
     return request.SerializeToString()
+
+
+def request_signed(prefix: str, start: int, count: int, batch_id: int) -> bytes:
+    """As ``request_built``, with one batch signature of the publisher's identity over the envelopes."""
+    now_ns = time.time_ns()
+    request = gw.PublishRequest(batch_id=batch_id)
+    for n in range(start, start + count):
+        fill(request.envelopes.add(id=f"{prefix}-{n}"), now_ns)
+    bench_signer().sign_batch(request.envelopes)
+    return request.SerializeToString()
+
+
+@functools.cache
+def bench_signer() -> Signer:
+    tls_dir, name = Path(os.environ["YIWANG_BENCH_TLS_DIR"]), os.environ["YIWANG_BENCH_IDENTITY"]
+    issued = tls_dir / "issued"
+    return Signer.load((issued / f"{name}.sign.key").read_bytes(), (issued / f"{name}.sign.pem").read_bytes())
+
+
+def bench_channel(target: str, options: list[tuple[str, Any]]) -> grpc.aio.Channel:
+    """Plaintext, or mutual TLS as the identity YIWANG_BENCH_IDENTITY of the PKI in YIWANG_BENCH_TLS_DIR."""
+    tls_dir = os.environ.get("YIWANG_BENCH_TLS_DIR")
+    if not tls_dir:
+        return grpc.aio.insecure_channel(target, options=options)
+    name = os.environ["YIWANG_BENCH_IDENTITY"]
+    issued = Path(tls_dir) / "issued"
+    tls = ClientTls(Path(tls_dir) / "ca.pem", issued / f"{name}.chain.pem", issued / f"{name}.key")
+    return grpc.aio.secure_channel(target, tls.credentials(), options=options)
 
 
 def request_bytes(prefix: str, start: int, count: int, batch_id: int) -> bytes:
@@ -122,13 +153,13 @@ async def role_anchor(port: int) -> None:
 
 async def role_publisher(target: str, seconds: float, batch: int, rate: float, window: int, build: str) -> None:
     """Publishes for ``seconds``: as fast as acknowledgements allow, or at ``rate`` envelopes/s."""
-    channel = grpc.aio.insecure_channel(target, options=[("grpc.max_send_message_length", 64 << 20)])
+    channel = bench_channel(target, [("grpc.max_send_message_length", 64 << 20)])
     await asyncio.wait_for(channel.channel_ready(), 30)
     call = channel.stream_stream(
         PUBLISH_STREAM, request_serializer=lambda b: b, response_deserializer=gw.PublishReply.FromString
     )
     prefix = f"p{os.getpid()}-{time.time_ns()}"
-    make = request_built if build == "messages" else request_bytes
+    make = {"messages": request_built, "signed": request_signed}.get(build, request_bytes)
     in_flight = asyncio.Semaphore(window)
     sent = 0
     started = time.perf_counter()
@@ -161,7 +192,7 @@ async def role_publisher(target: str, seconds: float, batch: int, rate: float, w
 
 async def role_subscriber(target: str, expect_idle: float, sample_every: int) -> None:
     """Counts deliveries from the live tail and measures publish-to-delivery latency (now - sent_at)."""
-    channel = grpc.aio.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20)])
+    channel = bench_channel(target, [("grpc.max_receive_message_length", 64 << 20)])
     await asyncio.wait_for(channel.channel_ready(), 30)
     call = channel.unary_stream(
         "/yiwang.v1.Gateway/Subscribe",
@@ -211,8 +242,10 @@ async def role_subscriber(target: str, expect_idle: float, sample_every: int) ->
 # -- orchestration --------------------------------------------------------------------------------------
 
 
-def spawn(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, str(HERE), *args], stdout=subprocess.PIPE, text=True)
+def spawn(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(HERE), *args], stdout=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
+    )
 
 
 def result(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
@@ -231,13 +264,19 @@ def wait_port(port: int, timeout: float = 30.0) -> None:
     raise SystemExit(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
 
 
-def start_node(data: str, fsync: bool) -> tuple[subprocess.Popen[bytes], int]:
+def start_node(data: str, fsync: bool, tls_dir: Path | None = None) -> tuple[subprocess.Popen[bytes], int]:
     port, http = free_port(), free_port()
     config = Path(data) / "node.toml"
+    tls = "[tls]\ninsecure = true\n"
+    if tls_dir is not None:
+        issued = tls_dir / "issued"
+        tls = (
+            f'[tls]\nca = "{tls_dir / "ca.pem"}"\ncert = "{issued / "henan-province.chain.pem"}"\n'
+            f'key = "{issued / "henan-province.key"}"\ncrl = "{tls_dir / "crl.pem"}"\n'
+        )
     config.write_text(
         f'[node]\nid = "bench"\nregion = "410000"\n[listen]\ngrpc = "127.0.0.1:{port}"\nhttp = "127.0.0.1:{http}"\n'
-        f'[log]\ndata_dir = "{data}"\nfsync = {"true" if fsync else "false"}\nretention_hours = 1\n'
-        "[tls]\ninsecure = true\n",
+        f'[log]\ndata_dir = "{data}"\nfsync = {"true" if fsync else "false"}\nretention_hours = 1\n' + tls,
         encoding="utf-8",
     )
     node = subprocess.Popen(
@@ -256,13 +295,27 @@ def stop(proc: subprocess.Popen[Any]) -> None:
 
 
 def run_durable(
-    args: argparse.Namespace, rate: float, idle: float, sample: int
+    args: argparse.Namespace,
+    rate: float,
+    idle: float,
+    sample: int,
+    *,
+    build: str = "bytes",
+    tls_dir: Path | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One durable run; with ``tls_dir``, over mutual TLS as a water department (publisher) and the
+    province's duty platform (subscriber)."""
+    pub_env = sub_env = None
+    if tls_dir is not None:
+        pub_env = {"YIWANG_BENCH_TLS_DIR": str(tls_dir), "YIWANG_BENCH_IDENTITY": "jinshui-water"}
+        sub_env = {"YIWANG_BENCH_TLS_DIR": str(tls_dir), "YIWANG_BENCH_IDENTITY": "province-desk"}
     with tempfile.TemporaryDirectory(prefix="yiwang-bench-") as data:
-        node, port = start_node(data, not args.no_fsync)
+        node, port = start_node(data, not args.no_fsync, tls_dir)
         try:
             target = f"127.0.0.1:{port}"
-            sub = spawn("--role", "subscriber", "--target", target, "--idle", str(idle), "--sample", str(sample))
+            sub = spawn(
+                "--role", "subscriber", "--target", target, "--idle", str(idle), "--sample", str(sample), env=sub_env
+            )
             assert sub.stdout is not None
             sub.stdout.readline()  # ready
             time.sleep(0.3)
@@ -279,6 +332,9 @@ def run_durable(
                 str(rate),
                 "--window",
                 str(args.window),
+                "--build",
+                build,
+                env=pub_env,
             )
             published = result(pub, args.seconds + 120)
             delivered = result(sub, 120)
@@ -314,7 +370,7 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=8, help="requests in flight per stream")
     parser.add_argument("--idle", type=float, default=3.0)
     parser.add_argument("--sample", type=int, default=1)
-    parser.add_argument("--build", choices=["bytes", "messages"], default="bytes")
+    parser.add_argument("--build", choices=["bytes", "messages", "signed"], default="bytes")
     parser.add_argument("--no-fsync", action="store_true", help="commit without fsync (crash-safe, not power-safe)")
     args = parser.parse_args()
 

@@ -1,0 +1,98 @@
+"""Trust benchmark: what mutual TLS, batch signatures and their verification cost.
+
+Prints, in one run:
+  (a) the durable path of the foundation benchmark with envelopes built as messages by the client,
+      plaintext and unsigned, against the same run over mutual TLS with one batch signature per
+      request (verified by the node on entry), and their ratio (goal: at least 70%);
+  (b) single-envelope signature verification per second on one core (yiwang.signing.Verifier, each
+      envelope's content digest and Ed25519 check), against `openssl speed ed25519` verify on one
+      core in the same run (goal: at least 80%).
+
+    .venv/bin/python bench/trust.py [--seconds 10] [--batch 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+
+from bench import throughput
+from gateway.pki import Authority, Role
+from gateway.signing import Signer, Verifier
+from tests import factories
+
+
+def make_pki(folder: Path) -> Authority:
+    ca = Authority.init(folder / "pki", trust_domain="yjt.henan.gov.cn")
+    ca.issue(ca.identity(Role.GATEWAY, "410000", "henan-province", "henan-province"), ip_addresses=("127.0.0.1",))
+    ca.issue(ca.identity(Role.DEPARTMENT, "410105", "jinshui-water", "water"))
+    ca.issue(ca.identity(Role.PLATFORM, "410000", "province-desk", "emergency"))
+    return ca
+
+
+def openssl_verify_rate(seconds: int) -> float:
+    out = subprocess.run(
+        ["openssl", "speed", "-seconds", str(seconds), "ed25519"], capture_output=True, text=True, check=True
+    ).stdout
+    match = re.search(r"EdDSA \(Ed25519\)\s+\S+s\s+\S+s\s+([\d.]+)\s+([\d.]+)", out)
+    if not match:
+        raise SystemExit(f"cannot read openssl's figures:\n{out}")
+    return float(match.group(2))
+
+
+def our_verify_rate(ca: Authority, seconds: float) -> float:
+    issued = ca.dir / "issued"
+    signer = Signer.load(
+        (issued / "jinshui-water.sign.key").read_bytes(), (issued / "jinshui-water.sign.pem").read_bytes()
+    )
+    envelopes = []
+    for i in range(1000):
+        env = factories.observation(envelope_id=f"v-{i}", region="410105", agency="water")
+        signer.sign(env)
+        envelopes.append(env)
+    verifier = Verifier(ca.ca_cert)
+    verifier.verify(envelopes[0])  # the certificate check is cached per signer, as on the node
+    done = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        for env in envelopes:
+            verifier.verify(env)
+        done += len(envelopes)
+    return done / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--window", type=int, default=8)
+    parser.add_argument("--no-fsync", action="store_true")
+    args = parser.parse_args()
+    args.idle, args.rate_batch = 3.0, 50
+    print(f"yiwang trust benchmark: batch {args.batch}, {args.seconds:g} s per run", flush=True)
+    with tempfile.TemporaryDirectory(prefix="yiwang-trust-") as folder:
+        ca = make_pki(Path(folder))
+        published, delivered = throughput.run_durable(args, 0.0, args.idle, 10, build="messages")
+        plain = delivered["delivered"] / delivered["seconds"]
+        print(f"(a) plaintext, unsigned, client-built messages: {plain:>10,.0f} envelopes/s at the subscriber "
+              f"({delivered['delivered']:,} of {published['accepted']:,})")  # fmt: skip
+        published, delivered = throughput.run_durable(args, 0.0, args.idle, 10, build="signed", tls_dir=ca.dir)
+        secured = delivered["delivered"] / delivered["seconds"] if delivered["seconds"] else 0.0
+        print(f"    mutual TLS + batch signatures verified:     {secured:>10,.0f} envelopes/s at the subscriber "
+              f"({delivered['delivered']:,} of {published['accepted']:,})")  # fmt: skip
+        print(f"    ratio: {secured / plain:.1%} (goal: at least 70%)")
+        ours = our_verify_rate(ca, 5.0)
+        theirs = openssl_verify_rate(5)
+        print(f"(b) signature verification, one core: yiwang {ours:,.0f}/s, openssl speed ed25519 {theirs:,.0f}/s, "
+              f"ratio {ours / theirs:.1%} (goal: at least 80%)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
