@@ -38,37 +38,49 @@ def pki(tmp_path: Path) -> Authority:
     return ca
 
 
-@pytest.fixture
-def broker(pki: Authority, tmp_path: Path) -> Iterator[int]:
+class Broker:
     """Mosquitto started with deploy/mosquitto/yiwang.conf, pointed at the test's PKI and a free port."""
-    port = free_port()
-    acl = (ROOT / "deploy" / "mosquitto" / "acl").read_text(encoding="utf-8")
-    (tmp_path / "acl").write_text(acl, encoding="utf-8")
-    conf = (ROOT / "deploy" / "mosquitto" / "yiwang.conf").read_text(encoding="utf-8")
-    conf = conf.replace("/etc/yiwang/pki", str(pki.dir)).replace("/etc/yiwang/mosquitto/acl", str(tmp_path / "acl"))
-    conf = conf.replace("listener 8883", f"listener {port} 127.0.0.1")
-    # Run as the test's own user: the default drops root to user mosquitto, who cannot read the test's files.
-    conf = f"user {getpass.getuser()}\n{conf}"
-    (tmp_path / "mosquitto.conf").write_text(conf, encoding="utf-8")
-    proc = subprocess.Popen(
-        [MOSQUITTO, "-c", str(tmp_path / "mosquitto.conf")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    try:
+
+    def __init__(self, pki: Authority, folder: Path) -> None:
+        self.port = free_port()
+        acl = (ROOT / "deploy" / "mosquitto" / "acl").read_text(encoding="utf-8")
+        (folder / "acl").write_text(acl, encoding="utf-8")
+        conf = (ROOT / "deploy" / "mosquitto" / "yiwang.conf").read_text(encoding="utf-8")
+        conf = conf.replace("/etc/yiwang/pki", str(pki.dir)).replace("/etc/yiwang/mosquitto/acl", str(folder / "acl"))
+        conf = conf.replace("listener 8883", f"listener {self.port} 127.0.0.1")
+        # Run as the test's own user: the default drops root to user mosquitto, who cannot read the test's files.
+        self.conf = folder / "mosquitto.conf"
+        self.conf.write_text(f"user {getpass.getuser()}\n{conf}", encoding="utf-8")
+        self.log = folder / "mosquitto.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while True:
             with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                output = proc.stdout.read().decode() if proc.stdout else ""
-                raise AssertionError(f"mosquitto did not start: {output}")
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"mosquitto did not start: {self.log.read_text(errors='replace')}")
             time.sleep(0.05)
-        yield port
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)  # the port is free again once it has exited
+            self.proc = None
+
+
+@pytest.fixture
+def broker(pki: Authority, tmp_path: Path) -> Iterator[Broker]:
+    running = Broker(pki, tmp_path)
+    running.start()
+    try:
+        yield running
     finally:
-        proc.terminate()
-        proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        running.stop()
 
 
 def tls_args(ca: Authority, name: str, cafile: Path | None = None) -> list[str]:
@@ -81,8 +93,9 @@ def tls_args(ca: Authority, name: str, cafile: Path | None = None) -> list[str]:
 
 
 def publish(port: int, tls: list[str], topic: str, message: str) -> subprocess.CompletedProcess[str]:
+    """Publishes retained, so a subscriber that starts a little later still receives it."""
     return subprocess.run(
-        [PUB, "-h", "127.0.0.1", "-p", str(port), *tls, "-t", topic, "-m", message, "-q", "1"],
+        [PUB, "-h", "127.0.0.1", "-p", str(port), *tls, "-t", topic, "-m", message, "-q", "1", "-r"],
         capture_output=True,
         text=True,
         timeout=30,
@@ -91,7 +104,7 @@ def publish(port: int, tls: list[str], topic: str, message: str) -> subprocess.C
 
 
 def gateway_hears(port: int, pki: Authority, topic: str, send: list[str]) -> str:
-    """Starts the gateway's subscriber, runs a publish, returns what the subscriber got within 5 s."""
+    """Starts the gateway's subscriber, publishes (retained), returns what the subscriber got within 5 s."""
     sub = subprocess.Popen(
         [SUB, "-h", "127.0.0.1", "-p", str(port), *tls_args(pki, "henan-province"), "-t", topic, "-C", "1", "-W", "5",
          "-q", "1"],
@@ -100,7 +113,6 @@ def gateway_hears(port: int, pki: Authority, topic: str, send: list[str]) -> str
         text=True,
     )  # fmt: skip
     try:
-        time.sleep(0.5)  # mosquitto_sub has no readiness signal; a missed message only fails the test
         done = publish(port, tls_args(pki, send[0]), send[1], send[2])
         assert done.returncode == 0, done.stderr
         out, _ = sub.communicate(timeout=30)
@@ -111,47 +123,34 @@ def gateway_hears(port: int, pki: Authority, topic: str, send: list[str]) -> str
     return out.strip()
 
 
-def test_a_terminal_publishes_on_its_own_topic(broker: int, pki: Authority) -> None:
+def test_a_terminal_publishes_on_its_own_topic(broker: Broker, pki: Authority) -> None:
     own = "yiwang/edge/410105/water/edge/gauge-17/up"
-    assert gateway_hears(broker, pki, "yiwang/edge/#", ["gauge-17", own, "water level 91.2"]) == "water level 91.2"
+    heard = gateway_hears(broker.port, pki, "yiwang/edge/#", ["gauge-17", own, "water level 91.2"])
+    assert heard == "water level 91.2"
 
 
-def test_a_terminal_cannot_publish_as_another(broker: int, pki: Authority) -> None:
+def test_a_terminal_cannot_publish_as_another(broker: Broker, pki: Authority) -> None:
     other = "yiwang/edge/410105/water/edge/gauge-18/up"
-    assert gateway_hears(broker, pki, "yiwang/edge/#", ["gauge-17", other, "forged"]) == ""
+    assert gateway_hears(broker.port, pki, "yiwang/edge/#", ["gauge-17", other, "forged"]) == ""
 
 
-def test_a_revoked_terminal_is_refused(broker: int, pki: Authority, tmp_path: Path) -> None:
+def test_a_revoked_terminal_is_refused(broker: Broker, pki: Authority) -> None:
     pki.revoke("gauge-18")
-    # Mosquitto reads its CRL when it starts; restart it so the new CRL is certainly in force.
-    conf = tmp_path / "mosquitto.conf"
-    subprocess.run(["pkill", "-f", str(conf)], check=False)
-    port = broker
-    proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert time.monotonic() < deadline, "mosquitto did not restart"
-            time.sleep(0.05)
-        refused = publish(port, tls_args(pki, "gauge-18"), "yiwang/edge/410105/water/edge/gauge-18/up", "x")
-        assert refused.returncode != 0
-        allowed = publish(port, tls_args(pki, "gauge-17"), "yiwang/edge/410105/water/edge/gauge-17/up", "x")
-        assert allowed.returncode == 0, allowed.stderr
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    broker.stop()  # Mosquitto reads its CRL when it starts; restart it so the new CRL is certainly in force
+    broker.start()
+    refused = publish(broker.port, tls_args(pki, "gauge-18"), "yiwang/edge/410105/water/edge/gauge-18/up", "x")
+    assert refused.returncode != 0
+    allowed = publish(broker.port, tls_args(pki, "gauge-17"), "yiwang/edge/410105/water/edge/gauge-17/up", "x")
+    assert allowed.returncode == 0, allowed.stderr
 
 
-def test_a_certificate_of_another_ca_is_refused(broker: int, pki: Authority, tmp_path: Path) -> None:
+def test_a_certificate_of_another_ca_is_refused(broker: Broker, pki: Authority, tmp_path: Path) -> None:
     other = Authority.init(tmp_path / "other", trust_domain="yjt.henan.gov.cn")
     other.issue(other.identity(Role.EDGE, "410105", "gauge-17", "water"))
-    refused = publish(broker, tls_args(other, "gauge-17", cafile=pki.dir / "ca.pem"), "yiwang/edge/x", "x")
+    refused = publish(broker.port, tls_args(other, "gauge-17", cafile=pki.dir / "ca.pem"), "yiwang/edge/x", "x")
     assert refused.returncode != 0
 
 
-def test_no_client_certificate_is_refused(broker: int, pki: Authority) -> None:
-    refused = publish(broker, ["--cafile", str(pki.dir / "ca.pem")], "yiwang/edge/x", "x")
+def test_no_client_certificate_is_refused(broker: Broker, pki: Authority) -> None:
+    refused = publish(broker.port, ["--cafile", str(pki.dir / "ca.pem")], "yiwang/edge/x", "x")
     assert refused.returncode != 0
