@@ -243,15 +243,19 @@ def from_dict(table: dict[str, Any], source: str = "") -> NodeConfig:
     return check(dataclasses.replace(config, source=source))
 
 
-def load(path: Path) -> NodeConfig:
-    """Reads and checks a node's TOML configuration file."""
-    source = str(path)
+def read_toml(text: str | None, source: str, path: Path | None = None) -> dict[str, Any]:
+    """Parses TOML (read from ``path`` when given), with errors that name the file."""
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read: {exc.strerror}", source=source) from exc
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", source=source) from exc
-    try:
-        table = tomllib.loads(text)
+        return tomllib.loads(text or "")
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", source=source) from exc
-    return from_dict(table, source)
+
+
+def load(path: Path) -> NodeConfig:
+    """Reads and checks a node's TOML configuration file."""
+    return from_dict(read_toml(None, str(path), path), str(path))

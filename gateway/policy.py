@@ -9,7 +9,6 @@ so the node filters what it sends without parsing envelopes.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -18,6 +17,7 @@ from typing import Any
 
 from yiwang.v1 import envelope_pb2 as pb
 
+from gateway.config import read_toml
 from gateway.errors import ConfigError
 from gateway.pki import Identity, Role
 from gateway.regions import RegionTable, default_table
@@ -66,18 +66,12 @@ class Policy:
     def load(cls, path: Path | None = None) -> Policy:
         """Reads a policy file (the shipped default when ``path`` is None), checking every key."""
         if path is None:
-            text = (resources.files("gateway") / "data" / "default-policy.toml").read_text(encoding="utf-8")
+            shipped = (resources.files("gateway") / "data" / "default-policy.toml").read_text(encoding="utf-8")
             source = "default-policy.toml"
+            table = read_toml(shipped, source)
         else:
             source = str(path)
-            try:
-                text = path.read_text(encoding="utf-8")
-            except OSError as exc:
-                raise ConfigError(f"cannot read: {exc.strerror}", source=source) from exc
-        try:
-            table = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"not valid TOML: {exc}", source=source) from exc
+            table = read_toml(None, source, path)
         unknown = set(table) - {"publish", "read"}
         if unknown:
             raise ConfigError("unknown table (known: publish, read)", key=sorted(unknown)[0], source=source)

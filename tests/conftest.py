@@ -13,8 +13,38 @@ import pytest
 from gateway.client import GatewayClient
 from gateway.config import NodeConfig, from_dict
 from gateway.node import Node
+from gateway.pki import Authority
+from gateway.tls import ClientTls
 
 NodeFactory = Callable[..., Awaitable[Node]]
+TRUST_DOMAIN = "yjt.henan.gov.cn"
+
+
+def tls_node_config(pki: Authority, data: Path, **sections: Any) -> NodeConfig:
+    """A loopback province node with mutual TLS, its certificate issued as henan-province by ``pki``."""
+    issued = pki.dir / "issued"
+    table: dict[str, Any] = {
+        "node": {"id": "henan-province", "region": "410000"},
+        "listen": {"grpc": "127.0.0.1:0", "http": "127.0.0.1:0"},
+        "log": {"data_dir": str(data), "fsync": False},
+        "limits": {"admission_workers": 0},
+        "tls": {
+            "ca": str(pki.dir / "ca.pem"),
+            "cert": str(issued / "henan-province.chain.pem"),
+            "key": str(issued / "henan-province.key"),
+            "crl": str(pki.dir / "crl.pem"),
+        },
+    }
+    for name, values in sections.items():
+        table.setdefault(name, {}).update(values)
+    return from_dict(table, source="test")
+
+
+def client_as(pki: Authority, node: Node, name: str) -> GatewayClient:
+    """A client over mutual TLS with the certificate ``pki`` issued to ``name``."""
+    issued = pki.dir / "issued"
+    tls = ClientTls(pki.dir / "ca.pem", issued / f"{name}.chain.pem", issued / f"{name}.key")
+    return GatewayClient(node.grpc_target, tls=tls)
 
 
 def node_config(data: Path, *, region: str = "410000", node_id: str = "test-node", **sections: Any) -> NodeConfig:

@@ -10,12 +10,10 @@ from pathlib import Path
 import pytest
 from yiwang.v1 import gateway_pb2 as gw
 
-from gateway.client import GatewayClient
-from gateway.config import from_dict
 from gateway.node import Node
 from gateway.pki import Authority, Role
-from gateway.tls import ClientTls
 from tests import factories
+from tests.conftest import client_as, tls_node_config
 
 DOMAIN = "yjt.henan.gov.cn"
 REJECTED = gw.PublishResult.REJECTED
@@ -40,22 +38,8 @@ def pki(tmp_path: Path) -> Authority:
 
 @pytest.fixture
 async def node(pki: Authority, tmp_path: Path) -> AsyncIterator[Node]:
-    issued = pki.dir / "issued"
-    config = from_dict(
-        {
-            "node": {"id": "henan-province", "region": "410000"},
-            "listen": {"grpc": "127.0.0.1:0", "http": "127.0.0.1:0"},
-            "log": {"data_dir": str(tmp_path / "data"), "fsync": False},
-            "limits": {"admission_workers": 0},
-            "tls": {
-                "ca": str(pki.dir / "ca.pem"),
-                "cert": str(issued / "henan-province.chain.pem"),
-                "key": str(issued / "henan-province.key"),
-            },
-        },
-        source="test",
-    )
-    node = Node(config, grace_s=0.2)
+    node = Node(tls_node_config(pki, tmp_path / "data"), grace_s=0.2)
+    node.crl_interval_s = 0.1
     await node.start()
     try:
         yield node
@@ -63,14 +47,8 @@ async def node(pki: Authority, tmp_path: Path) -> AsyncIterator[Node]:
         await node.stop()
 
 
-def as_(pki: Authority, node: Node, name: str) -> GatewayClient:
-    issued = pki.dir / "issued"
-    tls = ClientTls(pki.dir / "ca.pem", issued / f"{name}.chain.pem", issued / f"{name}.key")
-    return GatewayClient(node.grpc_target, tls=tls)
-
-
 async def test_publishing_is_limited_to_ones_own_agency_and_region(node: Node, pki: Authority) -> None:
-    async with as_(pki, node, "jinshui-water") as water:
+    async with client_as(pki, node, "jinshui-water") as water:
         reply = await water.publish(
             [
                 factories.observation(envelope_id="own", region="410105", agency="water"),
@@ -95,7 +73,7 @@ async def test_publishing_is_limited_to_ones_own_agency_and_region(node: Node, p
 
 
 async def seed(pki: Authority, node: Node) -> None:
-    async with as_(pki, node, "zz-qxj") as met, as_(pki, node, "zz-yjj") as emergency:
+    async with client_as(pki, node, "zz-qxj") as met, client_as(pki, node, "zz-yjj") as emergency:
         for client, envelope in [
             (met, factories.alert(envelope_id="alert-zhongyuan", region="410102")),
             (met, factories.alert(envelope_id="alert-zhengzhou", region="410100")),
@@ -104,7 +82,7 @@ async def seed(pki: Authority, node: Node) -> None:
         ]:
             reply = await client.publish([envelope])
             assert reply.results[0].outcome == ACCEPTED, reply
-    async with as_(pki, node, "jinshui-water") as water:
+    async with client_as(pki, node, "jinshui-water") as water:
         reply = await water.publish(
             [factories.observation(envelope_id="level-jinshui", region="410105", agency="water")]
         )
@@ -122,7 +100,7 @@ async def test_readers_see_only_what_the_policy_shares(node: Node, pki: Authorit
         "province-desk": ["alert-zhongyuan", "alert-zhengzhou", "rain-jinshui", "incident-jinshui", "level-jinshui"],
     }
     for name, expected in expectations.items():
-        async with as_(pki, node, name) as client:
+        async with client_as(pki, node, name) as client:
             queried = [d.envelope.id async for d in client.query_all(gw.QueryRequest(page_size=2))]
             assert queried == expected, name
             call = client.subscribe(gw.SubscribeRequest(position=gw.OLDEST))
@@ -143,14 +121,14 @@ async def test_readers_see_only_what_the_policy_shares(node: Node, pki: Authorit
 
 async def test_durable_names_belong_to_their_identity(node: Node, pki: Authority) -> None:
     await seed(pki, node)
-    async with as_(pki, node, "province-desk") as desk, as_(pki, node, "jinshui-water") as water:
+    async with client_as(pki, node, "province-desk") as desk, client_as(pki, node, "jinshui-water") as water:
         assert await desk.ack("duty", 4) == 4
         assert await water.ack("duty", 2) == 2  # the same name, another identity: its own position
         assert await desk.ack("duty", 4) == 4
 
 
 async def test_denials_are_audited(node: Node, pki: Authority) -> None:
-    async with as_(pki, node, "jinshui-water") as water:
+    async with client_as(pki, node, "jinshui-water") as water:
         await water.publish([factories.observation(region="410102", agency="water")])
     assert node.audit is not None
     node.audit.close()

@@ -19,13 +19,11 @@ from hypothesis import strategies as st
 from yiwang.v1 import envelope_pb2 as pb
 from yiwang.v1 import gateway_pb2 as gw
 
-from gateway.client import GatewayClient
-from gateway.config import from_dict
 from gateway.node import Node
 from gateway.pki import Authority, Role
 from gateway.signing import SignatureError, Signer, Verifier, merkle_proof, merkle_root_from, merkle_tree
-from gateway.tls import ClientTls
 from tests import factories
+from tests.conftest import client_as, tls_node_config
 
 DOMAIN = "yjt.henan.gov.cn"
 ACCEPTED = gw.PublishResult.ACCEPTED
@@ -151,36 +149,21 @@ def signed_warnings_policy(folder: Path) -> Path:
 
 @pytest.fixture
 async def node(pki: Authority, tmp_path: Path) -> AsyncIterator[Node]:
-    issued = pki.dir / "issued"
-    policy = signed_warnings_policy(tmp_path)
-    config = from_dict(
-        {
-            "node": {"id": "henan-province", "region": "410000"},
-            "listen": {"grpc": "127.0.0.1:0", "http": "127.0.0.1:0"},
-            "log": {"data_dir": str(tmp_path / "data"), "fsync": False},
-            "limits": {"admission_workers": 1},
-            "tls": {
-                "ca": str(pki.dir / "ca.pem"),
-                "cert": str(issued / "henan-province.chain.pem"),
-                "key": str(issued / "henan-province.key"),
-            },
-            "policy": {"file": str(policy)},
-        },
-        source="test",
+    node = Node(
+        tls_node_config(
+            pki,
+            tmp_path / "data",
+            limits={"admission_workers": 1},
+            policy={"file": str(signed_warnings_policy(tmp_path))},
+        ),
+        grace_s=0.2,
     )
-    node = Node(config, grace_s=0.2)
+    node.crl_interval_s = 0.1
     await node.start()
     try:
         yield node
     finally:
         await node.stop()
-
-
-def as_(pki: Authority, node: Node, name: str) -> GatewayClient:
-    issued = pki.dir / "issued"
-    return GatewayClient(
-        node.grpc_target, tls=ClientTls(pki.dir / "ca.pem", issued / f"{name}.chain.pem", issued / f"{name}.key")
-    )
 
 
 async def test_the_node_verifies_on_entry(node: Node, pki: Authority) -> None:
@@ -190,7 +173,7 @@ async def test_the_node_verifies_on_entry(node: Node, pki: Authority) -> None:
     signer(pki, "zz-qxj").sign(tampered)
     tampered.alert.infos[0].headline = "altered on the way"
     unsigned = met_alert("unsigned")
-    async with as_(pki, node, "zz-qxj") as met:
+    async with client_as(pki, node, "zz-qxj") as met:
         reply = await met.publish([good, tampered, unsigned])
     assert [(r.id, r.outcome, r.code, r.field) for r in reply.results] == [
         ("signed", ACCEPTED, 0, ""),
@@ -203,13 +186,13 @@ async def test_the_node_verifies_on_entry(node: Node, pki: Authority) -> None:
 async def test_only_gateways_forward_what_others_signed(node: Node, pki: Authority) -> None:
     theirs = factories.observation(envelope_id="theirs", region="410105", agency="water")
     signer(pki, "zz-qxj").sign(theirs)  # signed by the weather bureau, sent by the water bureau
-    async with as_(pki, node, "jinshui-water") as water:
+    async with client_as(pki, node, "jinshui-water") as water:
         reply = await water.publish([theirs])
     assert reply.results[0].outcome == REJECTED
     assert "only a gateway may forward" in reply.results[0].reason
     forwarded = met_alert("forwarded")
     signer(pki, "zz-qxj").sign(forwarded)
-    async with as_(pki, node, "zhengzhou-city") as city:
+    async with client_as(pki, node, "zhengzhou-city") as city:
         reply = await city.publish([forwarded])
     assert reply.results[0].outcome == ACCEPTED
 
@@ -218,7 +201,7 @@ async def test_batch_signed_telemetry_goes_through_the_worker_pool(node: Node, p
     envelopes = [factories.observation(region="410105", agency="water", value=i) for i in range(300)]
     signer(pki, "jinshui-water").sign_batch(envelopes)
     envelopes[100].observation.measurements[0].value = -1.0  # altered after signing
-    async with as_(pki, node, "jinshui-water") as water:
+    async with client_as(pki, node, "jinshui-water") as water:
         reply = await water.publish(envelopes)  # large enough for the admission pool
         outcomes = [r.outcome for r in reply.results]
         assert outcomes.count(ACCEPTED) == 299

@@ -19,12 +19,12 @@ from yiwang.v1 import gateway_pb2 as gw
 
 from gateway.audit import verify
 from gateway.client import GatewayClient
-from gateway.config import from_dict
 from gateway.errors import ConfigError
 from gateway.node import Node
 from gateway.pki import Authority, Role
 from gateway.tls import ClientTls
 from tests import factories
+from tests.conftest import tls_node_config
 
 DOMAIN = "yjt.henan.gov.cn"
 
@@ -45,23 +45,7 @@ def client_tls(ca: Authority, name: str) -> ClientTls:
 
 @pytest.fixture
 async def node(pki: Authority, tmp_path: Path) -> AsyncIterator[Node]:
-    issued = pki.dir / "issued"
-    config = from_dict(
-        {
-            "node": {"id": "henan-province", "region": "410000"},
-            "listen": {"grpc": "127.0.0.1:0", "http": "127.0.0.1:0"},
-            "log": {"data_dir": str(tmp_path / "data"), "fsync": False},
-            "limits": {"admission_workers": 0},
-            "tls": {
-                "ca": str(pki.dir / "ca.pem"),
-                "cert": str(issued / "henan-province.chain.pem"),
-                "key": str(issued / "henan-province.key"),
-                "crl": str(pki.dir / "crl.pem"),
-            },
-        },
-        source="test",
-    )
-    node = Node(config, grace_s=0.2)
+    node = Node(tls_node_config(pki, tmp_path / "data"), grace_s=0.2)
     node.crl_interval_s = 0.1
     await node.start()
     try:
