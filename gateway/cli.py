@@ -341,14 +341,54 @@ async def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def demo_pki(folder: Path) -> Authority:
+    """The demo's own CA and identities: the node, a feeder gateway for the departments, a duty desk."""
+    ca = Authority(folder) if (folder / "ca.key").exists() else Authority.init(folder, trust_domain="demo.yiwang.local")
+    wanted = [
+        (Role.GATEWAY, "henan-province", "henan-province"),
+        (Role.GATEWAY, "department-feeder", "department-feeder"),
+        (Role.PLATFORM, "duty-desk", "emergency"),
+    ]
+    for role, name, principal in wanted:
+        if not (folder / "issued" / f"{name}.pem").exists():
+            ca.issue(
+                ca.identity(role, "410000", name, principal), dns_names=("localhost",), ip_addresses=("127.0.0.1",)
+            )
+    return ca
+
+
+def demo_tls(ca: Authority, name: str) -> ClientTls:
+    issued = ca.dir / "issued"
+    return ClientTls(ca.dir / "ca.pem", issued / f"{name}.chain.pem", issued / f"{name}.key")
+
+
 async def _demo(args: argparse.Namespace) -> int:
-    data = args.data or tempfile.mkdtemp(prefix="yiwang-demo-")
-    config = quick_config("410000", listen=args.listen, http=args.http, data=data, node_id="henan-province")
+    data = Path(args.data or tempfile.mkdtemp(prefix="yiwang-demo-"))
+    ca = await asyncio.to_thread(demo_pki, data / "pki")
+    node_tls = demo_tls(ca, "henan-province")
+    tls = {"ca": str(node_tls.ca), "cert": str(node_tls.cert), "key": str(node_tls.key), "crl": str(ca.dir / "crl.pem")}
+    config = quick_config(
+        "410000", listen=args.listen, http=args.http, data=str(data), node_id="henan-province", tls=tls
+    )
     regions = default_table()
-    async with Node(config) as node, GatewayClient(node.grpc_target, insecure=True) as client:
+    issued = ca.dir / "issued"
+    signer = Signer.load(
+        await asyncio.to_thread((issued / "department-feeder.sign.key").read_bytes),
+        await asyncio.to_thread((issued / "department-feeder.sign.pem").read_bytes),
+    )
+    async with (
+        Node(config) as node,
+        GatewayClient(node.grpc_target, tls=demo_tls(ca, "department-feeder")) as client,
+        GatewayClient(node.grpc_target, tls=demo_tls(ca, "duty-desk")) as desk,
+    ):
         print(
             f"yiwang demo: node henan-province (410000 河南省) on grpc {node.grpc_target}, "
-            f"http http://127.0.0.1:{node.http_port}/metrics, log in {data}",
+            f"https://127.0.0.1:{node.http_port}/metrics, log in {data}",
+            flush=True,
+        )
+        print(
+            f"yiwang demo: mutual TLS with a demo CA in {ca.dir}; the feeder signs each batch, "
+            "the duty desk reads what the sharing policy shows a province platform",
             flush=True,
         )
         print(
@@ -359,7 +399,9 @@ async def _demo(args: argparse.Namespace) -> int:
         async def publisher() -> None:
             traffic = Traffic()
             while True:
-                reply = await client.publish(traffic.next_tick())
+                tick = traffic.next_tick()
+                signer.sign_batch(tick)
+                reply = await client.publish(tick)
                 for result in reply.results:
                     if result.outcome == gw.PublishResult.REJECTED:
                         print(
@@ -369,7 +411,7 @@ async def _demo(args: argparse.Namespace) -> int:
                 await asyncio.sleep(args.interval)
 
         async def subscriber() -> None:
-            call = client.subscribe(gw.SubscribeRequest(position=gw.OLDEST))
+            call = desk.subscribe(gw.SubscribeRequest(position=gw.OLDEST))
             async for batch in call:
                 for d in batch.deliveries:
                     when = (

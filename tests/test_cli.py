@@ -515,7 +515,9 @@ def test_demo_runs_a_node_and_shows_deliveries(tmp_path: Path) -> None:
     assert lines[0].startswith("yiwang demo: node henan-province (410000")
     assert "grpc 127.0.0.1:" in lines[0]
     assert "127.0.0.1:0" not in lines[0], "the demo reports the port it actually got"
-    assert lines[1].startswith("yiwang demo: publishing")
+    assert lines[1].startswith("yiwang demo: mutual TLS with a demo CA")
+    assert lines[2].startswith("yiwang demo: publishing")
+    assert not result.stderr.strip() or "refused" not in result.stderr, result.stderr
     deliveries = [line for line in lines if line.startswith("#")]
     assert len(deliveries) >= 20
     assert [int(line[1:].split()[0]) for line in deliveries] == list(range(1, len(deliveries) + 1))
