@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from gateway.client import GatewayClient
 from gateway.config import NodeConfig, from_dict
 from gateway.node import Node
-from gateway.pki import Authority
+from gateway.pki import Authority, Identity
 from gateway.tls import ClientTls
 
 NodeFactory = Callable[..., Awaitable[Node]]
@@ -38,6 +43,36 @@ def tls_node_config(pki: Authority, data: Path, **sections: Any) -> NodeConfig:
     for name, values in sections.items():
         table.setdefault(name, {}).update(values)
     return from_dict(table, source="test")
+
+
+def lapsed_certificate(
+    ca: Authority, identity: Identity, public_key: ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
+) -> x509.Certificate:
+    """A certificate of ``ca`` for ``identity`` whose validity ended yesterday (``yiwang pki`` never issues one)."""
+    now = dt.datetime.now(dt.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, identity.path)]))
+        .issuer_name(ca.ca_cert.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=30))
+        .not_valid_after(now - dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.uri)]), critical=False)
+        .sign(ca.ca_key, hashes.SHA256())
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_tls_node(pki: Authority, data: Path, **sections: Any) -> AsyncIterator[Node]:
+    """A started mutual-TLS node (see ``tls_node_config``) that re-reads its CRL every 0.1 s."""
+    node = Node(tls_node_config(pki, data, **sections), grace_s=0.2)
+    node.crl_interval_s = 0.1
+    await node.start()
+    try:
+        yield node
+    finally:
+        await node.stop()
 
 
 def client_as(pki: Authority, node: Node, name: str) -> GatewayClient:

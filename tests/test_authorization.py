@@ -13,7 +13,7 @@ from yiwang.v1 import gateway_pb2 as gw
 from gateway.node import Node
 from gateway.pki import Authority, Role
 from tests import factories
-from tests.conftest import client_as, tls_node_config
+from tests.conftest import client_as, running_tls_node
 
 DOMAIN = "yjt.henan.gov.cn"
 REJECTED = gw.PublishResult.REJECTED
@@ -38,13 +38,8 @@ def pki(tmp_path: Path) -> Authority:
 
 @pytest.fixture
 async def node(pki: Authority, tmp_path: Path) -> AsyncIterator[Node]:
-    node = Node(tls_node_config(pki, tmp_path / "data"), grace_s=0.2)
-    node.crl_interval_s = 0.1
-    await node.start()
-    try:
-        yield node
-    finally:
-        await node.stop()
+    async with running_tls_node(pki, tmp_path / "data") as running:
+        yield running
 
 
 async def test_publishing_is_limited_to_ones_own_agency_and_region(node: Node, pki: Authority) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import subprocess
 import sys
@@ -11,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from google.protobuf import json_format
 from hypothesis import given
@@ -23,7 +21,7 @@ from gateway.node import Node
 from gateway.pki import Authority, Role
 from gateway.signing import SignatureError, Signer, Verifier, merkle_proof, merkle_root_from, merkle_tree
 from tests import factories
-from tests.conftest import client_as, tls_node_config
+from tests.conftest import client_as, lapsed_certificate, running_tls_node
 
 DOMAIN = "yjt.henan.gov.cn"
 ACCEPTED = gw.PublishResult.ACCEPTED
@@ -97,20 +95,8 @@ def test_revoked_and_expired_signers_fail(pki: Authority) -> None:
         Verifier(pki.ca_cert, revoked=frozenset({serial})).verify(env)
     key = ed25519.Ed25519PrivateKey.generate()
     identity = pki.identity(Role.DEPARTMENT, "410100", "lapsed", "meteorology")
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, identity.path)]))
-        .issuer_name(pki.ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=10))
-        .not_valid_after(now - dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.uri)]), critical=False)
-        .sign(pki.ca_key, hashes.SHA256())
-    )
     lapsed = met_alert()
-    Signer(key, cert).sign(lapsed)
+    Signer(key, lapsed_certificate(pki, identity, key.public_key())).sign(lapsed)
     with pytest.raises(SignatureError, match="expired"):
         Verifier(pki.ca_cert).verify(lapsed)
 
@@ -149,21 +135,9 @@ def signed_warnings_policy(folder: Path) -> Path:
 
 @pytest.fixture
 async def node(pki: Authority, tmp_path: Path) -> AsyncIterator[Node]:
-    node = Node(
-        tls_node_config(
-            pki,
-            tmp_path / "data",
-            limits={"admission_workers": 1},
-            policy={"file": str(signed_warnings_policy(tmp_path))},
-        ),
-        grace_s=0.2,
-    )
-    node.crl_interval_s = 0.1
-    await node.start()
-    try:
-        yield node
-    finally:
-        await node.stop()
+    policy = {"file": str(signed_warnings_policy(tmp_path))}
+    async with running_tls_node(pki, tmp_path / "data", limits={"admission_workers": 1}, policy=policy) as running:
+        yield running
 
 
 async def test_the_node_verifies_on_entry(node: Node, pki: Authority) -> None:

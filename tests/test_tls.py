@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 import ssl
 from collections.abc import AsyncIterator
@@ -12,8 +11,7 @@ from pathlib import Path
 import aiohttp
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from yiwang.v1 import gateway_pb2 as gw
 
@@ -24,7 +22,7 @@ from gateway.node import Node
 from gateway.pki import Authority, Role
 from gateway.tls import ClientTls
 from tests import factories
-from tests.conftest import tls_node_config
+from tests.conftest import lapsed_certificate, running_tls_node
 
 DOMAIN = "yjt.henan.gov.cn"
 
@@ -45,13 +43,8 @@ def client_tls(ca: Authority, name: str) -> ClientTls:
 
 @pytest.fixture
 async def node(pki: Authority, tmp_path: Path) -> AsyncIterator[Node]:
-    node = Node(tls_node_config(pki, tmp_path / "data"), grace_s=0.2)
-    node.crl_interval_s = 0.1
-    await node.start()
-    try:
-        yield node
-    finally:
-        await node.stop()
+    async with running_tls_node(pki, tmp_path / "data") as running:
+        yield running
 
 
 async def test_a_certified_client_publishes_and_reads(node: Node, pki: Authority) -> None:
@@ -86,19 +79,8 @@ async def test_clients_without_a_valid_certificate_are_refused(
 def expired_client(ca: Authority, tmp_path: Path) -> ClientTls:
     """A certificate of our CA whose validity ended yesterday (the PKI itself never issues one)."""
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
     identity = ca.identity(Role.PLATFORM, "410000", "lapsed", "emergency")
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, identity.path)]))
-        .issuer_name(ca.ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=30))
-        .not_valid_after(now - dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.uri)]), critical=False)
-        .sign(ca.ca_key, hashes.SHA256())
-    )
+    cert = lapsed_certificate(ca, identity, key.public_key())
     (tmp_path / "expired.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     (tmp_path / "expired.key").write_bytes(
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
