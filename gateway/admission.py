@@ -65,8 +65,10 @@ class Admission:
         now = time.time() if now is None else now
         admit = self.validator.admit
         verifier = self.verifier
+        digests: list[bytes | None] = []
         if verifier is not None:
             verifier.revoked = revoked
+            digests = verifier.prepare(envelopes)
         out = Admitted(request.batch_id, len(envelopes))
         add_id, add_hash, add_envelope, add_record, add_position = (
             out.ids.append,
@@ -88,7 +90,7 @@ class Admission:
                     signer = env.provenance.signature.signer  # a plaintext development node cannot check it
                 else:
                     try:
-                        signer = verifier.verify(env)
+                        signer = verifier.verify(env, digests[index])
                     except SignatureError as exc:
                         out.rejections.append((index, env.id[:256], "provenance.signature", str(exc), UNAUTHENTICATED))
                         continue

@@ -143,6 +143,33 @@ class Verifier:
         self.revoked = revoked
         self._certificates: dict[bytes, _Trusted] = {}
         self._roots: dict[tuple[bytes, bytes], bool] = {}
+        self._leaves: set[tuple[bytes, int, bytes]] = set()  # (root, index, digest) proven by a whole tree
+
+    def prepare(self, envelopes: Sequence[pb.Envelope]) -> list[bytes | None]:
+        """Checks the batch signatures of a whole request at once, before ``verify`` is called per envelope.
+
+        When a request carries every envelope of a signed batch, rebuilding the tree once proves all
+        their places in it (instead of one proof per envelope); anything else is proven one by one.
+        Returns each envelope's content digest (None if unsigned), to hand to ``verify``.
+        """
+        self._leaves.clear()
+        digests: list[bytes | None] = []
+        groups: dict[tuple[bytes, bytes], dict[int, bytes]] = {}
+        for env in envelopes:
+            if not env.provenance.HasField("signature"):
+                digests.append(None)
+                continue
+            digest = content_digest(env)
+            digests.append(digest)
+            sig = env.provenance.signature
+            if sig.algorithm == BATCH:
+                groups.setdefault((sig.batch_root, sig.value), {})[sig.batch_index] = digest
+        for (root, _), leaves in groups.items():
+            if sorted(leaves) != list(range(len(leaves))):
+                continue
+            if merkle_tree([leaves[i] for i in range(len(leaves))])[-1][0] == root:
+                self._leaves.update((root, i, d) for i, d in leaves.items())
+        return digests
 
     def _trusted(self, der: bytes, signer: str) -> _Trusted:
         trusted = self._certificates.get(der)
@@ -175,13 +202,16 @@ class Verifier:
             raise SignatureError("the signer's certificate has expired")
         return trusted
 
-    def verify(self, env: pb.Envelope) -> str:
-        """Verifies an envelope's signature; returns the signer's identity or raises SignatureError."""
+    def verify(self, env: pb.Envelope, digest: bytes | None = None) -> str:
+        """Verifies an envelope's signature; returns the signer's identity or raises SignatureError.
+
+        ``digest`` is the envelope's content digest when the caller has it (from ``prepare``).
+        """
         if not env.HasField("provenance") or not env.provenance.HasField("signature"):
             raise SignatureError("the envelope is not signed")
         sig = env.provenance.signature
         trusted = self._trusted(sig.certificate, sig.signer)
-        digest = content_digest(env)
+        digest = digest or content_digest(env)
         if sig.algorithm == SINGLE:
             try:
                 trusted.key.verify(sig.value, ENVELOPE_CONTEXT + digest)
@@ -189,7 +219,8 @@ class Verifier:
                 raise SignatureError("the signature does not match the content (altered, or another key)") from None
             return trusted.identity
         if sig.algorithm == BATCH:
-            if merkle_root_from(digest, sig.batch_index, sig.batch_proof) != sig.batch_root:
+            proven = (sig.batch_root, sig.batch_index, digest) in self._leaves
+            if not proven and merkle_root_from(digest, sig.batch_index, sig.batch_proof) != sig.batch_root:
                 raise SignatureError("the content is not the one the batch signature covers (altered)")
             cache_key = (sig.batch_root, sig.value)
             if cache_key not in self._roots:

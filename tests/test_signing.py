@@ -121,6 +121,22 @@ def test_a_batch_signature_verifies_each_envelope_alone(pki: Authority) -> None:
         verifier.verify(envelopes[5])
 
 
+def test_prepared_batches_are_proven_by_one_tree_and_partial_ones_leaf_by_leaf(pki: Authority) -> None:
+    envelopes = [factories.observation(region="410105", agency="water", value=i) for i in range(9)]
+    signer(pki, "jinshui-water").sign_batch(envelopes)
+    verifier = Verifier(pki.ca_cert)
+    digests = verifier.prepare(envelopes)
+    assert len(verifier._leaves) == 9  # the whole batch, proven at once
+    assert all(verifier.verify(env, digest) for env, digest in zip(envelopes, digests, strict=True))
+    part = envelopes[2:5]  # a request that carries only part of a signed batch
+    digests = verifier.prepare(part)
+    assert not verifier._leaves
+    assert all(verifier.verify(env, digest) for env, digest in zip(part, digests, strict=True))
+    part[1].observation.measurements[0].value = 99.0  # altered after prepare: the digest given is stale
+    with pytest.raises(SignatureError):
+        verifier.verify(part[1])
+
+
 # -- the node checks on entry ---------------------------------------------------------------------
 
 
