@@ -85,17 +85,17 @@ class Node:
         if workers < 0:
             workers = max(0, min(4, (os.cpu_count() or 1) - 1))
         tls = cfg.tls
-        ca_pem = None if tls.insecure else cfg.path(tls.ca).read_bytes()
+        server_tls: ServerTls | None = None
+        trust_domain = ""
+        ca_pem: bytes | None = None
+        if not tls.insecure:
+            server_tls = ServerTls(cfg.path(tls.ca), cfg.path(tls.cert), cfg.path(tls.key))
+            trust_domain = self._own_identity(server_tls).trust_domain
+            ca_pem = server_tls.ca_pem(src)
         if workers:
             self.pool = start_pool(workers, validator, cfg.limits.max_batch_envelopes, ca_pem)
             loop = asyncio.get_running_loop()
             await asyncio.gather(*(loop.run_in_executor(self.pool, worker_ready) for _ in range(workers)))
-        tls = cfg.tls
-        server_tls: ServerTls | None = None
-        trust_domain = ""
-        if not tls.insecure:
-            server_tls = ServerTls(cfg.path(tls.ca), cfg.path(tls.cert), cfg.path(tls.key))
-            trust_domain = self._own_identity(server_tls).trust_domain
         self.revocations = Revocations(cfg.path(tls.crl) if tls.crl else None, server_tls.ca if server_tls else None)
         self.revocations.reload()
         self.service = GatewayService(

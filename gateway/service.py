@@ -44,7 +44,6 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}")
 _ACCEPTED = gw.PublishResult.ACCEPTED
 _DUPLICATE = gw.PublishResult.DUPLICATE
 _REJECTED = gw.PublishResult.REJECTED
-_INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT.value[0]
 T = TypeVar("T")
 
 

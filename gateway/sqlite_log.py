@@ -441,7 +441,7 @@ class SqliteLog(Log):
                     (
                         off
                         for off in candidates
-                        if off >= self._oldest_w() and self._stored_id(con, off, ids_cache) == envelope_id
+                        if off >= self._oldest and self._stored_id(con, off, ids_cache) == envelope_id
                     ),
                     None,
                 )
@@ -462,9 +462,6 @@ class SqliteLog(Log):
             fresh.append(i)
             offset += 1
         return fresh, offsets, frozenset(duplicates)
-
-    def _oldest_w(self) -> int:
-        return self._oldest
 
     def _stored_id(
         self, con: sqlite3.Connection, offset: int, cache: dict[int, tuple[int, tuple[str, ...]]]

@@ -34,11 +34,14 @@ class ServerTls:
     cert: Path
     key: Path
 
+    def ca_pem(self, source: str = "") -> bytes:
+        return _read(self.ca, "tls.ca", source)
+
     def grpc_credentials(self, source: str = "") -> grpc.ServerCredentials:
         """Server credentials that require a client certificate issued by the CA."""
         return grpc.ssl_server_credentials(
             [(_read(self.key, "tls.key", source), _read(self.cert, "tls.cert", source))],
-            root_certificates=_read(self.ca, "tls.ca", source),
+            root_certificates=self.ca_pem(source),
             require_client_auth=True,
         )
 
