@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +87,9 @@ def request_signed(prefix: str, start: int, count: int, batch_id: int) -> bytes:
     request = gw.PublishRequest(batch_id=batch_id)
     for n in range(start, start + count):
         fill(request.envelopes.add(id=f"{prefix}-{n}"), now_ns)
-    bench_signer().sign_batch(request.envelopes)
+    signer = bench_signer()
+    signer.sign_batch(request.envelopes)
+    request.certificates.append(signer.certificate_der)
     return request.SerializeToString()
 
 
@@ -151,15 +153,30 @@ async def role_anchor(port: int) -> None:
     await server.stop(0)
 
 
-async def role_publisher(target: str, seconds: float, batch: int, rate: float, window: int, build: str) -> None:
-    """Publishes for ``seconds``: as fast as acknowledgements allow, or at ``rate`` envelopes/s."""
+async def role_publisher(
+    target: str, seconds: float, batch: int, rate: float, window: int, build: str, ahead: int = 0
+) -> None:
+    """Publishes for ``seconds``: as fast as acknowledgements allow, or at ``rate`` envelopes/s.
+
+    With ``ahead``, that many envelopes are built (and signed) before the clock starts, as origins
+    on machines of their own would have done, and the run ends early if they are all sent.
+    """
     channel = bench_channel(target, [("grpc.max_send_message_length", 64 << 20)])
     await asyncio.wait_for(channel.channel_ready(), 30)
     call = channel.stream_stream(
         PUBLISH_STREAM, request_serializer=lambda b: b, response_deserializer=gw.PublishReply.FromString
     )
     prefix = f"p{os.getpid()}-{time.time_ns()}"
-    make = {"messages": request_built, "signed": request_signed}.get(build, request_bytes)
+    make: Callable[[str, int, int, int], bytes] = {"messages": request_built, "signed": request_signed}.get(
+        build, request_bytes
+    )
+    if ahead:
+        prepared = iter([make(prefix, n, batch, n // batch + 1) for n in range(0, ahead, batch)])
+
+        def take(_prefix: str, _start: int, _count: int, _batch_id: int) -> bytes:
+            return next(prepared, b"")
+
+        make = take
     in_flight = asyncio.Semaphore(window)
     sent = 0
     started = time.perf_counter()
@@ -176,7 +193,11 @@ async def role_publisher(target: str, seconds: float, batch: int, rate: float, w
                     await asyncio.sleep(delay)
             await in_flight.acquire()
             batch_id += 1
-            yield make(prefix, sent, batch, batch_id)
+            request = make(prefix, sent, batch, batch_id)
+            if not request:
+                in_flight.release()
+                return  # everything prepared ahead is sent
+            yield request
             sent += batch
 
     acked = accepted = 0
@@ -264,7 +285,9 @@ def wait_port(port: int, timeout: float = 30.0) -> None:
     raise SystemExit(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
 
 
-def start_node(data: str, fsync: bool, tls_dir: Path | None = None) -> tuple[subprocess.Popen[bytes], int]:
+def start_node(
+    data: str, fsync: bool, tls_dir: Path | None = None, workers: int = -1
+) -> tuple[subprocess.Popen[bytes], int]:
     port, http = free_port(), free_port()
     config = Path(data) / "node.toml"
     tls = "[tls]\ninsecure = true\n"
@@ -276,7 +299,8 @@ def start_node(data: str, fsync: bool, tls_dir: Path | None = None) -> tuple[sub
         )
     config.write_text(
         f'[node]\nid = "bench"\nregion = "410000"\n[listen]\ngrpc = "127.0.0.1:{port}"\nhttp = "127.0.0.1:{http}"\n'
-        f'[log]\ndata_dir = "{data}"\nfsync = {"true" if fsync else "false"}\nretention_hours = 1\n' + tls,
+        f'[log]\ndata_dir = "{data}"\nfsync = {"true" if fsync else "false"}\nretention_hours = 1\n'
+        f"[limits]\nadmission_workers = {workers}\n" + tls,
         encoding="utf-8",
     )
     node = subprocess.Popen(
@@ -302,6 +326,7 @@ def run_durable(
     *,
     build: str = "bytes",
     tls_dir: Path | None = None,
+    ahead: int = 0,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """One durable run; with ``tls_dir``, over mutual TLS as a water department (publisher) and the
     province's duty platform (subscriber)."""
@@ -310,7 +335,7 @@ def run_durable(
         pub_env = {"YIWANG_BENCH_TLS_DIR": str(tls_dir), "YIWANG_BENCH_IDENTITY": "jinshui-water"}
         sub_env = {"YIWANG_BENCH_TLS_DIR": str(tls_dir), "YIWANG_BENCH_IDENTITY": "province-desk"}
     with tempfile.TemporaryDirectory(prefix="yiwang-bench-") as data:
-        node, port = start_node(data, not args.no_fsync, tls_dir)
+        node, port = start_node(data, not args.no_fsync, tls_dir, getattr(args, "workers", -1))
         try:
             target = f"127.0.0.1:{port}"
             sub = spawn(
@@ -334,6 +359,8 @@ def run_durable(
                 str(args.window),
                 "--build",
                 build,
+                "--ahead",
+                str(ahead),
                 env=pub_env,
             )
             published = result(pub, args.seconds + 120)
@@ -371,6 +398,7 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=3.0)
     parser.add_argument("--sample", type=int, default=1)
     parser.add_argument("--build", choices=["bytes", "messages", "signed"], default="bytes")
+    parser.add_argument("--ahead", type=int, default=0, help="envelopes the publisher prepares before the clock starts")
     parser.add_argument("--no-fsync", action="store_true", help="commit without fsync (crash-safe, not power-safe)")
     args = parser.parse_args()
 
@@ -378,7 +406,9 @@ def main() -> None:
         asyncio.run(role_anchor(args.port))
         return
     if args.role == "publisher":
-        asyncio.run(role_publisher(args.target, args.seconds, args.batch, args.rate, args.window, args.build))
+        asyncio.run(
+            role_publisher(args.target, args.seconds, args.batch, args.rate, args.window, args.build, args.ahead)
+        )
         return
     if args.role == "subscriber":
         asyncio.run(role_subscriber(args.target, args.idle, args.sample))

@@ -11,14 +11,16 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from cryptography import x509
 from google.protobuf.message import DecodeError
 from yiwang.v1 import gateway_pb2 as gw
 
+from gateway.certstore import CertificateStore
 from gateway.errors import InvalidEnvelopeError, InvalidRequestError
 from gateway.id_index import die_with_parent, id_hash
 from gateway.policy import Decision
@@ -26,6 +28,7 @@ from gateway.regions import default_table
 from gateway.selection import RECORD
 from gateway.signing import SignatureError, Verifier
 from gateway.validation import Limits, Validator
+from gateway.wire import field_spans
 
 
 @dataclass(slots=True)
@@ -37,6 +40,9 @@ class Admitted:
     ids: list[str] = field(default_factory=list)
     hashes: list[int] = field(default_factory=list)  # gateway.id_index.id_hash of each id
     envelopes: list[bytes] = field(default_factory=list)
+    # Instead of ``envelopes`` (from a worker): where each lies in the request's bytes, start and end
+    # in turn; the main process cuts them from its own copy rather than receiving them back.
+    spans: list[int] = field(default_factory=list)
     records: list[bytes] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)  # index in the request of each admitted envelope
     signers: list[str] = field(default_factory=list)  # the verified signer of each, "" if unsigned
@@ -45,13 +51,45 @@ class Admitted:
 
 
 class Admission:
-    def __init__(self, validator: Validator, max_batch_envelopes: int, verifier: Verifier | None = None) -> None:
+    def __init__(
+        self,
+        validator: Validator,
+        max_batch_envelopes: int,
+        verifier: Verifier | None = None,
+        certificates: CertificateStore | None = None,
+    ) -> None:
         self.validator = validator
         self.max_batch_envelopes = max_batch_envelopes
         self.verifier = verifier
+        self.certificates = certificates
+        if verifier is not None and certificates is not None:
+            verifier.certificates = certificates.get
 
-    def admit(self, raw: bytes, now: float | None = None, revoked: frozenset[int] = frozenset()) -> Admitted:
-        """Parses and validates an encoded PublishRequest."""
+    def _learn_certificates(self, certificates: Sequence[bytes]) -> None:
+        """Checks and keeps the signing certificates a request carries, before its envelopes are stored."""
+        if self.verifier is None:
+            return  # a plaintext development node has no CA to check them against
+        if len(certificates) > MAX_CERTIFICATES:
+            raise InvalidRequestError(
+                "certificates", f"{len(certificates)} certificates in one request, more than {MAX_CERTIFICATES}"
+            )
+        for index, der in enumerate(certificates):
+            try:
+                self.verifier.learn(der)
+            except SignatureError as exc:
+                raise InvalidRequestError(f"certificates[{index}]", str(exc)) from None
+            if self.certificates is not None:
+                self.certificates.put(der)
+
+    def admit(
+        self, raw: bytes, now: float | None = None, revoked: frozenset[int] = frozenset(), by_reference: bool = False
+    ) -> Admitted:
+        """Parses and validates an encoded PublishRequest.
+
+        The envelopes are stored as the publisher encoded them (protobuf parsers read the same
+        message from them as the validator did). ``by_reference`` gives their places in ``raw``
+        (``spans``) instead of the bytes.
+        """
         try:
             request = gw.PublishRequest.FromString(raw)
         except DecodeError as exc:
@@ -68,6 +106,9 @@ class Admission:
         digests: list[bytes | None] = []
         if verifier is not None:
             verifier.revoked = revoked
+        if request.certificates:
+            self._learn_certificates(request.certificates)
+        if verifier is not None:
             digests = verifier.prepare(envelopes)
         out = Admitted(request.batch_id, len(envelopes))
         add_id, add_hash, add_envelope, add_record, add_position = (
@@ -77,10 +118,18 @@ class Admission:
             out.records.append,
             out.positions.append,
         )
+        spans = field_spans(raw, 1)
+        if spans is not None and len(spans) != len(envelopes):
+            spans = None
         for index, env in enumerate(envelopes):
-            encoded = env.SerializeToString()
+            if spans is None:
+                encoded = env.SerializeToString()
+                size = len(encoded)
+            else:
+                start, end = spans[index]
+                size = end - start
             try:
-                record = admit(env, len(encoded), now)
+                record = admit(env, size, now)
             except InvalidEnvelopeError as exc:
                 out.rejections.append((index, env.id[:256], exc.field, exc.reason, INVALID_ARGUMENT))
                 continue
@@ -98,12 +147,18 @@ class Admission:
             envelope_id = env.id
             add_id(envelope_id)
             add_hash(id_hash(envelope_id))
-            add_envelope(encoded)
+            if spans is None:
+                add_envelope(encoded)
+            elif by_reference:
+                out.spans += spans[index]
+            else:
+                add_envelope(raw[start:end])
             add_record(record)
             add_position(index)
         return out
 
 
+MAX_CERTIFICATES = 16  # per request: the signers of its envelopes, usually one
 INVALID_ARGUMENT = 3  # google.rpc.Code
 PERMISSION_DENIED = 7
 UNAUTHENTICATED = 16
@@ -111,18 +166,36 @@ UNAUTHENTICATED = 16
 _worker: Admission | None = None
 
 
-def _start_worker(
-    agencies: frozenset[str], limits: Limits, max_batch_envelopes: int, parent: int, ca_pem: bytes | None
-) -> None:
+@dataclass(frozen=True, slots=True)
+class _WorkerSetup:
+    agencies: frozenset[str]
+    limits: Limits
+    max_batch_envelopes: int
+    parent: int
+    ca_pem: bytes | None
+    certificates_dir: Path | None
+
+
+def _start_worker(setup: _WorkerSetup) -> None:
     global _worker  # noqa: PLW0603 - the one piece of state of a worker process, set once at its start
-    die_with_parent(parent)
-    verifier = Verifier(x509.load_pem_x509_certificate(ca_pem)) if ca_pem else None
-    _worker = Admission(Validator(default_table(), agencies=agencies, limits=limits), max_batch_envelopes, verifier)
+    die_with_parent(setup.parent)
+    verifier = Verifier(x509.load_pem_x509_certificate(setup.ca_pem)) if setup.ca_pem else None
+    store = CertificateStore(setup.certificates_dir) if setup.certificates_dir is not None else None
+    validator = Validator(default_table(), agencies=setup.agencies, limits=setup.limits)
+    _worker = Admission(validator, setup.max_batch_envelopes, verifier, store)
 
 
 def admit_in_worker(raw: bytes, now: float, revoked: frozenset[int]) -> Admitted:
     assert _worker is not None, "admission worker not initialised"
-    return _worker.admit(raw, now, revoked)
+    return _worker.admit(raw, now, revoked, by_reference=True)
+
+
+def take_envelopes(admitted: Admitted, raw: bytes) -> None:
+    """Cuts the envelopes a worker admitted by reference from the request's bytes."""
+    spans = admitted.spans
+    if spans:
+        admitted.envelopes = [raw[spans[i] : spans[i + 1]] for i in range(0, len(spans), 2)]
+        admitted.spans = []
 
 
 def enforce(
@@ -179,12 +252,20 @@ def worker_ready() -> bool:
 
 
 def start_pool(
-    workers: int, validator: Validator, max_batch_envelopes: int, ca_pem: bytes | None = None
+    workers: int,
+    validator: Validator,
+    max_batch_envelopes: int,
+    ca_pem: bytes | None = None,
+    certificates_dir: Path | None = None,
 ) -> ProcessPoolExecutor:
     """A pool of admission workers (spawned, not forked: the parent runs gRPC threads)."""
     return ProcessPoolExecutor(
         max_workers=workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_start_worker,
-        initargs=(validator.agencies, validator.limits, max_batch_envelopes, os.getpid(), ca_pem),
+        initargs=(
+            _WorkerSetup(
+                validator.agencies, validator.limits, max_batch_envelopes, os.getpid(), ca_pem, certificates_dir
+            ),
+        ),
     )

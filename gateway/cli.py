@@ -28,6 +28,7 @@ from yiwang.v1 import gateway_pb2 as gw
 
 from gateway import __version__, logsetup
 from gateway.audit import verify as verify_audit
+from gateway.certstore import certificate_sha256
 from gateway.client import GatewayClient
 from gateway.config import NodeConfig, from_dict, load
 from gateway.demo import Traffic, describe
@@ -250,7 +251,8 @@ async def _publish(args: argparse.Namespace) -> int:
                     for _, env in batch:
                         signer.sign(env)
             if batch:
-                reply = await client.publish([env for _, env in batch])
+                certificates = [signer.certificate_der] if signer is not None and args.batch_signature else []
+                reply = await client.publish([env for _, env in batch], certificates=certificates)
                 for (line_number, _), result in zip(batch, reply.results, strict=True):
                     rows[line_number] = {"line": line_number, **json_format.MessageToDict(result)}
             for line_number in sorted(rows):
@@ -401,7 +403,7 @@ async def _demo(args: argparse.Namespace) -> int:
             while True:
                 tick = traffic.next_tick()
                 signer.sign_batch(tick)
-                reply = await client.publish(tick)
+                reply = await client.publish(tick, certificates=[signer.certificate_der])
                 for result in reply.results:
                     if result.outcome == gw.PublishResult.REJECTED:
                         print(
@@ -476,8 +478,8 @@ def _verify(args: argparse.Namespace) -> int:
     revoked = Revocations(Path(args.crl), Path(args.ca)) if args.crl else None
     if revoked is not None:
         revoked.reload()
-    verifier = Verifier(ca, revoked.serials if revoked else frozenset())
-    failed = 0
+    results: list[dict[str, Any]] = []
+    envelopes: list[tuple[int, pb.Envelope]] = []
     for number, line in enumerate(sys.stdin, start=1):
         if not line.strip():
             continue
@@ -486,17 +488,36 @@ def _verify(args: argparse.Namespace) -> int:
             env = pb.Envelope()
             json_format.ParseDict(raw.get("envelope", raw), env)
         except (json.JSONDecodeError, json_format.ParseError, AttributeError) as exc:
-            print(json.dumps({"line": number, "ok": False, "reason": f"not an envelope: {exc}"}), flush=True)
-            failed += 1
+            results.append({"line": number, "ok": False, "reason": f"not an envelope: {exc}"})
             continue
+        envelopes.append((number, env))
+    named = {
+        env.provenance.signature.certificate_sha256
+        for _, env in envelopes
+        if env.provenance.signature.certificate_sha256 and not env.provenance.signature.certificate
+    }
+    known: dict[bytes, bytes] = {}
+    if named and args.to:
+        known = {certificate_sha256(der): der for der in asyncio.run(_fetch_certificates(args, sorted(named)))}
+    verifier = Verifier(ca, revoked.serials if revoked else frozenset(), known.get)
+    for number, env in envelopes:
         try:
             signer = verifier.verify(env)
         except SignatureError as exc:
-            print(json.dumps({"line": number, "id": env.id, "ok": False, "reason": str(exc)}, ensure_ascii=False))
-            failed += 1
+            reason = str(exc)
+            if "unknown here" in reason and not args.to:
+                reason += "; or give --to (with --cert/--key) to fetch it from a node"
+            results.append({"line": number, "id": env.id, "ok": False, "reason": reason})
         else:
-            print(json.dumps({"line": number, "id": env.id, "ok": True, "signer": signer}, ensure_ascii=False))
-    return EXIT_REFUSED if failed else 0
+            results.append({"line": number, "id": env.id, "ok": True, "signer": signer})
+    for row in sorted(results, key=lambda r: int(r["line"])):
+        print(json.dumps(row, ensure_ascii=False), flush=True)
+    return EXIT_REFUSED if any(not row["ok"] for row in results) else 0
+
+
+async def _fetch_certificates(args: argparse.Namespace, sha256: list[bytes]) -> list[bytes]:
+    async with _client(args) as client:
+        return await client.certificates(sha256)
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -663,6 +684,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--ca", required=True, metavar="FILE", help="the network's root CA")
     p.add_argument("--crl", metavar="FILE", help="the CA's CRL: signatures of revoked certificates fail")
+    g = p.add_argument_group(
+        "fetching certificates",
+        "batch signatures name their certificate by hash; with --to, the ones needed are fetched from that node",
+    )
+    g.add_argument("--to", metavar="HOST:PORT", help="a node that stored the envelopes")
+    g.add_argument("--cert", metavar="FILE", help="this client's certificate (PEM)")
+    g.add_argument("--key", metavar="FILE", help="this client's private key (PEM)")
+    g.add_argument("--server-name", metavar="NAME", help="the name to expect in the node's certificate")
+    g.add_argument("--insecure", action="store_true", help="plaintext, to a development node on loopback only")
     p.set_defaults(run=_verify)
 
     p = sub.add_parser(

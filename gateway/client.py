@@ -64,6 +64,9 @@ class GatewayClient:
         self._query = c.unary_unary(_PREFIX + "Query", gw.QueryRequest.SerializeToString, gw.QueryReply.FromString)
         self._get = c.unary_unary(_PREFIX + "Get", gw.GetRequest.SerializeToString, gw.GetReply.FromString)
         self._info = c.unary_unary(_PREFIX + "Info", gw.InfoRequest.SerializeToString, gw.NodeInfo.FromString)
+        self._certificates = c.unary_unary(
+            _PREFIX + "Certificates", gw.CertificatesRequest.SerializeToString, gw.CertificatesReply.FromString
+        )
 
     async def __aenter__(self) -> GatewayClient:
         return self
@@ -80,8 +83,13 @@ class GatewayClient:
         """Waits until the channel is connected (raises TimeoutError otherwise)."""
         await asyncio.wait_for(self.channel.channel_ready(), timeout)
 
-    async def publish(self, envelopes: Sequence[pb.Envelope], *, timeout: float | None = 30.0) -> gw.PublishReply:
-        reply: gw.PublishReply = await self._publish(gw.PublishRequest(envelopes=envelopes), timeout=timeout)
+    async def publish(
+        self, envelopes: Sequence[pb.Envelope], *, certificates: Sequence[bytes] = (), timeout: float | None = 30.0
+    ) -> gw.PublishReply:
+        """Publishes a batch; ``certificates`` are the signing certificates (DER) that batch signatures
+        name by hash (``Signer.certificate_der``)."""
+        request = gw.PublishRequest(envelopes=envelopes, certificates=certificates)
+        reply: gw.PublishReply = await self._publish(request, timeout=timeout)
         return reply
 
     def publish_stream(self, requests: AsyncIterator[gw.PublishRequest]) -> AsyncIterator[gw.PublishReply]:
@@ -123,3 +131,8 @@ class GatewayClient:
     async def info(self) -> gw.NodeInfo:
         reply: gw.NodeInfo = await self._info(gw.InfoRequest())
         return reply
+
+    async def certificates(self, sha256: Sequence[bytes]) -> list[bytes]:
+        """The signing certificates (DER) the node knows among those asked for by SHA-256."""
+        reply: gw.CertificatesReply = await self._certificates(gw.CertificatesRequest(sha256=sha256))
+        return list(reply.certificates)

@@ -17,6 +17,7 @@ from yiwang.v1 import gateway_pb2 as gw
 
 from gateway.admission import start_pool, worker_ready
 from gateway.audit import AuditLog
+from gateway.certstore import CertificateStore
 from gateway.config import NodeConfig, parse_address, parse_size
 from gateway.errors import ConfigError
 from gateway.http import HttpSide
@@ -92,8 +93,9 @@ class Node:
             server_tls = ServerTls(cfg.path(tls.ca), cfg.path(tls.cert), cfg.path(tls.key))
             trust_domain = self._own_identity(server_tls).trust_domain
             ca_pem = server_tls.ca_pem(src)
+        certificates = CertificateStore(cfg.data_dir / "certificates")
         if workers:
-            self.pool = start_pool(workers, validator, cfg.limits.max_batch_envelopes, ca_pem)
+            self.pool = start_pool(workers, validator, cfg.limits.max_batch_envelopes, ca_pem, certificates.directory)
             loop = asyncio.get_running_loop()
             await asyncio.gather(*(loop.run_in_executor(self.pool, worker_ready) for _ in range(workers)))
         self.revocations = Revocations(cfg.path(tls.crl) if tls.crl else None, server_tls.ca if server_tls else None)
@@ -113,6 +115,7 @@ class Node:
             audit=self.audit,
             policy=Policy.load(cfg.path(cfg.policy.file) if cfg.policy.file else None),
             verifier=Verifier(x509.load_pem_x509_certificate(ca_pem)) if ca_pem else None,
+            certificates=certificates,
         )
         self.metrics.watch(self.log.stats, self.service.lags)
         max_message = parse_size(cfg.limits.max_message_bytes, "limits.max_message_bytes", src)

@@ -22,8 +22,9 @@ import structlog
 from yiwang.v1 import gateway_pb2 as gw
 
 from gateway import __version__
-from gateway.admission import UNAUTHENTICATED, Admission, Admitted, admit_in_worker, enforce
+from gateway.admission import UNAUTHENTICATED, Admission, Admitted, admit_in_worker, enforce, take_envelopes
 from gateway.audit import AuditLog
+from gateway.certstore import CertificateStore
 from gateway.errors import InvalidRequestError, UnauthenticatedError, YiwangError
 from gateway.log import AppendBatch, AppendResult, Log, StoredBatch
 from gateway.metrics import NodeMetrics
@@ -45,6 +46,7 @@ _ACCEPTED = gw.PublishResult.ACCEPTED
 _DUPLICATE = gw.PublishResult.DUPLICATE
 _REJECTED = gw.PublishResult.REJECTED
 T = TypeVar("T")
+MAX_CERTIFICATES_ASKED = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +107,10 @@ class GatewayService:
         audit: AuditLog | None = None,
         policy: Policy | None = None,
         verifier: Verifier | None = None,
+        certificates: CertificateStore | None = None,
     ) -> None:
         self.log = log_
+        self.certificates = certificates
         self.pool = pool
         self.tls = tls
         self.trust_domain = trust_domain
@@ -122,7 +126,7 @@ class GatewayService:
         self.level = level
         self.region = region
         self.limits = limits or ServiceLimits()
-        self.admission = Admission(validator, self.limits.max_batch_envelopes, verifier)
+        self.admission = Admission(validator, self.limits.max_batch_envelopes, verifier, certificates)
         self._subscriptions: set[_Subscription] = set()
         self._durable: dict[str, _Subscription] = {}
         self._anonymous = itertools.count(1)
@@ -184,6 +188,7 @@ class GatewayService:
             loop = asyncio.get_running_loop()
             revoked = self.revocations.serials
             admitted: Admitted = await loop.run_in_executor(self.pool, admit_in_worker, raw, now, revoked)
+            take_envelopes(admitted, raw)
         else:
             admitted = self.admission.admit(raw, now, self.revocations.serials)
         for _, envelope_id, field_path, reason, code in admitted.rejections:
@@ -592,6 +597,26 @@ class GatewayService:
             version=__version__,
         )
 
+    async def certificates_of(
+        self, request: gw.CertificatesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> gw.CertificatesReply:
+        """Signing certificates by SHA-256: public, CA-issued material, for any authenticated peer."""
+        try:
+            self.authenticate(context)
+            if len(request.sha256) > MAX_CERTIFICATES_ASKED:
+                raise InvalidRequestError(
+                    "sha256", f"{len(request.sha256)} certificates asked at once, more than {MAX_CERTIFICATES_ASKED}"
+                )
+        except YiwangError as exc:
+            await context.abort(exc.grpc_code, str(exc))
+        reply = gw.CertificatesReply()
+        if self.certificates is not None:
+            for sha256 in request.sha256:
+                der = self.certificates.get(sha256)
+                if der is not None:
+                    reply.certificates.append(der)
+        return reply
+
     async def _guard(self, context: grpc.aio.ServicerContext[Any, Any], work: Awaitable[T]) -> T:
         """Maps our errors to their gRPC status with the message naming what is wrong."""
         try:
@@ -623,6 +648,9 @@ class GatewayService:
             "Get": grpc.unary_unary_rpc_method_handler(self.get, gw.GetRequest.FromString, identity),
             "Info": grpc.unary_unary_rpc_method_handler(
                 self.info, gw.InfoRequest.FromString, gw.NodeInfo.SerializeToString
+            ),
+            "Certificates": grpc.unary_unary_rpc_method_handler(
+                self.certificates_of, gw.CertificatesRequest.FromString, gw.CertificatesReply.SerializeToString
             ),
         }
         return grpc.method_handlers_generic_handler(SERVICE, methods)

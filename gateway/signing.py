@@ -6,15 +6,17 @@ it. Low-rate envelopes are signed one by one (``ed25519``); a batch of telemetry
 signature over the Merkle root of its envelopes' content digests (``ed25519-merkle``), each envelope
 keeping its index and the sibling hashes it needs to be verified alone.
 
-The signature carries the signer's Ed25519 signing certificate; a verifier checks that the network's
-CA issued it, that it is valid and not revoked, and that it names the identity given as signer.
+A single signature carries the signer's Ed25519 signing certificate; a batch signature names it by
+its SHA-256 (the publisher sends the certificate once per request and nodes keep it, see
+gateway.certstore). A verifier checks that the network's CA issued the certificate, that it is valid
+and not revoked, and that it names the identity given as signer.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -23,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from yiwang.v1 import envelope_pb2 as pb
 
+from gateway.certstore import certificate_sha256
 from gateway.errors import YiwangError
 from gateway.pki import Identity, PkiError
 
@@ -38,6 +41,11 @@ class SignatureError(YiwangError):
 
 def content_digest(env: pb.Envelope) -> bytes:
     """SHA-256 of the envelope's signed content (without hops and signature)."""
+    if not env.HasField("provenance"):
+        return hashlib.sha256(env.SerializeToString(deterministic=True)).digest()  # nothing to leave out
+    provenance = env.provenance
+    if not provenance.hops and not provenance.HasField("signature") and provenance.ListFields():
+        return hashlib.sha256(env.SerializeToString(deterministic=True)).digest()
     content = pb.Envelope()
     content.CopyFrom(env)
     content.provenance.ClearField("hops")
@@ -92,6 +100,7 @@ class Signer:
     def __init__(self, key: ed25519.Ed25519PrivateKey, certificate: x509.Certificate) -> None:
         self.key = key
         self.certificate_der = certificate.public_bytes(serialization.Encoding.DER)
+        self.certificate_sha256 = certificate_sha256(self.certificate_der)
         self.identity = Identity.of(certificate).uri
 
     @classmethod
@@ -102,29 +111,37 @@ class Signer:
         return cls(key, x509.load_pem_x509_certificate(cert_pem))
 
     def sign(self, env: pb.Envelope) -> None:
-        """Signs one envelope in place."""
+        """Signs one envelope in place; the signature carries the certificate, so it verifies anywhere."""
+        if env.HasField("provenance"):
+            env.provenance.ClearField("signature")
         value = self.key.sign(ENVELOPE_CONTEXT + content_digest(env))
         env.provenance.signature.CopyFrom(
             pb.Signature(signer=self.identity, algorithm=SINGLE, value=value, certificate=self.certificate_der)
         )
 
     def sign_batch(self, envelopes: Sequence[pb.Envelope]) -> None:
-        """Signs a batch with one signature; each envelope gets what it needs to be verified alone."""
+        """Signs a batch with one signature; each envelope gets what it needs to be verified alone.
+
+        The envelopes name the certificate by hash: send ``certificate_der`` along with them
+        (PublishRequest.certificates, or ``certificates=`` of the client's publish).
+        """
+        for env in envelopes:
+            if env.HasField("provenance"):
+                env.provenance.ClearField("signature")
         levels = merkle_tree([content_digest(env) for env in envelopes])
         root = levels[-1][0]
-        value = self.key.sign(BATCH_CONTEXT + root)
+        template = pb.Signature(
+            signer=self.identity,
+            algorithm=BATCH,
+            value=self.key.sign(BATCH_CONTEXT + root),
+            batch_root=root,
+            certificate_sha256=self.certificate_sha256,
+        )
         for index, env in enumerate(envelopes):
-            env.provenance.signature.CopyFrom(
-                pb.Signature(
-                    signer=self.identity,
-                    algorithm=BATCH,
-                    value=value,
-                    batch_root=root,
-                    batch_index=index,
-                    batch_proof=merkle_proof(levels, index),
-                    certificate=self.certificate_der,
-                )
-            )
+            sig = env.provenance.signature
+            sig.CopyFrom(template)
+            sig.batch_index = index
+            sig.batch_proof.extend(merkle_proof(levels, index))
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,18 +149,58 @@ class _Trusted:
     identity: str
     key: ed25519.Ed25519PublicKey
     serial: int
-    not_after: dt.datetime
+    not_after: float  # POSIX seconds
 
 
 class Verifier:
-    """Checks signatures against the network's CA (and a set of revoked serials)."""
+    """Checks signatures against the network's CA (and a set of revoked serials).
 
-    def __init__(self, ca: x509.Certificate, revoked: frozenset[int] = frozenset()) -> None:
+    ``certificates`` looks up a signing certificate's DER by its SHA-256 (a node's certificate
+    store, or a client asking a node), for batch signatures that name their certificate by hash.
+    """
+
+    def __init__(
+        self,
+        ca: x509.Certificate,
+        revoked: frozenset[int] = frozenset(),
+        certificates: Callable[[bytes], bytes | None] | None = None,
+    ) -> None:
         self.ca = ca
         self.revoked = revoked
-        self._certificates: dict[bytes, _Trusted] = {}
+        self.certificates = certificates
+        self._by_der: dict[bytes, _Trusted] = {}
+        self._by_sha256: dict[bytes, _Trusted] = {}
         self._roots: dict[tuple[bytes, bytes], bool] = {}
         self._leaves: set[tuple[bytes, int, bytes]] = set()  # (root, index, digest) proven by a whole tree
+
+    def learn(self, der: bytes) -> bytes:
+        """Checks a signing certificate (issued by the CA, Ed25519, naming an identity) and keeps it
+        for signatures that name it by hash; returns its SHA-256. Raises SignatureError."""
+        sha256 = certificate_sha256(der)
+        if sha256 not in self._by_sha256:
+            self._by_sha256[sha256] = self._check_certificate(der)
+        return sha256
+
+    def _check_certificate(self, der: bytes) -> _Trusted:
+        try:
+            cert = x509.load_der_x509_certificate(der)
+        except ValueError:
+            raise SignatureError("the signer's certificate cannot be read") from None
+        ca_key = self.ca.public_key()
+        if cert.issuer != self.ca.subject or not isinstance(ca_key, ec.EllipticCurvePublicKey):
+            raise SignatureError("the signer's certificate was not issued by this network's CA")
+        try:
+            cert.verify_directly_issued_by(self.ca)
+        except (ValueError, TypeError, InvalidSignature):
+            raise SignatureError("the signer's certificate was not issued by this network's CA") from None
+        key = cert.public_key()
+        if not isinstance(key, ed25519.Ed25519PublicKey):
+            raise SignatureError("the signer's certificate is not an Ed25519 signing certificate")
+        try:
+            identity = Identity.of(cert).uri
+        except PkiError as exc:
+            raise SignatureError(f"the signer's certificate names no identity: {exc}") from None
+        return _Trusted(identity, key, cert.serial_number, cert.not_valid_after_utc.timestamp())
 
     def prepare(self, envelopes: Sequence[pb.Envelope]) -> list[bytes | None]:
         """Checks the batch signatures of a whole request at once, before ``verify`` is called per envelope.
@@ -171,34 +228,34 @@ class Verifier:
                 self._leaves.update((root, i, d) for i, d in leaves.items())
         return digests
 
-    def _trusted(self, der: bytes, signer: str) -> _Trusted:
-        trusted = self._certificates.get(der)
-        if trusted is None:
-            try:
-                cert = x509.load_der_x509_certificate(der)
-            except ValueError:
-                raise SignatureError("the signer's certificate cannot be read") from None
-            ca_key = self.ca.public_key()
-            if cert.issuer != self.ca.subject or not isinstance(ca_key, ec.EllipticCurvePublicKey):
-                raise SignatureError("the signer's certificate was not issued by this network's CA")
-            try:
-                cert.verify_directly_issued_by(self.ca)
-            except (ValueError, TypeError, InvalidSignature):
-                raise SignatureError("the signer's certificate was not issued by this network's CA") from None
-            key = cert.public_key()
-            if not isinstance(key, ed25519.Ed25519PublicKey):
-                raise SignatureError("the signer's certificate is not an Ed25519 signing certificate")
-            try:
-                identity = Identity.of(cert).uri
-            except PkiError as exc:
-                raise SignatureError(f"the signer's certificate names no identity: {exc}") from None
-            trusted = _Trusted(identity, key, cert.serial_number, cert.not_valid_after_utc)
-            self._certificates[der] = trusted
-        if trusted.identity != signer:
-            raise SignatureError(f"signer {signer!r} is not the identity of its certificate ({trusted.identity})")
+    def _trusted(self, sig: pb.Signature) -> _Trusted:
+        if sig.certificate:
+            der = sig.certificate
+            trusted = self._by_der.get(der)
+            if trusted is None:
+                if sig.certificate_sha256 and sig.certificate_sha256 != certificate_sha256(der):
+                    raise SignatureError("the signature's certificate_sha256 is not the hash of its certificate")
+                trusted = self._by_der[der] = self._check_certificate(der)
+        elif sig.certificate_sha256:
+            trusted = self._by_sha256.get(sig.certificate_sha256)
+            if trusted is None:
+                found = self.certificates(sig.certificate_sha256) if self.certificates is not None else None
+                if found is None:
+                    raise SignatureError(
+                        f"the signer's certificate (sha256 {sig.certificate_sha256.hex()}) is unknown here: "
+                        "send it with the request (PublishRequest.certificates)"
+                    )
+                if certificate_sha256(found) != sig.certificate_sha256:
+                    raise SignatureError("the certificate found for certificate_sha256 has another hash")
+                self.learn(found)
+                trusted = self._by_sha256[sig.certificate_sha256]
+        else:
+            raise SignatureError("the signature names no certificate (certificate or certificate_sha256)")
+        if trusted.identity != sig.signer:
+            raise SignatureError(f"signer {sig.signer!r} is not the identity of its certificate ({trusted.identity})")
         if trusted.serial in self.revoked:
             raise SignatureError(f"the signer's certificate {trusted.serial:x} is revoked")
-        if trusted.not_after < dt.datetime.now(dt.UTC):
+        if trusted.not_after < time.time():
             raise SignatureError("the signer's certificate has expired")
         return trusted
 
@@ -210,7 +267,7 @@ class Verifier:
         if not env.HasField("provenance") or not env.provenance.HasField("signature"):
             raise SignatureError("the envelope is not signed")
         sig = env.provenance.signature
-        trusted = self._trusted(sig.certificate, sig.signer)
+        trusted = self._trusted(sig)
         digest = digest or content_digest(env)
         if sig.algorithm == SINGLE:
             try:

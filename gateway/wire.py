@@ -74,5 +74,46 @@ def encode_deliveries(
     return b"".join(parts), ends
 
 
+def read_varint(data: bytes, position: int) -> tuple[int, int]:
+    """Decodes a varint at ``position``; returns it and the position after it. Raises ValueError."""
+    result = shift = 0
+    while True:
+        if position >= len(data) or shift > 63:
+            raise ValueError("truncated or overlong varint")
+        byte = data[position]
+        position += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, position
+        shift += 7
+
+
+def field_spans(data: bytes, field: int) -> list[tuple[int, int]] | None:
+    """Where each occurrence of the length-delimited top-level ``field`` lies in an encoded message,
+    as (start, end) of its payload; None if the bytes are not a well-formed message."""
+    spans: list[tuple[int, int]] = []
+    position, size = 0, len(data)
+    try:
+        while position < size:
+            key, position = read_varint(data, position)
+            wire_type = key & 7
+            if wire_type == 0:
+                _, position = read_varint(data, position)
+            elif wire_type == 2:
+                length, position = read_varint(data, position)
+                if key >> 3 == field:
+                    spans.append((position, position + length))
+                position += length
+            elif wire_type == 1:
+                position += 8
+            elif wire_type == 5:
+                position += 4
+            else:
+                return None  # groups are not used by this protocol
+    except ValueError:
+        return None
+    return spans if position == size else None
+
+
 def next_offset_field(next_offset: int) -> bytes:
     return TAG_NEXT_OFFSET + varint(next_offset)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -19,7 +21,15 @@ from yiwang.v1 import gateway_pb2 as gw
 
 from gateway.node import Node
 from gateway.pki import Authority, Role
-from gateway.signing import SignatureError, Signer, Verifier, merkle_proof, merkle_root_from, merkle_tree
+from gateway.signing import (
+    SignatureError,
+    Signer,
+    Verifier,
+    content_digest,
+    merkle_proof,
+    merkle_root_from,
+    merkle_tree,
+)
 from tests import factories
 from tests.conftest import client_as, lapsed_certificate, running_tls_node
 
@@ -69,6 +79,30 @@ def test_a_signature_survives_hops_and_catches_any_change(pki: Authority) -> Non
             verifier.verify(altered)
 
 
+def test_the_content_digest_leaves_out_hops_and_signature_and_nothing_else() -> None:
+    base = met_alert()
+    variants = []
+    for change in (
+        lambda e: e.provenance.SetInParent(),  # an empty provenance, as a trip on the wire may leave it
+        lambda e: e.provenance.hops.add(node="henan-province"),
+        lambda e: e.provenance.signature.SetInParent(),
+        lambda e: setattr(e.provenance.signature, "signer", "someone"),
+    ):
+        env = pb.Envelope()
+        env.CopyFrom(base)
+        change(env)
+        variants.append(content_digest(pb.Envelope.FromString(env.SerializeToString())))
+        variants.append(content_digest(env))
+    assert set(variants) == {content_digest(base)}
+    formatted = pb.Envelope()
+    formatted.CopyFrom(base)
+    formatted.provenance.original_format = "cap-1.2"
+    with_hop = pb.Envelope()
+    with_hop.CopyFrom(formatted)
+    with_hop.provenance.hops.add(node="henan-province")
+    assert content_digest(formatted) == content_digest(with_hop) != content_digest(base)
+
+
 def test_signer_must_be_the_certificate_identity_of_this_ca(pki: Authority, tmp_path: Path) -> None:
     env = met_alert()
     signer(pki, "zz-qxj").sign(env)
@@ -111,8 +145,12 @@ def test_merkle_proofs_lead_to_the_root(count: int) -> None:
 
 def test_a_batch_signature_verifies_each_envelope_alone(pki: Authority) -> None:
     envelopes = [factories.observation(region="410105", agency="water", value=90 + i) for i in range(13)]
-    signer(pki, "jinshui-water").sign_batch(envelopes)
-    verifier = Verifier(pki.ca_cert)
+    water = signer(pki, "jinshui-water")
+    water.sign_batch(envelopes)
+    assert not envelopes[0].provenance.signature.certificate  # named by hash, sent once per request
+    with pytest.raises(SignatureError, match="unknown here"):
+        Verifier(pki.ca_cert).verify(envelopes[0])
+    verifier = Verifier(pki.ca_cert, certificates={water.certificate_sha256: water.certificate_der}.get)
     for env in envelopes:
         alone = pb.Envelope.FromString(env.SerializeToString())
         assert verifier.verify(alone).endswith("/jinshui-water")
@@ -123,8 +161,10 @@ def test_a_batch_signature_verifies_each_envelope_alone(pki: Authority) -> None:
 
 def test_prepared_batches_are_proven_by_one_tree_and_partial_ones_leaf_by_leaf(pki: Authority) -> None:
     envelopes = [factories.observation(region="410105", agency="water", value=i) for i in range(9)]
-    signer(pki, "jinshui-water").sign_batch(envelopes)
+    water = signer(pki, "jinshui-water")
+    water.sign_batch(envelopes)
     verifier = Verifier(pki.ca_cert)
+    verifier.learn(water.certificate_der)
     digests = verifier.prepare(envelopes)
     assert len(verifier._leaves) == 9  # the whole batch, proven at once
     assert all(verifier.verify(env, digest) for env, digest in zip(envelopes, digests, strict=True))
@@ -189,16 +229,56 @@ async def test_only_gateways_forward_what_others_signed(node: Node, pki: Authori
 
 async def test_batch_signed_telemetry_goes_through_the_worker_pool(node: Node, pki: Authority) -> None:
     envelopes = [factories.observation(region="410105", agency="water", value=i) for i in range(300)]
-    signer(pki, "jinshui-water").sign_batch(envelopes)
+    water_signer = signer(pki, "jinshui-water")
+    water_signer.sign_batch(envelopes)
     envelopes[100].observation.measurements[0].value = -1.0  # altered after signing
     async with client_as(pki, node, "jinshui-water") as water:
-        reply = await water.publish(envelopes)  # large enough for the admission pool
+        # large enough for the admission pool
+        reply = await water.publish(envelopes, certificates=[water_signer.certificate_der])
         outcomes = [r.outcome for r in reply.results]
         assert outcomes.count(ACCEPTED) == 299
         assert reply.results[100].outcome == REJECTED
         assert reply.results[100].code == 16
         stored = await water.get([envelopes[0].id])
-    assert Verifier(pki.ca_cert).verify(stored.deliveries[0].envelope).endswith("/jinshui-water")
+        fetched = await water.certificates([water_signer.certificate_sha256, b"\0" * 32])
+    assert fetched == [water_signer.certificate_der]  # what the node keeps for later verifiers
+    verifier = Verifier(pki.ca_cert, certificates=dict.fromkeys([water_signer.certificate_sha256], fetched[0]).get)
+    assert verifier.verify(stored.deliveries[0].envelope).endswith("/jinshui-water")
+
+
+async def test_batch_signatures_name_a_certificate_the_node_must_have(node: Node, pki: Authority) -> None:
+    water_signer = signer(pki, "jinshui-water")
+    first = [factories.observation(region="410105", agency="water", value=i) for i in range(3)]
+    water_signer.sign_batch(first)
+    async with client_as(pki, node, "jinshui-water") as water:
+        reply = await water.publish(first)  # the certificate was never sent
+        assert {r.outcome for r in reply.results} == {REJECTED}
+        assert reply.results[0].field == "provenance.signature"
+        assert "unknown here" in reply.results[0].reason
+        reply = await water.publish(first, certificates=[water_signer.certificate_der])
+        assert {r.outcome for r in reply.results} == {ACCEPTED}
+        later = [factories.observation(region="410105", agency="water", value=i) for i in range(3)]
+        water_signer.sign_batch(later)
+        reply = await water.publish(later)  # the node kept it
+        assert {r.outcome for r in reply.results} == {ACCEPTED}
+        assert (node.config.data_dir / "certificates" / f"{water_signer.certificate_sha256.hex()}.der").exists()
+
+
+async def test_a_certificate_from_elsewhere_refuses_the_request(node: Node, pki: Authority, tmp_path: Path) -> None:
+    other = Authority.init(tmp_path / "other", trust_domain=DOMAIN)
+    other.issue(other.identity(Role.DEPARTMENT, "410105", "jinshui-water", "water"))
+    impostor = signer(other, "jinshui-water")
+    envelopes = [factories.observation(region="410105", agency="water")]
+    impostor.sign_batch(envelopes)
+    async with client_as(pki, node, "jinshui-water") as water:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await water.publish(envelopes, certificates=[impostor.certificate_der])
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "certificates[0]" in str(refused.value.details())
+        assert "not issued by this network's CA" in str(refused.value.details())
+        with pytest.raises(grpc.aio.AioRpcError) as garbage:
+            await water.publish(envelopes, certificates=[b"not a certificate"])
+        assert "cannot be read" in str(garbage.value.details())
 
 
 def test_cli_verify(pki: Authority, tmp_path: Path) -> None:
@@ -220,3 +300,31 @@ def test_cli_verify(pki: Authority, tmp_path: Path) -> None:
     assert [r["ok"] for r in results] == [True, False, True]
     assert results[0]["signer"].endswith("/meteorology/department/zz-qxj")
     assert run.returncode == 1
+
+
+async def test_cli_verify_fetches_the_certificates_batch_signatures_name(node: Node, pki: Authority) -> None:
+    water_signer = signer(pki, "jinshui-water")
+    envelopes = [factories.observation(region="410105", agency="water", value=i) for i in range(4)]
+    water_signer.sign_batch(envelopes)
+    async with client_as(pki, node, "jinshui-water") as water:
+        await water.publish(envelopes, certificates=[water_signer.certificate_der])
+        stored = await water.get([e.id for e in envelopes])
+    lines = "".join(json_format.MessageToJson(d, indent=None) + "\n" for d in stored.deliveries)
+    issued = pki.dir / "issued"
+    ca = ["--ca", str(pki.dir / "ca.pem")]
+    fetch = ["--to", node.grpc_target, "--cert", str(issued / "jinshui-water.chain.pem")]
+    fetch += ["--key", str(issued / "jinshui-water.key")]
+    outcomes = []
+    for extra in ([], fetch):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway.cli", "verify", *ca, *extra,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, _ = await proc.communicate(lines.encode())
+        outcomes.append((proc.returncode, [json.loads(line) for line in out.decode().splitlines()]))
+    (without_code, without), (with_code, fetched) = outcomes
+    assert without_code == 1
+    assert "give --to" in without[0]["reason"]
+    assert with_code == 0
+    assert [r["ok"] for r in fetched] == [True] * 4
+    assert fetched[0]["signer"].endswith("/water/department/jinshui-water")

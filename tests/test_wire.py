@@ -11,7 +11,7 @@ from yiwang.v1 import gateway_pb2 as gw
 
 from gateway.log import StoredBatch
 from gateway.selection import RECORD, record_of
-from gateway.wire import encode_deliveries, hop_suffix, next_offset_field, timestamp, varint
+from gateway.wire import encode_deliveries, field_spans, hop_suffix, next_offset_field, timestamp, varint
 from tests import factories
 
 APPENDED_NS = 1_750_000_000_123_456_789
@@ -233,3 +233,19 @@ def test_entries_agree_with_and_without_indexes(data: st.DataObject) -> None:
     assert batch.entries(start, stop, list(range(5))) == batch.entries(start, stop)
     indexes = sorted(data.draw(st.sets(st.integers(0, 4))))
     assert offsets(batch.entries(start, stop, indexes)) == [100 + i for i in indexes if start <= i < stop]
+
+
+def test_field_spans_find_each_envelope_of_a_request() -> None:
+    request = gw.PublishRequest(envelopes=envelopes(), batch_id=300, certificates=[b"\x30" * 200])
+    raw = request.SerializeToString()
+    spans = field_spans(raw, 1)
+    assert spans is not None
+    assert [pb.Envelope.FromString(raw[a:b]) for a, b in spans] == list(request.envelopes)
+    assert field_spans(raw, 3) == [(len(raw) - 200, len(raw))]
+
+
+@given(st.binary(max_size=64))
+def test_field_spans_never_overrun_malformed_bytes(data: bytes) -> None:
+    spans = field_spans(data, 1)
+    if spans is not None:
+        assert all(0 <= a <= b <= len(data) for a, b in spans)

@@ -21,12 +21,14 @@ OLDEST: StartPosition
 LATEST: StartPosition
 
 class PublishRequest(_message.Message):
-    __slots__ = ("envelopes", "batch_id")
+    __slots__ = ("envelopes", "batch_id", "certificates")
     ENVELOPES_FIELD_NUMBER: _ClassVar[int]
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATES_FIELD_NUMBER: _ClassVar[int]
     envelopes: _containers.RepeatedCompositeFieldContainer[_envelope_pb2.Envelope]
     batch_id: int
-    def __init__(self, envelopes: _Optional[_Iterable[_Union[_envelope_pb2.Envelope, _Mapping]]] = ..., batch_id: _Optional[int] = ...) -> None: ...
+    certificates: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, envelopes: _Optional[_Iterable[_Union[_envelope_pb2.Envelope, _Mapping]]] = ..., batch_id: _Optional[int] = ..., certificates: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class PublishResult(_message.Message):
     __slots__ = ("id", "outcome", "offset", "code", "field", "reason")
@@ -183,6 +185,18 @@ class GetReply(_message.Message):
 class InfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class CertificatesRequest(_message.Message):
+    __slots__ = ("sha256",)
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    sha256: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, sha256: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class CertificatesReply(_message.Message):
+    __slots__ = ("certificates",)
+    CERTIFICATES_FIELD_NUMBER: _ClassVar[int]
+    certificates: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, certificates: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
     __slots__ = ("node", "level", "region", "oldest_offset", "next_offset", "version")

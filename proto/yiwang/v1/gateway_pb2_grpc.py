@@ -69,6 +69,11 @@ class GatewayStub:
                 request_serializer=yiwang_dot_v1_dot_gateway__pb2.InfoRequest.SerializeToString,
                 response_deserializer=yiwang_dot_v1_dot_gateway__pb2.NodeInfo.FromString,
                 _registered_method=True)
+        self.Certificates = channel.unary_unary(
+                '/yiwang.v1.Gateway/Certificates',
+                request_serializer=yiwang_dot_v1_dot_gateway__pb2.CertificatesRequest.SerializeToString,
+                response_deserializer=yiwang_dot_v1_dot_gateway__pb2.CertificatesReply.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -123,6 +128,13 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Certificates(self, request, context):
+        """The signing certificates that batch signatures name by SHA-256, for verifiers of stored envelopes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -160,6 +172,11 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.Info,
                     request_deserializer=yiwang_dot_v1_dot_gateway__pb2.InfoRequest.FromString,
                     response_serializer=yiwang_dot_v1_dot_gateway__pb2.NodeInfo.SerializeToString,
+            ),
+            'Certificates': grpc.unary_unary_rpc_method_handler(
+                    servicer.Certificates,
+                    request_deserializer=yiwang_dot_v1_dot_gateway__pb2.CertificatesRequest.FromString,
+                    response_serializer=yiwang_dot_v1_dot_gateway__pb2.CertificatesReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -351,6 +368,33 @@ class Gateway:
             '/yiwang.v1.Gateway/Info',
             yiwang_dot_v1_dot_gateway__pb2.InfoRequest.SerializeToString,
             yiwang_dot_v1_dot_gateway__pb2.NodeInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Certificates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yiwang.v1.Gateway/Certificates',
+            yiwang_dot_v1_dot_gateway__pb2.CertificatesRequest.SerializeToString,
+            yiwang_dot_v1_dot_gateway__pb2.CertificatesReply.FromString,
             options,
             channel_credentials,
             insecure,
