@@ -145,6 +145,11 @@ def _type_ok(value: Any, hint: Any) -> bool:
     if origin is list:
         (item,) = typing.get_args(hint)
         return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if origin is dict:
+        key, item = typing.get_args(hint)
+        return isinstance(value, dict) and all(_type_ok(k, key) and _type_ok(v, item) for k, v in value.items())
+    if hint is Any:
+        return True
     if hint is float:
         return isinstance(value, int | float) and not isinstance(value, bool)
     if hint is int:
@@ -152,7 +157,9 @@ def _type_ok(value: Any, hint: Any) -> bool:
     return isinstance(value, hint)
 
 
-def _fill(cls: type[Any], table: Any, prefix: str, source: str) -> Any:
+def fill_dataclass(cls: type[Any], table: Any, prefix: str, source: str) -> Any:
+    """A dataclass filled strictly from a TOML table: unknown keys, wrong types and missing required
+    keys are ConfigErrors naming the key and the file."""
     if not isinstance(table, dict):
         raise ConfigError("must be a table", key=prefix, source=source)
     hints = typing.get_type_hints(cls)
@@ -163,8 +170,14 @@ def _fill(cls: type[Any], table: Any, prefix: str, source: str) -> Any:
         if key not in known:
             raise ConfigError(f"unknown key (known here: {', '.join(sorted(known))})", key=path, source=source)
         hint = hints[key]
+        item = typing.get_args(hint)[0] if typing.get_origin(hint) is list else None
         if dataclasses.is_dataclass(hint):
-            values[key] = _fill(hint, value, path, source)  # type: ignore[arg-type]
+            values[key] = fill_dataclass(hint, value, path, source)  # type: ignore[arg-type]
+        elif item is not None and dataclasses.is_dataclass(item):
+            if not isinstance(value, list):
+                raise ConfigError(f"expected a list of tables, got {type(value).__name__}", key=path, source=source)
+            filled = [fill_dataclass(typing.cast(type, item), v, f"{path}[{i}]", source) for i, v in enumerate(value)]
+            values[key] = filled
         elif not _type_ok(value, hint):
             raise ConfigError(
                 f"expected {getattr(hint, '__name__', hint)}, got {type(value).__name__}",
@@ -239,7 +252,7 @@ def check(config: NodeConfig) -> NodeConfig:
 
 
 def from_dict(table: dict[str, Any], source: str = "") -> NodeConfig:
-    config: NodeConfig = _fill(NodeConfig, table, "", source)
+    config: NodeConfig = fill_dataclass(NodeConfig, table, "", source)
     return check(dataclasses.replace(config, source=source))
 
 

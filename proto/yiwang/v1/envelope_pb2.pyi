@@ -243,8 +243,20 @@ class AlertInfo(_message.Message):
     areas: _containers.RepeatedCompositeFieldContainer[AlertArea]
     def __init__(self, language: _Optional[str] = ..., categories: _Optional[_Iterable[str]] = ..., event: _Optional[str] = ..., response_types: _Optional[_Iterable[str]] = ..., urgency: _Optional[str] = ..., severity: _Optional[str] = ..., certainty: _Optional[str] = ..., audience: _Optional[str] = ..., event_codes: _Optional[_Iterable[_Union[NamedValue, _Mapping]]] = ..., effective: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., onset: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sender_name: _Optional[str] = ..., headline: _Optional[str] = ..., description: _Optional[str] = ..., instruction: _Optional[str] = ..., web: _Optional[str] = ..., contact: _Optional[str] = ..., parameters: _Optional[_Iterable[_Union[NamedValue, _Mapping]]] = ..., resources: _Optional[_Iterable[_Union[AlertResource, _Mapping]]] = ..., areas: _Optional[_Iterable[_Union[AlertArea, _Mapping]]] = ...) -> None: ...
 
+class DisseminationMethod(_message.Message):
+    __slots__ = ("name", "message", "audience_groups", "audience_parts")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    AUDIENCE_GROUPS_FIELD_NUMBER: _ClassVar[int]
+    AUDIENCE_PARTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    message: str
+    audience_groups: str
+    audience_parts: str
+    def __init__(self, name: _Optional[str] = ..., message: _Optional[str] = ..., audience_groups: _Optional[str] = ..., audience_parts: _Optional[str] = ...) -> None: ...
+
 class Alert(_message.Message):
-    __slots__ = ("sender", "msg_type", "scope", "source", "restriction", "addresses", "codes", "note", "incidents", "infos", "dissemination", "event_type_code")
+    __slots__ = ("sender", "msg_type", "scope", "source", "restriction", "addresses", "codes", "note", "incidents", "infos", "dissemination", "event_type_code", "identifier", "sent", "status", "references", "time_zone", "xml_signature", "sender_code", "sec_classification", "methods")
     SENDER_FIELD_NUMBER: _ClassVar[int]
     MSG_TYPE_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
@@ -257,6 +269,15 @@ class Alert(_message.Message):
     INFOS_FIELD_NUMBER: _ClassVar[int]
     DISSEMINATION_FIELD_NUMBER: _ClassVar[int]
     EVENT_TYPE_CODE_FIELD_NUMBER: _ClassVar[int]
+    IDENTIFIER_FIELD_NUMBER: _ClassVar[int]
+    SENT_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REFERENCES_FIELD_NUMBER: _ClassVar[int]
+    TIME_ZONE_FIELD_NUMBER: _ClassVar[int]
+    XML_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    SENDER_CODE_FIELD_NUMBER: _ClassVar[int]
+    SEC_CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
+    METHODS_FIELD_NUMBER: _ClassVar[int]
     sender: str
     msg_type: str
     scope: str
@@ -269,7 +290,46 @@ class Alert(_message.Message):
     infos: _containers.RepeatedCompositeFieldContainer[AlertInfo]
     dissemination: str
     event_type_code: str
-    def __init__(self, sender: _Optional[str] = ..., msg_type: _Optional[str] = ..., scope: _Optional[str] = ..., source: _Optional[str] = ..., restriction: _Optional[str] = ..., addresses: _Optional[str] = ..., codes: _Optional[_Iterable[str]] = ..., note: _Optional[str] = ..., incidents: _Optional[str] = ..., infos: _Optional[_Iterable[_Union[AlertInfo, _Mapping]]] = ..., dissemination: _Optional[str] = ..., event_type_code: _Optional[str] = ...) -> None: ...
+    identifier: str
+    sent: _timestamp_pb2.Timestamp
+    status: str
+    references: str
+    time_zone: str
+    xml_signature: str
+    sender_code: str
+    sec_classification: str
+    methods: _containers.RepeatedCompositeFieldContainer[DisseminationMethod]
+    def __init__(self, sender: _Optional[str] = ..., msg_type: _Optional[str] = ..., scope: _Optional[str] = ..., source: _Optional[str] = ..., restriction: _Optional[str] = ..., addresses: _Optional[str] = ..., codes: _Optional[_Iterable[str]] = ..., note: _Optional[str] = ..., incidents: _Optional[str] = ..., infos: _Optional[_Iterable[_Union[AlertInfo, _Mapping]]] = ..., dissemination: _Optional[str] = ..., event_type_code: _Optional[str] = ..., identifier: _Optional[str] = ..., sent: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[str] = ..., references: _Optional[str] = ..., time_zone: _Optional[str] = ..., xml_signature: _Optional[str] = ..., sender_code: _Optional[str] = ..., sec_classification: _Optional[str] = ..., methods: _Optional[_Iterable[_Union[DisseminationMethod, _Mapping]]] = ...) -> None: ...
+
+class Distribution(_message.Message):
+    __slots__ = ("distribution_id", "sender_id", "sent", "expires", "status", "kind", "recipients", "keywords", "target_area", "target_regions", "language", "combined_confidentiality", "version")
+    DISTRIBUTION_ID_FIELD_NUMBER: _ClassVar[int]
+    SENDER_ID_FIELD_NUMBER: _ClassVar[int]
+    SENT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    RECIPIENTS_FIELD_NUMBER: _ClassVar[int]
+    KEYWORDS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_AREA_FIELD_NUMBER: _ClassVar[int]
+    TARGET_REGIONS_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    COMBINED_CONFIDENTIALITY_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    distribution_id: str
+    sender_id: str
+    sent: _timestamp_pb2.Timestamp
+    expires: _timestamp_pb2.Timestamp
+    status: str
+    kind: str
+    recipients: _containers.RepeatedCompositeFieldContainer[NamedValue]
+    keywords: _containers.RepeatedCompositeFieldContainer[NamedValue]
+    target_area: Geometry
+    target_regions: _containers.RepeatedScalarFieldContainer[str]
+    language: str
+    combined_confidentiality: str
+    version: str
+    def __init__(self, distribution_id: _Optional[str] = ..., sender_id: _Optional[str] = ..., sent: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[str] = ..., kind: _Optional[str] = ..., recipients: _Optional[_Iterable[_Union[NamedValue, _Mapping]]] = ..., keywords: _Optional[_Iterable[_Union[NamedValue, _Mapping]]] = ..., target_area: _Optional[_Union[Geometry, _Mapping]] = ..., target_regions: _Optional[_Iterable[str]] = ..., language: _Optional[str] = ..., combined_confidentiality: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
 class Casualties(_message.Message):
     __slots__ = ("dead", "missing", "injured", "trapped", "evacuated", "affected")
@@ -475,7 +535,7 @@ class Provenance(_message.Message):
     def __init__(self, hops: _Optional[_Iterable[_Union[Hop, _Mapping]]] = ..., original_format: _Optional[str] = ..., original_id: _Optional[str] = ..., signature: _Optional[_Union[Signature, _Mapping]] = ...) -> None: ...
 
 class Envelope(_message.Message):
-    __slots__ = ("id", "kind", "region", "origin", "observed_at", "sent_at", "expires_at", "severity", "status", "priority", "geometry", "references", "attributes", "provenance", "alert", "incident", "observation", "position", "resource", "command", "command_ack", "heartbeat")
+    __slots__ = ("id", "kind", "region", "origin", "observed_at", "sent_at", "expires_at", "severity", "status", "priority", "geometry", "references", "attributes", "provenance", "distribution", "alert", "incident", "observation", "position", "resource", "command", "command_ack", "heartbeat")
     class AttributesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -497,6 +557,7 @@ class Envelope(_message.Message):
     REFERENCES_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     PROVENANCE_FIELD_NUMBER: _ClassVar[int]
+    DISTRIBUTION_FIELD_NUMBER: _ClassVar[int]
     ALERT_FIELD_NUMBER: _ClassVar[int]
     INCIDENT_FIELD_NUMBER: _ClassVar[int]
     OBSERVATION_FIELD_NUMBER: _ClassVar[int]
@@ -519,6 +580,7 @@ class Envelope(_message.Message):
     references: _containers.RepeatedScalarFieldContainer[str]
     attributes: _containers.ScalarMap[str, str]
     provenance: Provenance
+    distribution: Distribution
     alert: Alert
     incident: Incident
     observation: Observation
@@ -527,4 +589,4 @@ class Envelope(_message.Message):
     command: Command
     command_ack: CommandAck
     heartbeat: Heartbeat
-    def __init__(self, id: _Optional[str] = ..., kind: _Optional[_Union[Kind, str]] = ..., region: _Optional[str] = ..., origin: _Optional[_Union[Origin, _Mapping]] = ..., observed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sent_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., severity: _Optional[_Union[Severity, str]] = ..., status: _Optional[_Union[Status, str]] = ..., priority: _Optional[int] = ..., geometry: _Optional[_Union[Geometry, _Mapping]] = ..., references: _Optional[_Iterable[str]] = ..., attributes: _Optional[_Mapping[str, str]] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., alert: _Optional[_Union[Alert, _Mapping]] = ..., incident: _Optional[_Union[Incident, _Mapping]] = ..., observation: _Optional[_Union[Observation, _Mapping]] = ..., position: _Optional[_Union[Position, _Mapping]] = ..., resource: _Optional[_Union[Resource, _Mapping]] = ..., command: _Optional[_Union[Command, _Mapping]] = ..., command_ack: _Optional[_Union[CommandAck, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[_Union[Kind, str]] = ..., region: _Optional[str] = ..., origin: _Optional[_Union[Origin, _Mapping]] = ..., observed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sent_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., severity: _Optional[_Union[Severity, str]] = ..., status: _Optional[_Union[Status, str]] = ..., priority: _Optional[int] = ..., geometry: _Optional[_Union[Geometry, _Mapping]] = ..., references: _Optional[_Iterable[str]] = ..., attributes: _Optional[_Mapping[str, str]] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., distribution: _Optional[_Union[Distribution, _Mapping]] = ..., alert: _Optional[_Union[Alert, _Mapping]] = ..., incident: _Optional[_Union[Incident, _Mapping]] = ..., observation: _Optional[_Union[Observation, _Mapping]] = ..., position: _Optional[_Union[Position, _Mapping]] = ..., resource: _Optional[_Union[Resource, _Mapping]] = ..., command: _Optional[_Union[Command, _Mapping]] = ..., command_ack: _Optional[_Union[CommandAck, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
