@@ -133,15 +133,21 @@ class Adapter:
     # (format, config, context) -> codec; the format is one of the manifest's
     codec: Callable[[str, Any, AdapterContext], Codec]
 
-    def load_config(self, table: dict[str, Any] | None = None, source: str = "") -> AdapterConfig:
-        """The adapter's typed config from a TOML table; unknown keys name the key and the file."""
-        config: AdapterConfig = fill_dataclass(self.manifest.config, table or {}, "", source)
+    def load_config(self, table: dict[str, Any] | None = None, source: str = "", prefix: str = "") -> AdapterConfig:
+        """The adapter's typed config from a TOML table; unknown keys name the key and the file.
+
+        ``prefix`` is where the table sits in a bigger file (``adapters[2].config``), for the errors.
+        """
+        config: AdapterConfig = fill_dataclass(self.manifest.config, table or {}, prefix, source)
+        at = f"{prefix}." if prefix else ""
         if not config.agency:
             config = dataclasses.replace(config, agency=self.manifest.agency)
         if config.agency not in AGENCIES and not AGENCY_CODE.fullmatch(config.agency):
-            raise ConfigError(f"{config.agency!r} is not an agency code", key="agency", source=source)
+            raise ConfigError(f"{config.agency!r} is not an agency code", key=f"{at}agency", source=source)
         if config.region and config.region not in default_table():
-            raise ConfigError(f"{config.region!r} is not a known GB/T 2260 region code", key="region", source=source)
+            raise ConfigError(
+                f"{config.region!r} is not a known GB/T 2260 region code", key=f"{at}region", source=source
+            )
         return config
 
     def open(self, fmt: str, config: AdapterConfig | None = None, context: AdapterContext | None = None) -> Codec:

@@ -8,6 +8,7 @@ the text could be fooled by encodings.
 
 from __future__ import annotations
 
+import re
 from xml.etree.ElementTree import Element, ParseError
 
 import defusedxml
@@ -19,12 +20,33 @@ MAX_XML_BYTES = 4 << 20
 XINCLUDE_NS = "{http://www.w3.org/2001/XInclude}"
 
 
+_DECLARATION = re.compile(rb"""^\s*<\?xml[^>]*?encoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
+
+
+def _as_utf8(data: bytes) -> bytes:
+    """Chinese systems still write GB2312/GBK/GB18030 documents, which expat cannot read: those are
+    decoded here (GB18030 reads all three) and handed on as UTF-8 with the declaration changed."""
+    match = _DECLARATION.match(data[:256])
+    if not match:
+        return data
+    declared = match.group(1).decode("ascii").lower()
+    if declared not in {"gb2312", "gbk", "gb18030", "cp936"}:
+        return data
+    try:
+        text = data.decode("gb18030")
+    except UnicodeDecodeError as exc:
+        raise AdapterError(f"not {declared} text: {exc.reason}", offset=exc.start, kind="encoding") from None
+    start, end = match.span(1)
+    return (data[:start].decode("ascii") + "UTF-8" + text[end:]).encode("utf-8")
+
+
 def parse(data: bytes, *, limit: int = MAX_XML_BYTES) -> Element:
     """The document's root element; AdapterError naming the problem for anything else."""
     if len(data) > limit:
         raise AdapterError(f"document of {len(data)} bytes, more than the limit of {limit}", kind="size")
     if not data.strip():
         raise AdapterError("empty document", kind="xml")
+    data = _as_utf8(data)
     try:
         root = SafeElementTree.fromstring(data, forbid_dtd=True, forbid_entities=True, forbid_external=True)
     except defusedxml.DTDForbidden:

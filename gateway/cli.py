@@ -26,6 +26,7 @@ from google.protobuf import json_format
 from yiwang.v1 import envelope_pb2 as pb
 from yiwang.v1 import gateway_pb2 as gw
 
+from adapters import cli as adapter_commands
 from gateway import __version__, logsetup
 from gateway.audit import verify as verify_audit
 from gateway.certstore import certificate_sha256
@@ -673,6 +674,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=lambda a: asyncio.run(_info(a)))
 
     _add_pki_parser(sub, common)
+    adapter_commands.add_parsers(sub, common)
 
     p = sub.add_parser(
         "verify",

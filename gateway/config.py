@@ -78,6 +78,44 @@ class AgenciesSection:
 
 
 @dataclass(frozen=True)
+class AdapterSourceSection:
+    """Where an inbound adapter's input comes from."""
+
+    type: str = "file"  # file (an inbox folder), http-push (POST /adapters/NAME/push), http-poll (a feed URL)
+    path: str = ""  # file: the inbox folder
+    url: str = ""  # http-poll: the feed
+    interval_s: float = 60.0  # file and http-poll: seconds between looks
+    allow: list[str] = field(default_factory=list)  # http-push: identities that may push (empty: any)
+
+
+@dataclass(frozen=True)
+class AdapterSinkSection:
+    """Where an outbound adapter's output goes."""
+
+    type: str = "file"  # file (a folder, one file per envelope) or http-post (a URL)
+    path: str = ""
+    url: str = ""
+
+
+@dataclass(frozen=True)
+class AdapterSection:
+    """One adapter the node runs: a plugin, its config, and its own identity towards the gateway."""
+
+    name: str  # this instance's name (metrics, health, dead letters, push URL)
+    adapter: str  # the plugin (`yiwang adapt --list`)
+    format: str = ""  # one of the plugin's formats; empty: its first
+    direction: str = "in"  # in or out
+    cert: str = ""  # the adapter's own certificate (chain) and key, for mutual TLS to the node
+    key: str = ""
+    sign_key: str = ""  # optional: sign what it publishes (Ed25519 key and certificate from `yiwang pki`)
+    sign_cert: str = ""
+    kinds: list[str] = field(default_factory=list)  # out: the kinds to export (empty: the plugin's own)
+    source: AdapterSourceSection = field(default_factory=AdapterSourceSection)
+    sink: AdapterSinkSection = field(default_factory=AdapterSinkSection)
+    config: dict[str, Any] = field(default_factory=dict)  # the plugin's own config, checked by it
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     node: NodeSection
     listen: ListenSection = field(default_factory=ListenSection)
@@ -86,7 +124,8 @@ class NodeConfig:
     agencies: AgenciesSection = field(default_factory=AgenciesSection)
     tls: TlsSection = field(default_factory=TlsSection)
     policy: PolicySection = field(default_factory=PolicySection)
-    source: str = ""
+    adapters: list[AdapterSection] = field(default_factory=list)
+    source: str = field(default="", metadata={"internal": True})  # the file it was read from, not a key
 
     @property
     def level(self) -> str:
@@ -163,7 +202,7 @@ def fill_dataclass(cls: type[Any], table: Any, prefix: str, source: str) -> Any:
     if not isinstance(table, dict):
         raise ConfigError("must be a table", key=prefix, source=source)
     hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    known = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     values: dict[str, Any] = {}
     for key, value in table.items():
         path = f"{prefix}.{key}" if prefix else key

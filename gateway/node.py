@@ -7,6 +7,7 @@ import os
 import signal
 from concurrent.futures import ProcessPoolExecutor
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import grpc
 import structlog
@@ -21,6 +22,9 @@ from gateway.certstore import CertificateStore
 from gateway.config import NodeConfig, parse_address, parse_size
 from gateway.errors import ConfigError
 from gateway.http import HttpSide
+
+if TYPE_CHECKING:
+    from adapters.host import AdapterHost
 from gateway.metrics import NodeMetrics
 from gateway.pki import Identity, PkiError
 from gateway.policy import Policy
@@ -46,6 +50,7 @@ class Node:
         self.server: grpc.aio.Server | None = None
         self.health = health.aio.HealthServicer()
         self.http: HttpSide | None = None
+        self.adapters: AdapterHost | None = None
         self.grpc_port = 0
         self.http_port = 0
         self.pool: ProcessPoolExecutor | None = None
@@ -144,12 +149,18 @@ class Node:
         if self.grpc_port == 0:
             raise OSError(f"cannot listen on {cfg.listen.grpc} (listen.grpc)")
         await self.server.start()
+        if cfg.adapters:
+            from adapters.host import AdapterHost, self_target  # noqa: PLC0415 - only nodes that run adapters load them
+
+            self.adapters = AdapterHost(cfg, self.metrics.registry, self_target(cfg, self.grpc_port))
         http_host, http_port = parse_address(cfg.listen.http, "listen.http", src)
         self.http = HttpSide(self)
         self.http_port = await self.http.start(
             http_host, http_port, server_tls.ssl_context() if server_tls is not None else None
         )
         self._crl_watch = asyncio.create_task(self._watch_crl(), name="crl-watch")
+        if self.adapters is not None:
+            self.adapters.start()
         for name in ("", SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.audit.record(
@@ -196,6 +207,9 @@ class Node:
             self._crl_watch = None
         for name in ("", SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.adapters is not None:
+            await self.adapters.stop()
+            self.adapters = None
         if self.service is not None:
             self.service.close_subscriptions()
         if self.server is not None:

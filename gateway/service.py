@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import grpc
 import structlog
+from cryptography import x509
 from yiwang.v1 import gateway_pb2 as gw
 
 from gateway import __version__
@@ -151,7 +152,13 @@ class GatewayService:
             raise
 
     def _peer(self, context: grpc.aio.ServicerContext[Any, Any]) -> Peer:
-        cert = peer_certificate(context)
+        return self.peer_of(peer_certificate(context))
+
+    def peer_of(self, cert: x509.Certificate | None) -> Peer:
+        """The peer a client certificate (from any of the node's TLS listeners) speaks for;
+        raises UnauthenticatedError. Without TLS (development), the anonymous peer."""
+        if not self.tls:
+            return _ANONYMOUS
         if cert is None:
             raise UnauthenticatedError("no client certificate")
         serial = cert.serial_number

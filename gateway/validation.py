@@ -285,8 +285,10 @@ class Validator:
 
     def _check_alert(self, env: pb.Envelope, _now: float) -> None:
         alert = env.alert
-        if not alert.infos:
-            raise InvalidEnvelopeError("alert.infos", "an alert needs at least one info block")
+        if not alert.infos and alert.msg_type not in {"Cancel", "Ack", "Error"}:
+            raise InvalidEnvelopeError(
+                "alert.infos", "an alert needs at least one info block (only a Cancel, Ack or Error may have none)"
+            )
         for i, info in enumerate(alert.infos):
             if not info.event:
                 raise InvalidEnvelopeError(f"alert.infos[{i}].event", "required")

@@ -41,7 +41,10 @@ def tls_node_config(pki: Authority, data: Path, **sections: Any) -> NodeConfig:
         },
     }
     for name, values in sections.items():
-        table.setdefault(name, {}).update(values)
+        if isinstance(values, list):  # e.g. adapters=[{...}], an array of tables
+            table[name] = values
+        else:
+            table.setdefault(name, {}).update(values)
     return from_dict(table, source="test")
 
 
@@ -92,7 +95,10 @@ def node_config(data: Path, *, region: str = "410000", node_id: str = "test-node
         "tls": {"insecure": True},
     }
     for name, values in sections.items():
-        table.setdefault(name, {}).update(values)
+        if isinstance(values, list):  # e.g. adapters=[{...}], an array of tables
+            table[name] = values
+        else:
+            table.setdefault(name, {}).update(values)
     return from_dict(table, source="test")
 
 

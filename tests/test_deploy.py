@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from adapters.plugin import discover
 from gateway.config import load
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -18,3 +19,18 @@ def test_example_configs_load(name: str) -> None:
         config.level == {"node-province.toml": "province", "node-city.toml": "city", "node-county.toml": "county"}[name]
     )
     assert str(config.data_dir) == "/var/lib/yiwang"
+
+
+def test_the_city_examples_adapters_are_installed_and_configured_soundly() -> None:
+    config = load(DEPLOY / "node-city.toml")
+    plugins = discover()
+    assert config.adapters
+    for index, section in enumerate(config.adapters):
+        plugin = plugins[section.adapter]
+        formats = plugin.manifest.inbound if section.direction == "in" else plugin.manifest.outbound
+        fmt = section.format or formats[0]
+        assert fmt in formats
+        adapter_config = plugin.load_config(
+            section.config, str(DEPLOY / "node-city.toml"), prefix=f"adapters[{index}].config"
+        )
+        plugin.open(fmt, adapter_config)  # the codec can be built as configured
