@@ -27,6 +27,7 @@ from yiwang.v1 import envelope_pb2 as pb
 from yiwang.v1 import gateway_pb2 as gw
 
 from adapters import cli as adapter_commands
+from edge_agent import cli as edge_commands
 from gateway import __version__, logsetup
 from gateway.audit import verify as verify_audit
 from gateway.certstore import certificate_sha256
@@ -675,6 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_pki_parser(sub, common)
     adapter_commands.add_parsers(sub, common)
+    edge_commands.add_parsers(sub, common)
 
     p = sub.add_parser(
         "verify",

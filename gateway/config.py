@@ -116,6 +116,20 @@ class AdapterSection:
 
 
 @dataclass(frozen=True)
+class MqttSection:
+    """The node's connection to the field terminals' MQTT broker (the edge ingest)."""
+
+    broker: str = ""  # HOST:PORT; empty: the node runs no MQTT ingest
+    ca: str = ""  # default: tls.ca, tls.cert, tls.key (the node's own identity, as the broker's ACL names it)
+    cert: str = ""
+    key: str = ""
+    insecure: bool = False  # plaintext to a broker on loopback, for development
+    client_id: str = ""  # default: yiwang-NODE_ID
+    stale_after: float = 3.0  # a terminal silent for this many of its intervals is stale
+    resend_after_s: float = 5.0  # a gap in a terminal's readings this old is asked for again
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     node: NodeSection
     listen: ListenSection = field(default_factory=ListenSection)
@@ -125,6 +139,7 @@ class NodeConfig:
     tls: TlsSection = field(default_factory=TlsSection)
     policy: PolicySection = field(default_factory=PolicySection)
     adapters: list[AdapterSection] = field(default_factory=list)
+    mqtt: MqttSection = field(default_factory=MqttSection)
     source: str = field(default="", metadata={"internal": True})  # the file it was read from, not a key
 
     @property
@@ -287,6 +302,21 @@ def check(config: NodeConfig) -> NodeConfig:
     for i, code in enumerate(config.agencies.extra):
         if not AGENCY_CODE.fullmatch(code):
             raise ConfigError(f"{code!r} is not an agency code (a-z, 0-9, _)", key=f"agencies.extra[{i}]", source=src)
+    mqtt = config.mqtt
+    if mqtt.broker:
+        broker_host, _ = parse_address(mqtt.broker, "mqtt.broker", src)
+        if mqtt.insecure and not is_loopback(broker_host):
+            raise ConfigError(
+                f"{broker_host} is not a loopback address: plaintext MQTT is only for development on loopback",
+                key="mqtt.insecure",
+                source=src,
+            )
+        if not mqtt.insecure and tls.insecure and not (mqtt.ca and mqtt.cert and mqtt.key):
+            raise ConfigError(
+                "a plaintext node has no identity for the broker: give mqtt.ca, cert and key, or mqtt.insecure",
+                key="mqtt.broker",
+                source=src,
+            )
     return config
 
 

@@ -40,6 +40,14 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=node.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def terminals(request: web.Request) -> web.Response:
+    """The field terminals this node hears over MQTT: liveness, session, link, drops they reported."""
+    node = request.app[NODE_KEY]
+    if node.ingest is None:
+        return web.json_response({"error": "this node runs no MQTT ingest ([mqtt] broker)"}, status=404)
+    return web.json_response({"terminals": node.ingest.report()})
+
+
 async def push(request: web.Request) -> web.Response:
     """An input for an inbound adapter with an http-push source, answered once it is durable."""
     node = request.app[NODE_KEY]
@@ -69,6 +77,7 @@ class HttpSide:
         self.app.router.add_get("/healthz", healthz)
         self.app.router.add_get("/metrics", metrics)
         self.app.router.add_post("/adapters/{name}/push", push)
+        self.app.router.add_get("/terminals", terminals)
         self.app.router.add_get("/feeds/alerts.atom", alert_feed)
         self.app.router.add_get("/feeds/alerts/{id}.cap", alert_cap)
         self._runner: web.AppRunner | None = None

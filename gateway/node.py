@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from concurrent.futures import ProcessPoolExecutor
@@ -24,7 +25,10 @@ from gateway.errors import ConfigError
 from gateway.http import HttpSide
 
 if TYPE_CHECKING:
+    from adapters.deadletter import DeadLetters
     from adapters.host import AdapterHost
+    from gateway.edge_ingest import EdgeIngest
+    from gateway.edge_ledger import EdgeLedger
 from gateway.metrics import NodeMetrics
 from gateway.pki import Identity, PkiError
 from gateway.policy import Policy
@@ -32,7 +36,7 @@ from gateway.regions import default_table
 from gateway.service import SERVICE, GatewayService, ServiceLimits
 from gateway.signing import Verifier
 from gateway.sqlite_log import Retention, SqliteLog
-from gateway.tls import Revocations, ServerTls
+from gateway.tls import ClientTls, Revocations, ServerTls
 from gateway.validation import Limits, Validator
 
 log = structlog.get_logger("yiwang.node")
@@ -51,6 +55,11 @@ class Node:
         self.health = health.aio.HealthServicer()
         self.http: HttpSide | None = None
         self.adapters: AdapterHost | None = None
+        self.ingest: EdgeIngest | None = None
+        self.edge_ledger: EdgeLedger | None = None
+        self.edge_letters: DeadLetters | None = None
+        self._ingest_task: asyncio.Task[None] | None = None
+        self._commands_task: asyncio.Task[None] | None = None
         self.grpc_port = 0
         self.http_port = 0
         self.pool: ProcessPoolExecutor | None = None
@@ -161,6 +170,8 @@ class Node:
         self._crl_watch = asyncio.create_task(self._watch_crl(), name="crl-watch")
         if self.adapters is not None:
             self.adapters.start()
+        if cfg.mqtt.broker:
+            await self._start_ingest(server_tls)
         for name in ("", SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.audit.record(
@@ -179,6 +190,48 @@ class Node:
             http=f"{http_host}:{self.http_port}",
             data_dir=str(cfg.data_dir),
         )
+
+    async def _start_ingest(self, server_tls: ServerTls | None) -> None:
+        """Connects to the terminals' broker and ingests their readings (see gateway.edge_ingest)."""
+        from adapters.deadletter import DeadLetters  # noqa: PLC0415
+        from edge_agent.mqtt import MqttClient, connect_forever  # noqa: PLC0415 - only nodes with terminals
+        from gateway.edge_ingest import EdgeIngest, IngestMetrics, IngestSettings, replay_into_ledger  # noqa: PLC0415
+        from gateway.edge_ledger import EdgeLedger  # noqa: PLC0415
+
+        cfg, mqtt = self.config, self.config.mqtt
+        assert self.service is not None
+        self.edge_ledger = EdgeLedger(cfg.data_dir / "edge-ledger.sqlite")
+        self.edge_letters = DeadLetters(cfg.data_dir / "dead-letters.sqlite")
+        recovered = await replay_into_ledger(self.service, self.edge_ledger)
+        if recovered:
+            log.info("edge_ledger_recovered", envelopes=recovered)
+        own = x509.load_pem_x509_certificate(server_tls.cert.read_bytes()) if server_tls else None
+        peer = self.service.peer_of(own)
+        settings = IngestSettings(stale_after=mqtt.stale_after, resend_after_s=mqtt.resend_after_s)
+        self.ingest = EdgeIngest(
+            self.service,
+            peer,
+            self.edge_ledger,
+            IngestMetrics(self.metrics.registry),
+            self.edge_letters,
+            node_id=cfg.node.id,
+            settings=settings,
+        )
+        host, port = parse_address(mqtt.broker, "mqtt.broker", cfg.source)
+        context = None
+        if not mqtt.insecure:
+            tls = cfg.tls
+            context = ClientTls(
+                cfg.path(mqtt.ca or tls.ca), cfg.path(mqtt.cert or tls.cert), cfg.path(mqtt.key or tls.key)
+            ).ssl_context()
+        client_id = mqtt.client_id or f"yiwang-{cfg.node.id}"
+        ingest = self.ingest
+
+        def connect() -> MqttClient:
+            return MqttClient(host, port, client_id=client_id, tls=context, max_queued_messages=256)
+
+        self._ingest_task = asyncio.create_task(connect_forever(connect, ingest.serve), name="edge-ingest")
+        self._commands_task = asyncio.create_task(ingest.commands(), name="edge-commands")
 
     def _own_identity(self, server_tls: ServerTls) -> Identity:
         """The node's identity, from its own certificate (which must name one)."""
@@ -210,6 +263,18 @@ class Node:
         if self.adapters is not None:
             await self.adapters.stop()
             self.adapters = None
+        for task in (self._ingest_task, self._commands_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._ingest_task = self._commands_task = None
+        if self.edge_ledger is not None:
+            await asyncio.to_thread(self.edge_ledger.close)
+            self.edge_ledger = None
+        if self.edge_letters is not None:
+            await asyncio.to_thread(self.edge_letters.close)
+            self.edge_letters = None
         if self.service is not None:
             self.service.close_subscriptions()
         if self.server is not None:

@@ -67,5 +67,3 @@ class Broker:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
             self.proc = None
-
-
