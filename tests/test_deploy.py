@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from adapters.plugin import discover
+from edge_agent.config import load_edge_config
 from gateway.config import load
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -34,3 +35,10 @@ def test_the_city_examples_adapters_are_installed_and_configured_soundly() -> No
             section.config, str(DEPLOY / "node-city.toml"), prefix=f"adapters[{index}].config"
         )
         plugin.open(fmt, adapter_config)  # the codec can be built as configured
+
+
+def test_the_edge_agent_example_loads() -> None:
+    config = load_edge_config(DEPLOY / "edge-agent.toml")
+    assert config.link == "cellular"
+    assert config.max_outbox_bytes == 64 << 20
+    assert load(DEPLOY / "node-province.toml").mqtt.broker.endswith(":8883")

@@ -518,3 +518,21 @@ async def test_a_batch_naming_another_terminal_is_refused(gateway: NodeRunner, p
 
     await eventually(lambda: refused() >= 2)
     assert await stored_readings(node) == {}
+
+
+@pytest.mark.soak
+async def test_a_link_cut_for_minutes(gateway: NodeRunner, agents: Callable[..., AgentRunner], broker: Broker) -> None:
+    """Two minutes without a broker while a gauge keeps measuring; everything arrives once, P0 first."""
+    node = gateway.node
+    assert node is not None
+    runner = agents("gauge-1", link="cellular", batch_interval_s=0.2)
+    broker.stop()
+    for minute in range(120):
+        await runner.agent.submit(readings(50, start=minute * 50))
+        await asyncio.sleep(1.0)
+    await runner.agent.submit(readings(2, start=90_000, metric=2, priority=Priority.P0))
+    broker.start()
+    found = await wait_for_readings(node, 6002, timeout=120)
+    assert len(found) == 6002
+    alarms = [offset for (offset, env) in found.values() if "edge.alarm" in env.attributes]
+    assert max(alarms) < min(offset for (offset, env) in found.values() if "edge.alarm" not in env.attributes)
