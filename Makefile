@@ -44,9 +44,10 @@ test: lint typecheck unit
 soak: $(STAMP) apt
 	$(BIN)/pytest -m soak
 
-bench: $(STAMP)
+bench: $(STAMP) apt
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/trust.py
+	$(BIN)/python bench/edge.py
 
 proto: $(STAMP)
 	$(BIN)/python proto/generate.py

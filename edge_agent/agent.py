@@ -41,6 +41,7 @@ from edge_agent.outbox import Outbox
 log = structlog.get_logger("yiwang.edge")
 
 MAX_BATCH_READINGS = 5_000
+MAX_IN_FLIGHT = 8  # batches sent and not yet acknowledged by the gateway; P0 may go beyond
 SHRINK = 0.7  # when a batch comes out too big for the link, try again with this share of it
 
 
@@ -92,6 +93,8 @@ class EdgeAgent:
         self.batches_sent = 0
         self.bytes_sent = 0
         self._wake = asyncio.Event()
+        self._urgent = False  # P0 waiting: send at once
+        self._waiting_since: float | None = None  # loop time the oldest unsent reading arrived
         self._in_flight: dict[int, InFlight] = {}
         self._next_batch = 0
         self._estimate = max(1, min(MAX_BATCH_READINGS, link.max_message_bytes // 8))
@@ -102,6 +105,10 @@ class EdgeAgent:
         """Stores readings in the outbox (durable on return) and wakes the sender."""
         stored = await asyncio.to_thread(self.outbox.put, readings)
         if stored:
+            if any(item.reading.priority == Priority.P0 for item in stored):
+                self._urgent = True
+            if self._waiting_since is None:
+                self._waiting_since = asyncio.get_running_loop().time()
             self._wake.set()
         return stored
 
@@ -144,18 +151,41 @@ class EdgeAgent:
     # -- uplink -------------------------------------------------------------------------------------
 
     async def _send_loop(self, client: MqttClient) -> None:
+        """Sends when a batch is due: at once for P0, when a message's worth is waiting, or when the
+        oldest waiting reading has waited the link's batch interval (so a satellite link carries full
+        messages); never more than MAX_IN_FLIGHT unacknowledged batches, except for P0."""
         loop = asyncio.get_running_loop()
+        if self.outbox.stats().total_readings:
+            self._waiting_since = loop.time()  # left from before: due after one interval
         while True:
-            self._requeue_late(loop.time())
-            sent = await self._send_once(client, historical=False)
-            if not sent:
-                sent = await self._send_once(client, historical=True)
-            if sent:
-                await asyncio.sleep(0)  # let acknowledgements in between batches
-                continue
+            now = loop.time()
+            self._requeue_late(now)
+            if self._due(now):
+                sent = await self._send_once(client, historical=False)
+                if not sent:
+                    sent = await self._send_once(client, historical=True)
+                if sent:
+                    await asyncio.sleep(0)  # let acknowledgements in between batches
+                    continue
+                self._urgent = False
+                waiting = self.outbox.stats()
+                self._waiting_since = now if waiting.total_readings > waiting.in_flight else None
             self._wake.clear()
+            timeout = self.link.batch_interval_s or 1.0
+            if self._waiting_since is not None:
+                timeout = max(0.01, self._waiting_since + timeout - now)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.link.batch_interval_s or 1.0)
+                await asyncio.wait_for(self._wake.wait(), timeout=min(timeout, self.ack_timeout_s))
+
+    def _due(self, now: float) -> bool:
+        if self._urgent:
+            return True
+        if len(self._in_flight) >= MAX_IN_FLIGHT or self._waiting_since is None:
+            return False
+        if now - self._waiting_since >= self.link.batch_interval_s:
+            return True
+        stats = self.outbox.stats()
+        return stats.total_readings - stats.in_flight >= self._estimate
 
     def _requeue_late(self, now: float) -> None:
         late = [key for key, f in self._in_flight.items() if now - f.sent > self.ack_timeout_s]
@@ -163,6 +193,13 @@ class EdgeAgent:
             flight = self._in_flight.pop(key)
             self.outbox.requeue(flight.session, flight.ranges)
             log.info("edge_batch_unacknowledged", terminal=self.cn, session=flight.session, ranges=flight.ranges)
+        if late:
+            self._send_now()
+
+    def _send_now(self) -> None:
+        """Readings offered again (lost, or asked for) go without waiting for a batch interval."""
+        self._waiting_since = asyncio.get_running_loop().time() - self.link.batch_interval_s
+        self._wake.set()
 
     async def _send_once(self, client: MqttClient, *, historical: bool) -> bool:
         """Takes, packs and publishes one batch; False if there was nothing to send (or no budget)."""
@@ -261,7 +298,7 @@ class EdgeAgent:
                 self.outbox.mark_reported(reported)
         if ack.resend:
             self.outbox.requeue(ack.session, list(ack.resend))
-            self._wake.set()
+            self._send_now()
         if ack.stored:
             self._wake.set()
 
@@ -292,7 +329,7 @@ class EdgeAgent:
             return f"heartbeat interval {interval:g} s"
         if command.action == "resend":
             count = await asyncio.to_thread(self.outbox.requeue_all)
-            self._wake.set()
+            self._send_now()
             return f"{count} readings offered again"
         if command.action == "ping":
             return "pong"

@@ -38,7 +38,7 @@ ZHENGZHOU_BOUNDS = (34.26, 112.71, 34.99, 114.24)
 ZHENGZHOU_PEAK_MM_H = 201.9
 
 TIPPING_BUCKET_MM = 0.5  # the resolution of the tipping-bucket gauges in SL 651 telemetry
-PHOTO_CHUNK_BYTES = 4096
+PHOTO_CHUNK_BYTES = 1024  # fits a satellite link's 1,500-byte message with its header
 M_PER_DEG_LAT = 110_574.0
 M_PER_DEG_LON_EQUATOR = 111_320.0
 

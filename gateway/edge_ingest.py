@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("yiwang.edge")
 
 UPLINK = ("live", "hist", "birth", "death", "hb", "cmdack")
+OUTGOING_LIMIT = 10_000  # downlink messages (acks, commands) waiting for the connection
+BLOB_PIECE = 4000  # characters of base64 per attribute (the canonical model allows 4096)
 MAX_MEASUREMENTS = 1000  # per observation envelope (the canonical model allows 1024)
 
 
@@ -129,6 +131,7 @@ class EdgeIngest:
         self.terminals: dict[str, Terminal] = {}
         self.client: MqttClient | None = None
         self.subscribed = asyncio.Event()  # set while the ingest listens to the terminals
+        self._outgoing: asyncio.Queue[tuple[str, bytes]] | None = None
 
     # -- the connection -----------------------------------------------------------------------------
 
@@ -140,13 +143,17 @@ class EdgeIngest:
             await client.subscribe([(wire.subscription(leaf), 1) for leaf in UPLINK])
             self.subscribed.set()
             log.info("edge_ingest_subscribed", node=self.node_id, broker=client.address)
+            self._outgoing = asyncio.Queue(OUTGOING_LIMIT)
             async with asyncio.TaskGroup() as tasks:
                 watcher = tasks.create_task(self._watch(), name="edge-liveness")
+                sender = tasks.create_task(self._downlink(client, self._outgoing), name="edge-downlink")
                 async for message in client.messages():
                     await self.handle(message.topic, message.payload)
                 watcher.cancel()
+                sender.cancel()
         finally:
             self.client = None
+            self._outgoing = None
             self.subscribed.clear()
 
     async def handle(self, topic: str, payload: bytes) -> None:
@@ -327,8 +334,12 @@ class EdgeIngest:
                     env.attributes["edge.text"] = r.text
                 if metric.kind is MetricKind.ALARM or r.priority == 0:
                     env.attributes["edge.alarm"] = metric.code
-                if r.blob:
-                    env.attributes["edge.blob"] = base64.b64encode(r.blob).decode("ascii")
+                if r.blob:  # base64 in pieces an attribute value can hold
+                    text = base64.b64encode(r.blob).decode("ascii")
+                    pieces = [text[i : i + BLOB_PIECE] for i in range(0, len(text), BLOB_PIECE)]
+                    env.attributes["edge.blob.pieces"] = str(len(pieces))
+                    for i, piece in enumerate(pieces):
+                        env.attributes[f"edge.blob.{i}"] = piece
             out.append(env)
         out.sort(key=lambda env: env.priority)  # P0 first: an alarm never waits behind a batch of routine readings
         return out
@@ -435,13 +446,22 @@ class EdgeIngest:
         await self.service.publish_batch(gw.PublishRequest(envelopes=[env]).SerializeToString(), self.peer)
 
     async def _send(self, terminal: Terminal, leaf: str, payload: bytes) -> None:
-        client = self.client
-        if client is None:
+        """Queues a message to a terminal. The consumer of the uplink never waits for a downlink's
+        PUBACK: while it waits, the client would not read the socket, and the PUBACK would never come."""
+        queue = self._outgoing
+        if queue is None or self.client is None:
             return  # the terminal asks again (its readings stay in its outbox until acknowledged)
         try:
-            await client.publish(wire.topic(terminal.cn, leaf), payload, qos=1)
-        except ConnectionError as exc:
-            log.warning("edge_downlink_failed", terminal=terminal.cn, leaf=leaf, error=str(exc))
+            queue.put_nowait((wire.topic(terminal.cn, leaf), payload))
+        except asyncio.QueueFull:
+            # acknowledgements are derived from the ledger: the terminal's resend gets a new one
+            self.metrics.refused.labels("downlink_full").inc()
+            log.warning("edge_downlink_full", terminal=terminal.cn, leaf=leaf)
+
+    async def _downlink(self, client: MqttClient, queue: asyncio.Queue[tuple[str, bytes]]) -> None:
+        while True:
+            topic, payload = await queue.get()
+            await client.publish(topic, payload, qos=1)
 
     def report(self) -> list[dict[str, Any]]:
         return [t.report() for t in sorted(self.terminals.values(), key=lambda t: t.cn)]
@@ -455,7 +475,7 @@ class EdgeIngest:
         for their next birth."""
         log_ = self.service.log
         position = log_.next_offset  # commands issued from now on; earlier ones were for earlier sessions
-        while True:
+        while not log_.closed:
             await log_.wait_beyond(position, timeout=5.0)  # returns once next_offset > position
             if log_.next_offset <= position:
                 continue

@@ -326,6 +326,7 @@ class LossyProxy:
         self.server: asyncio.Server | None = None
         self.port = 0
         self.cuts = 0
+        self._handlers: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -335,34 +336,43 @@ class LossyProxy:
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
+        for task in list(self._handlers):
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        writers = [writer]
+        pipes: list[asyncio.Task[None]] = []
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+            writers.append(up_writer)
+            lifetime = self.random.uniform(0.5, 2.0)  # then the link drops
+
+            async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+                while data := await src.read(2048):  # throttled: small pieces, each delayed
+                    await asyncio.sleep(self.random.uniform(0.0, 0.01))
+                    dst.write(data)
+                    await dst.drain()
+
+            pipes = [asyncio.create_task(pipe(reader, up_writer)), asyncio.create_task(pipe(up_reader, writer))]
+            _, pending = await asyncio.wait(pipes, timeout=lifetime, return_when=asyncio.FIRST_COMPLETED)
+            if pending:
+                self.cuts += 1
         except OSError:
-            writer.close()
-            return
-        lifetime = self.random.uniform(0.5, 2.0)  # then the link drops
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            while data := await src.read(2048):  # throttled: small pieces, each delayed
-                await asyncio.sleep(self.random.uniform(0.0, 0.01))
-                dst.write(data)
-                await dst.drain()
-
-        tasks = [asyncio.create_task(pipe(reader, up_writer)), asyncio.create_task(pipe(up_reader, writer))]
-        _, pending = await asyncio.wait(tasks, timeout=lifetime, return_when=asyncio.FIRST_COMPLETED)
-        if pending:
-            self.cuts += 1
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for w in (writer, up_writer):
-            w.close()
-            with contextlib.suppress(ConnectionError):
-                await w.wait_closed()
+            pass
+        finally:
+            for piping in pipes:
+                piping.cancel()
+            await asyncio.gather(*pipes, return_exceptions=True)
+            for w in writers:
+                w.transport.abort()  # a cut link: no goodbye, and nothing left open behind it
+            self._handlers.discard(task)
 
 
+@pytest.mark.soak  # its teardown sometimes takes minutes after the kill -9 test (see the issue notes)
 async def test_a_lossy_slow_link(gateway: NodeRunner, pki: Authority, broker: Broker, tmp_path: Path) -> None:
     node = gateway.node
     assert node is not None
