@@ -344,19 +344,21 @@ class EdgeIngest:
         out.sort(key=lambda env: env.priority)  # P0 first: an alarm never waits behind a batch of routine readings
         return out
 
-    def _base(self, terminal: Terminal, session: int, seqs: list[int], now_ns: int, what: str) -> pb.Envelope:
-        ranges = ranges_of(seqs)
-        text = format_ranges(ranges)
-        span = text.replace(",", ".") if len(text) <= 48 else hashlib.sha256(text.encode()).hexdigest()[:32]
-        env = pb.Envelope(
-            id=f"edge-{terminal.region}-{terminal.agency}-{terminal.name}-{session}-{span}-{what}",
-            region=terminal.region,
-            status=pb.ACTUAL,
-        )
+    def _from(self, terminal: Terminal, envelope_id: str) -> pb.Envelope:
+        """An envelope the terminal is the origin of, entered through this node."""
+        env = pb.Envelope(id=envelope_id, region=terminal.region, status=pb.ACTUAL)
         env.origin.agency = terminal.agency
         env.origin.region = terminal.region
         env.origin.node = self.node_id
         env.origin.system = f"edge:{terminal.name}"
+        env.sent_at.GetCurrentTime()
+        return env
+
+    def _base(self, terminal: Terminal, session: int, seqs: list[int], now_ns: int, what: str) -> pb.Envelope:
+        ranges = ranges_of(seqs)
+        text = format_ranges(ranges)
+        span = text.replace(",", ".") if len(text) <= 48 else hashlib.sha256(text.encode()).hexdigest()[:32]
+        env = self._from(terminal, f"edge-{terminal.region}-{terminal.agency}-{terminal.name}-{session}-{span}-{what}")
         env.sent_at.FromNanoseconds(now_ns)
         env.provenance.original_format = "yiwang-edge"
         env.attributes["edge.terminal"] = terminal.cn
@@ -389,17 +391,8 @@ class EdgeIngest:
         terminal.state = state
         log.info("edge_terminal_liveness", terminal=terminal.cn, state=state, session=terminal.session)
         self._count_states()
-        env = pb.Envelope(
-            id=f"edge-live-{terminal.region}-{terminal.agency}-{terminal.name}-{time.time_ns()}",
-            kind=pb.HEARTBEAT,
-            region=terminal.region,
-            status=pb.ACTUAL,
-        )
-        env.origin.agency = terminal.agency
-        env.origin.region = terminal.region
-        env.origin.node = self.node_id
-        env.origin.system = f"edge:{terminal.name}"
-        env.sent_at.GetCurrentTime()
+        env = self._from(terminal, f"edge-live-{terminal.region}-{terminal.agency}-{terminal.name}-{time.time_ns()}")
+        env.kind = pb.HEARTBEAT
         env.heartbeat.subject = terminal.cn
         env.heartbeat.state = state
         env.heartbeat.interval_s = int(terminal.interval_s)
@@ -428,17 +421,8 @@ class EdgeIngest:
             await self._flush_pending()
 
     async def _command_reply(self, terminal: Terminal, reply: CommandReply) -> None:
-        env = pb.Envelope(
-            id=f"edge-cmdack-{terminal.name}-{reply.id}-{reply.state}"[:256],
-            kind=pb.COMMAND_ACK,
-            region=terminal.region,
-            status=pb.ACTUAL,
-        )
-        env.origin.agency = terminal.agency
-        env.origin.region = terminal.region
-        env.origin.node = self.node_id
-        env.origin.system = f"edge:{terminal.name}"
-        env.sent_at.GetCurrentTime()
+        env = self._from(terminal, f"edge-cmdack-{terminal.name}-{reply.id}-{reply.state}"[:256])
+        env.kind = pb.COMMAND_ACK
         env.references.append(reply.id)
         env.command_ack.command_id = reply.id
         env.command_ack.state = ACK_STATES.get(str(reply.state), pb.ACK_STATE_UNSPECIFIED)

@@ -12,7 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from gateway.pki import Authority
+from gateway.pki import Authority, Role
 
 ROOT = Path(__file__).resolve().parent.parent
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -67,3 +67,13 @@ class Broker:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
             self.proc = None
+
+
+def broker_pki(folder: Path) -> Authority:
+    """A CA with the broker's certificate, the province gateway's, and two water-level terminals'."""
+    ca = Authority.init(folder, trust_domain="yjt.henan.gov.cn")
+    ca.issue(ca.identity(Role.GATEWAY, "410000", "mqtt-broker", "mqtt-broker"), ip_addresses=("127.0.0.1",))
+    ca.issue(ca.identity(Role.GATEWAY, "410000", "henan-province", "henan-province"))
+    for name in ("gauge-17", "gauge-18"):
+        ca.issue(ca.identity(Role.EDGE, "410105", name, "water"))
+    return ca

@@ -28,7 +28,7 @@ from edge_agent.mqtt import (
 )
 from gateway.pki import Authority, Role
 from gateway.tls import ClientTls
-from tests.broker import MOSQUITTO, Broker, free_port
+from tests.broker import MOSQUITTO, Broker, broker_pki, free_port
 from tests.conftest import eventually
 
 OWN = "yiwang/edge/410105/water/edge/gauge-17"
@@ -37,12 +37,7 @@ OTHER = "yiwang/edge/410105/water/edge/gauge-18"
 
 @pytest.fixture
 def pki(tmp_path: Path) -> Authority:
-    ca = Authority.init(tmp_path / "pki", trust_domain="yjt.henan.gov.cn")
-    ca.issue(ca.identity(Role.GATEWAY, "410000", "mqtt-broker", "mqtt-broker"), ip_addresses=("127.0.0.1",))
-    ca.issue(ca.identity(Role.GATEWAY, "410000", "henan-province", "henan-province"))
-    for name in ("gauge-17", "gauge-18"):
-        ca.issue(ca.identity(Role.EDGE, "410105", name, "water"))
-    return ca
+    return broker_pki(tmp_path / "pki")
 
 
 @pytest.fixture

@@ -9,19 +9,14 @@ from pathlib import Path
 import pytest
 
 from gateway.pki import Authority, Role
-from tests.broker import PUB, SUB, Broker
+from tests.broker import PUB, SUB, Broker, broker_pki
 
 GATEWAY = "410000/henan-province/gateway/henan-province"
 
 
 @pytest.fixture
 def pki(tmp_path: Path) -> Authority:
-    ca = Authority.init(tmp_path / "pki", trust_domain="yjt.henan.gov.cn")
-    ca.issue(ca.identity(Role.GATEWAY, "410000", "mqtt-broker", "mqtt-broker"), ip_addresses=("127.0.0.1",))
-    ca.issue(ca.identity(Role.GATEWAY, "410000", "henan-province", "henan-province"))
-    for name in ("gauge-17", "gauge-18"):
-        ca.issue(ca.identity(Role.EDGE, "410105", name, "water"))
-    return ca
+    return broker_pki(tmp_path / "pki")
 
 
 @pytest.fixture
