@@ -546,3 +546,25 @@ async def test_a_link_cut_for_minutes(gateway: NodeRunner, agents: Callable[...,
     assert len(found) == 6002
     alarms = [offset for (offset, env) in found.values() if "edge.alarm" in env.attributes]
     assert max(alarms) < min(offset for (offset, env) in found.values() if "edge.alarm" not in env.attributes)
+
+
+async def test_the_ledger_is_rebuilt_from_the_log_after_a_crash(
+    gateway: NodeRunner, agents: Callable[..., AgentRunner], tmp_path: Path
+) -> None:
+    """A crash between the log's append and the ledger's commit: the next start replays the log's tail
+    into the ledger, so the same readings sent again are not stored twice."""
+    node = gateway.node
+    assert node is not None
+    runner = agents("gauge-1", link="lan", batch_interval_s=0.05)
+    await runner.agent.submit(readings(120))
+    await wait_for_readings(node, 120)
+    await runner.stop()
+    await gateway.stop()
+    (tmp_path / "node" / "edge-ledger.sqlite").unlink()  # as if its commits never happened
+    for leftover in (tmp_path / "node").glob("edge-ledger.sqlite-*"):
+        leftover.unlink()
+    node = await gateway.start()
+    assert node.edge_ledger is not None
+    stored = node.edge_ledger.stored("410105/water/edge/gauge-1", 1)
+    assert stored.ranges == [(1, 120)]  # rebuilt from the envelopes' edge.* attributes
+    assert node.edge_ledger.new("410105/water/edge/gauge-1", 1, range(1, 125)) == [121, 122, 123, 124]
