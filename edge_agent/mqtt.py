@@ -878,6 +878,10 @@ async def connect_forever(
                 error=f"{type(error).__name__}: {error}",
                 retry_s=round(delay, 2),
             )
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # the owner cancelled us while the connection was failing: the failure must not eat that
+            raise asyncio.CancelledError
         if connected_at is not None and loop.time() - connected_at >= stable_after:
             delay = first_delay
         await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not security

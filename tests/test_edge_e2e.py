@@ -372,7 +372,7 @@ class LossyProxy:
             self._handlers.discard(task)
 
 
-@pytest.mark.soak  # its teardown sometimes takes minutes after the kill -9 test (see the issue notes)
+@pytest.mark.soak  # its teardown can take minutes in the full suite: a cancellation still waits somewhere
 async def test_a_lossy_slow_link(gateway: NodeRunner, pki: Authority, broker: Broker, tmp_path: Path) -> None:
     node = gateway.node
     assert node is not None

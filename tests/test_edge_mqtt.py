@@ -286,3 +286,20 @@ async def test_a_failing_callback_or_consumer_does_not_stop_the_connection(
         assert (await next_message(terminal)).payload == b"two"
         await terminal.publish(f"{OWN}/live", b"still connected", qos=1)
         assert terminal.connected
+
+
+async def test_cancelling_a_failing_connection_is_not_swallowed() -> None:
+    """The owner's cancellation wins even when it lands while the connection is failing."""
+    port = free_port()  # nothing listens there: every attempt fails at once
+
+    async def session(_client: MqttClient) -> None:
+        raise AssertionError("never connected")
+
+    task = asyncio.create_task(
+        connect_forever(lambda: MqttClient("127.0.0.1", port, client_id="x", tls=None), session, first_delay=0.01)
+    )
+    await asyncio.sleep(0.1)
+    task.cancel()
+    done, _ = await asyncio.wait([task], timeout=5)
+    assert task in done
+    assert task.cancelled()
