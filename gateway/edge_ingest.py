@@ -16,7 +16,6 @@ import asyncio
 import base64
 import functools
 import hashlib
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -525,22 +524,3 @@ async def replay_into_ledger(service: GatewayService, ledger: EdgeLedger) -> int
     if entries or last:
         await asyncio.to_thread(ledger.record, entries, last + 1)
     return len(entries)
-
-
-async def run_ingest(ingest: EdgeIngest, connect: Any) -> None:
-    """Keeps the broker connection up (jittered backoff) and serves each connection."""
-    delay = 0.5
-    while True:
-        started = time.monotonic()
-        try:
-            async with connect() as client:
-                delay = 0.5
-                await ingest.serve(client)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the connection's boundary: any failure reconnects
-            log.warning("edge_ingest_disconnected", error=f"{type(exc).__name__}: {exc}", retry_s=round(delay, 1))
-        if time.monotonic() - started > 60:
-            delay = 0.5
-        await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
-        delay = min(delay * 2, 30.0)
