@@ -103,13 +103,13 @@ class Admission:
         now = time.time() if now is None else now
         admit = self.validator.admit
         verifier = self.verifier
-        digests: list[bytes | None] = []
+        verified: list[str | SignatureError | None] = []
         if verifier is not None:
             verifier.revoked = revoked
         if request.certificates:
             self._learn_certificates(request.certificates)
         if verifier is not None:
-            digests = verifier.prepare(envelopes)
+            verified = verifier.verify_all(envelopes)
         out = Admitted(request.batch_id, len(envelopes))
         add_id, add_hash, add_envelope, add_record, add_position = (
             out.ids.append,
@@ -134,15 +134,14 @@ class Admission:
                 out.rejections.append((index, env.id[:256], exc.field, exc.reason, INVALID_ARGUMENT))
                 continue
             signer = ""
-            if env.provenance.HasField("signature"):
-                if verifier is None:
-                    signer = env.provenance.signature.signer  # a plaintext development node cannot check it
-                else:
-                    try:
-                        signer = verifier.verify(env, digests[index])
-                    except SignatureError as exc:
-                        out.rejections.append((index, env.id[:256], "provenance.signature", str(exc), UNAUTHENTICATED))
-                        continue
+            if verifier is not None:
+                outcome = verified[index]
+                if isinstance(outcome, SignatureError):
+                    out.rejections.append((index, env.id[:256], "provenance.signature", str(outcome), UNAUTHENTICATED))
+                    continue
+                signer = outcome or ""
+            elif env.provenance.HasField("signature"):
+                signer = env.provenance.signature.signer  # a plaintext development node cannot check it
             out.signers.append(signer)
             envelope_id = env.id
             add_id(envelope_id)

@@ -44,14 +44,13 @@ def content_digest(env: pb.Envelope) -> bytes:
     if not env.HasField("provenance"):
         return hashlib.sha256(env.SerializeToString(deterministic=True)).digest()  # nothing to leave out
     provenance = env.provenance
-    if not provenance.hops and not provenance.HasField("signature") and provenance.ListFields():
-        return hashlib.sha256(env.SerializeToString(deterministic=True)).digest()
     content = pb.Envelope()
     content.CopyFrom(env)
-    content.provenance.ClearField("hops")
-    content.provenance.ClearField("signature")
-    if not content.provenance.ListFields():
-        content.ClearField("provenance")
+    if not provenance.original_format and not provenance.original_id:
+        content.ClearField("provenance")  # the usual case: the provenance holds only hops and the signature
+    else:
+        content.provenance.ClearField("hops")
+        content.provenance.ClearField("signature")
     return hashlib.sha256(content.SerializeToString(deterministic=True)).digest()
 
 
@@ -171,7 +170,6 @@ class Verifier:
         self._by_der: dict[bytes, _Trusted] = {}
         self._by_sha256: dict[bytes, _Trusted] = {}
         self._roots: dict[tuple[bytes, bytes], bool] = {}
-        self._leaves: set[tuple[bytes, int, bytes]] = set()  # (root, index, digest) proven by a whole tree
 
     def learn(self, der: bytes) -> bytes:
         """Checks a signing certificate (issued by the CA, Ed25519, naming an identity) and keeps it
@@ -202,31 +200,64 @@ class Verifier:
             raise SignatureError(f"the signer's certificate names no identity: {exc}") from None
         return _Trusted(identity, key, cert.serial_number, cert.not_valid_after_utc.timestamp())
 
-    def prepare(self, envelopes: Sequence[pb.Envelope]) -> list[bytes | None]:
-        """Checks the batch signatures of a whole request at once, before ``verify`` is called per envelope.
+    def verify_all(self, envelopes: Sequence[pb.Envelope]) -> list[str | SignatureError | None]:
+        """Verifies every envelope of a request: each gets its signer's identity, the SignatureError
+        that refuses it, or None if it is unsigned.
 
-        When a request carries every envelope of a signed batch, rebuilding the tree once proves all
-        their places in it (instead of one proof per envelope); anything else is proven one by one.
-        Returns each envelope's content digest (None if unsigned), to hand to ``verify``.
+        A request usually carries every envelope of a signed batch: then the tree is rebuilt once,
+        which proves all their places in it; each envelope's own proof is compared with the tree's
+        (so that it can still be verified alone later) and the batch signature is checked once.
+        Anything else is verified envelope by envelope.
         """
-        self._leaves.clear()
-        digests: list[bytes | None] = []
-        groups: dict[tuple[bytes, bytes], dict[int, bytes]] = {}
-        for env in envelopes:
-            if not env.provenance.HasField("signature"):
-                digests.append(None)
+        results: list[str | SignatureError | None] = [None] * len(envelopes)
+        digests: list[bytes] = [b""] * len(envelopes)
+        signatures: list[pb.Signature | None] = [None] * len(envelopes)
+        groups: dict[tuple[bytes, bytes, str, bytes, bytes], dict[int, int]] = {}
+        alone: list[int] = []
+        for position, env in enumerate(envelopes):
+            provenance = env.provenance
+            if not provenance.HasField("signature"):
                 continue
-            digest = content_digest(env)
-            digests.append(digest)
-            sig = env.provenance.signature
-            if sig.algorithm == BATCH:
-                groups.setdefault((sig.batch_root, sig.value), {})[sig.batch_index] = digest
-        for (root, _), leaves in groups.items():
-            if sorted(leaves) != list(range(len(leaves))):
+            sig = signatures[position] = provenance.signature
+            digests[position] = content_digest(env)
+            if sig.algorithm != BATCH:
+                alone.append(position)
                 continue
-            if merkle_tree([leaves[i] for i in range(len(leaves))])[-1][0] == root:
-                self._leaves.update((root, i, d) for i, d in leaves.items())
-        return digests
+            key = (sig.batch_root, sig.value, sig.signer, sig.certificate_sha256, sig.certificate)
+            members = groups.setdefault(key, {})
+            index = sig.batch_index
+            if index in members:
+                alone.append(position)  # a second envelope in the same place: it must prove itself
+            else:
+                members[index] = position
+        for (root, *_), members in groups.items():
+            count = len(members)
+            levels = merkle_tree([digests[members[i]] for i in range(count)]) if max(members) == count - 1 else None
+            if levels is None or levels[-1][0] != root:
+                alone.extend(members.values())
+                continue
+            first = signatures[members[0]]
+            assert first is not None
+            try:
+                identity = self._batch_signer(first, root)
+            except SignatureError as exc:
+                for position in members.values():
+                    results[position] = exc
+                continue
+            for index, position in members.items():
+                if signatures[position].batch_proof != merkle_proof(levels, index):  # type: ignore[union-attr]
+                    results[position] = SignatureError(
+                        f"batch_proof is not the path of batch_index {index} in its batch's tree "
+                        "(the envelope could not be verified alone)"
+                    )
+                else:
+                    results[position] = identity
+        for position in alone:
+            try:
+                results[position] = self.verify(envelopes[position], digests[position])
+            except SignatureError as exc:
+                results[position] = exc
+        return results
 
     def _trusted(self, sig: pb.Signature) -> _Trusted:
         if sig.certificate:
@@ -259,10 +290,24 @@ class Verifier:
             raise SignatureError("the signer's certificate has expired")
         return trusted
 
+    def _batch_signer(self, sig: pb.Signature, root: bytes, trusted: _Trusted | None = None) -> str:
+        """Checks a batch signature over ``root`` (once per batch); returns the signer's identity."""
+        trusted = trusted or self._trusted(sig)
+        cache_key = (root, sig.value)
+        if cache_key not in self._roots:
+            if len(self._roots) > 10_000:
+                self._roots.clear()
+            try:
+                trusted.key.verify(sig.value, BATCH_CONTEXT + root)
+            except InvalidSignature:
+                raise SignatureError("the batch signature does not verify") from None
+            self._roots[cache_key] = True
+        return trusted.identity
+
     def verify(self, env: pb.Envelope, digest: bytes | None = None) -> str:
         """Verifies an envelope's signature; returns the signer's identity or raises SignatureError.
 
-        ``digest`` is the envelope's content digest when the caller has it (from ``prepare``).
+        ``digest`` is the envelope's content digest when the caller has it.
         """
         if not env.HasField("provenance") or not env.provenance.HasField("signature"):
             raise SignatureError("the envelope is not signed")
@@ -276,17 +321,7 @@ class Verifier:
                 raise SignatureError("the signature does not match the content (altered, or another key)") from None
             return trusted.identity
         if sig.algorithm == BATCH:
-            proven = (sig.batch_root, sig.batch_index, digest) in self._leaves
-            if not proven and merkle_root_from(digest, sig.batch_index, sig.batch_proof) != sig.batch_root:
+            if merkle_root_from(digest, sig.batch_index, sig.batch_proof) != sig.batch_root:
                 raise SignatureError("the content is not the one the batch signature covers (altered)")
-            cache_key = (sig.batch_root, sig.value)
-            if cache_key not in self._roots:
-                if len(self._roots) > 10_000:
-                    self._roots.clear()
-                try:
-                    trusted.key.verify(sig.value, BATCH_CONTEXT + sig.batch_root)
-                except InvalidSignature:
-                    raise SignatureError("the batch signature does not verify") from None
-                self._roots[cache_key] = True
-            return trusted.identity
+            return self._batch_signer(sig, sig.batch_root, trusted)
         raise SignatureError(f"unknown signature algorithm {sig.algorithm!r}")

@@ -159,22 +159,40 @@ def test_a_batch_signature_verifies_each_envelope_alone(pki: Authority) -> None:
         verifier.verify(envelopes[5])
 
 
-def test_prepared_batches_are_proven_by_one_tree_and_partial_ones_leaf_by_leaf(pki: Authority) -> None:
-    envelopes = [factories.observation(region="410105", agency="water", value=i) for i in range(9)]
+def test_a_request_is_verified_whole_and_each_fault_is_named(pki: Authority) -> None:
     water = signer(pki, "jinshui-water")
-    water.sign_batch(envelopes)
     verifier = Verifier(pki.ca_cert)
     verifier.learn(water.certificate_der)
-    digests = verifier.prepare(envelopes)
-    assert len(verifier._leaves) == 9  # the whole batch, proven at once
-    assert all(verifier.verify(env, digest) for env, digest in zip(envelopes, digests, strict=True))
-    part = envelopes[2:5]  # a request that carries only part of a signed batch
-    digests = verifier.prepare(part)
-    assert not verifier._leaves
-    assert all(verifier.verify(env, digest) for env, digest in zip(part, digests, strict=True))
-    part[1].observation.measurements[0].value = 99.0  # altered after prepare: the digest given is stale
-    with pytest.raises(SignatureError):
-        verifier.verify(part[1])
+    identity = f"spiffe://{DOMAIN}/410105/water/department/jinshui-water"
+
+    def batch(count: int) -> list[pb.Envelope]:
+        envelopes = [factories.observation(region="410105", agency="water", value=i) for i in range(count)]
+        water.sign_batch(envelopes)
+        return envelopes
+
+    whole = batch(9)
+    assert verifier.verify_all(whole) == [identity] * 9
+    assert verifier.verify_all(whole[2:5]) == [identity] * 3  # part of a batch: each proves itself
+
+    single = met_alert("single")
+    signer(pki, "zz-qxj").sign(single)
+    unsigned = factories.observation(envelope_id="unsigned", region="410105", agency="water")
+    altered, bad_path, twice = batch(9), batch(9), batch(9)
+    altered[4].observation.measurements[0].value = 99.0
+    bad_path[6].provenance.signature.batch_proof[1] = b"\x07" * 32  # content intact, path wrong
+    twice[3].provenance.signature.batch_index = 5  # two envelopes claim place 5
+    results = verifier.verify_all([single, unsigned, *altered, *bad_path, *twice])
+    assert results[:2] == [f"spiffe://{DOMAIN}/410100/meteorology/department/zz-qxj", None]
+
+    def faults(outcomes: list[str | SignatureError | None]) -> dict[int, str]:
+        return {i: str(o) for i, o in enumerate(outcomes) if isinstance(o, SignatureError)}
+
+    assert faults(results[2:11]).keys() == {4}
+    assert "not the one the batch signature covers" in faults(results[2:11])[4]
+    assert faults(results[11:20]).keys() == {6}  # stored, it could not be verified alone later
+    assert "batch_proof is not the path of batch_index 6" in faults(results[11:20])[6]
+    assert faults(results[20:29]).keys() == {3}  # the impostor in place 5 fails its own proof
+    assert all(o == identity for i, o in enumerate(results[11:29]) if i not in (6, 12))
 
 
 # -- the node checks on entry ---------------------------------------------------------------------
