@@ -130,6 +130,16 @@ class MqttSection:
 
 
 @dataclass(frozen=True)
+class ParentSection:
+    """The node's link to its parent node (see gateway.federation); the province has none."""
+
+    address: str = ""  # HOST:PORT of the parent's gRPC listener; empty: no parent
+    identity: str = ""  # the spiffe URI the parent's certificate must carry (required with TLS)
+    server_name: str = ""  # when the address is not a name or IP the parent's certificate carries
+    batch: int = 500  # most envelopes per batch on the link
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     node: NodeSection
     listen: ListenSection = field(default_factory=ListenSection)
@@ -140,6 +150,7 @@ class NodeConfig:
     policy: PolicySection = field(default_factory=PolicySection)
     adapters: list[AdapterSection] = field(default_factory=list)
     mqtt: MqttSection = field(default_factory=MqttSection)
+    parent: ParentSection = field(default_factory=ParentSection)
     source: str = field(default="", metadata={"internal": True})  # the file it was read from, not a key
 
     @property
@@ -304,20 +315,38 @@ def check(config: NodeConfig) -> NodeConfig:
             raise ConfigError(f"{code!r} is not an agency code (a-z, 0-9, _)", key=f"agencies.extra[{i}]", source=src)
     mqtt = config.mqtt
     if mqtt.broker:
-        broker_host, _ = parse_address(mqtt.broker, "mqtt.broker", src)
-        if mqtt.insecure and not is_loopback(broker_host):
-            raise ConfigError(
-                f"{broker_host} is not a loopback address: plaintext MQTT is only for development on loopback",
-                key="mqtt.insecure",
-                source=src,
-            )
+        if mqtt.insecure:
+            _loopback_only(mqtt.broker, "mqtt.broker", "mqtt.insecure", "plaintext MQTT", src)
         if not mqtt.insecure and tls.insecure and not (mqtt.ca and mqtt.cert and mqtt.key):
             raise ConfigError(
                 "a plaintext node has no identity for the broker: give mqtt.ca, cert and key, or mqtt.insecure",
                 key="mqtt.broker",
                 source=src,
             )
+    parent = config.parent
+    if parent.address:
+        parse_address(parent.address, "parent.address", src)
+        if tls.insecure:
+            _loopback_only(parent.address, "parent.address", "parent.address", "a plaintext link", src)
+        if not tls.insecure and not parent.identity.startswith("spiffe://"):
+            raise ConfigError(
+                "the spiffe URI the parent's certificate must carry is required", key="parent.identity", source=src
+            )
+        if not 1 <= parent.batch <= config.limits.max_batch_envelopes:
+            raise ConfigError(
+                f"must be 1 to limits.max_batch_envelopes ({config.limits.max_batch_envelopes})",
+                key="parent.batch",
+                source=src,
+            )
     return config
+
+
+def _loopback_only(address: str, address_key: str, key: str, what: str, src: str) -> None:
+    host, _ = parse_address(address, address_key, src)
+    if not is_loopback(host):
+        raise ConfigError(
+            f"{host} is not a loopback address: {what} is only for development on loopback", key=key, source=src
+        )
 
 
 def from_dict(table: dict[str, Any], source: str = "") -> NodeConfig:

@@ -22,6 +22,8 @@ from gateway.audit import AuditLog
 from gateway.certstore import CertificateStore
 from gateway.config import NodeConfig, parse_address, parse_size
 from gateway.errors import ConfigError
+from gateway.federation import SERVICE as FEDERATION_SERVICE
+from gateway.federation import FederationMetrics, FederationService, ParentLink
 from gateway.http import HttpSide
 
 if TYPE_CHECKING:
@@ -67,6 +69,8 @@ class Node:
         self.revocations = Revocations(None, None)
         self.crl_interval_s = 2.0
         self._crl_watch: asyncio.Task[None] | None = None
+        self.parent_link: ParentLink | None = None
+        self._parent_task: asyncio.Task[None] | None = None
 
     @property
     def grpc_target(self) -> str:
@@ -140,9 +144,13 @@ class Node:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        self.server.add_generic_rpc_handlers((self.service.handler(),))
+        federation_metrics = FederationMetrics(self.metrics.registry)
+        federation = FederationService(self.service, federation_metrics, batch=cfg.parent.batch)
+        self.server.add_generic_rpc_handlers((self.service.handler(), federation.handler()))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        reflection.enable_server_reflection(
+            (SERVICE, FEDERATION_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
         host, port = parse_address(cfg.listen.grpc, "listen.grpc", src)
         if server_tls is None:
             log.warning(
@@ -172,6 +180,8 @@ class Node:
             self.adapters.start()
         if cfg.mqtt.broker:
             await self._start_ingest(server_tls)
+        if cfg.parent.address:
+            self._start_parent_link(federation_metrics)
         for name in ("", SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.audit.record(
@@ -233,6 +243,16 @@ class Node:
         self._ingest_task = asyncio.create_task(connect_forever(connect, ingest.serve), name="edge-ingest")
         self._commands_task = asyncio.create_task(ingest.commands(), name="edge-commands")
 
+    def _start_parent_link(self, metrics: FederationMetrics) -> None:
+        """Opens and keeps the link to the parent node (see gateway.federation)."""
+        cfg = self.config
+        assert self.service is not None
+        tls = None
+        if not cfg.tls.insecure:
+            tls = ClientTls(cfg.path(cfg.tls.ca), cfg.path(cfg.tls.cert), cfg.path(cfg.tls.key), cfg.parent.server_name)
+        self.parent_link = ParentLink(cfg.parent, self.service, tls, metrics, cfg.source)
+        self._parent_task = asyncio.create_task(self.parent_link.run(), name="parent-link")
+
     def _own_identity(self, server_tls: ServerTls) -> Identity:
         """The node's identity, from its own certificate (which must name one)."""
         try:
@@ -255,6 +275,11 @@ class Node:
                 log.info("crl_reloaded", newly_revoked=len(added), streams_cut=cut)
 
     async def stop(self) -> None:
+        if self._parent_task is not None:
+            self._parent_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._parent_task
+            self._parent_task = None
         if self._crl_watch is not None:
             self._crl_watch.cancel()
             self._crl_watch = None

@@ -30,7 +30,7 @@ from gateway.errors import InvalidRequestError, UnauthenticatedError, YiwangErro
 from gateway.log import AppendBatch, AppendResult, Log, StoredBatch
 from gateway.metrics import NodeMetrics
 from gateway.pki import Identity, PkiError, Role
-from gateway.policy import Policy
+from gateway.policy import Decision, Policy
 from gateway.regions import RegionTable
 from gateway.selection import RECORD, Record, Selector
 from gateway.signing import Verifier
@@ -187,9 +187,12 @@ class GatewayService:
 
     # -- publish --------------------------------------------------------------------------------
 
-    async def admit(self, raw: bytes, peer: Peer = _ANONYMOUS) -> Admitted:
+    async def admit(
+        self, raw: bytes, peer: Peer = _ANONYMOUS, decide: Callable[[int, str, str], Decision] | None = None
+    ) -> Admitted:
         """Parses and validates an encoded PublishRequest (in the worker pool when it is large), then
-        refuses what the sharing policy does not let the peer publish."""
+        refuses what the sharing policy does not let the peer publish (``decide`` instead of the
+        policy: what a node takes from its parent, see gateway.federation)."""
         now = time.time()
         if self.pool is not None and len(raw) >= self.limits.pool_min_request_bytes:
             loop = asyncio.get_running_loop()
@@ -206,7 +209,11 @@ class GatewayService:
                     "signature_failed", id=envelope_id, reason=reason, peer=peer.identity.uri if peer.identity else ""
                 )
         who = peer.identity
-        if who is not None and self.policy is not None:
+        if decide is not None:
+            denied = enforce(admitted, decide, who.uri if who is not None else "", forwarder=True)
+            for envelope_id, field_path, reason in denied:
+                self.denied(peer, "publish", envelope_id=envelope_id, field=field_path, reason=reason)
+        elif who is not None and self.policy is not None:
             policy = self.policy
             denied = enforce(
                 admitted,

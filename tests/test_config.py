@@ -141,7 +141,7 @@ def test_unknown_top_level_key_names_the_key_and_the_file(tmp_path: Path) -> Non
     error = info.value
     assert (error.key, error.source) == ("bogus", str(path))
     assert str(error).startswith(f"file {path}, key 'bogus': unknown key")
-    assert "adapters, agencies, limits, listen, log, mqtt, node, policy, tls" in str(error)
+    assert "adapters, agencies, limits, listen, log, mqtt, node, parent, policy, tls" in str(error)
 
 
 def test_unknown_key_in_a_section_names_the_key_and_the_file(tmp_path: Path) -> None:
@@ -413,3 +413,19 @@ def test_insecure_and_certificates_together_are_refused() -> None:
         {"node": {"id": "n", "region": "410000"}, "tls": {"insecure": True, "ca": "ca.pem", "cert": "c", "key": "k"}}
     )
     assert "tls.insecure" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("parent", "insecure", "key", "message"),
+    [
+        ({"address": "10.1.2.3:7400"}, True, "parent.address", "a plaintext link is only for development on loopback"),
+        ({"address": "no port"}, True, "parent.address", ""),
+        ({"address": "10.1.2.3:7400"}, False, "parent.identity", "spiffe URI the parent's certificate must carry"),
+        ({"address": "127.0.0.1:7400", "batch": 0}, True, "parent.batch", "must be 1 to limits.max_batch_envelopes"),
+    ],
+)
+def test_a_parent_link_is_checked_at_load(parent: dict[str, Any], insecure: bool, key: str, message: str) -> None:
+    tls: dict[str, Any] = {"insecure": True} if insecure else {"ca": "ca.pem", "cert": "c.pem", "key": "c.key"}
+    error = config_error({"node": {"id": "n", "region": "410100"}, "tls": tls, "parent": parent})
+    assert error.key == key
+    assert message in str(error)

@@ -1,0 +1,487 @@
+"""Federation: the links between a node and its parent, store-and-forward in both directions.
+
+A child node opens one bidirectional ``Federation.Link`` stream to its parent and keeps it up with
+jittered backoff. Each end sends what its routing sends to the other, read from a durable cursor in
+its own log (``federation/up`` on the child, ``federation/down/<child>`` on the parent), and moves
+that cursor only when the other end has acknowledged the batch, which it does after its own durable
+append. After an outage of any length within retention the sender resumes at its cursor: a batch
+sent twice is harmless because every node de-duplicates by envelope id, and each node adds a hop
+record, so nothing is sent back to the node it came from.
+
+Identities come from the certificates: the parent accepts only a gateway of one of its direct
+subregions (a county links under its own city only), the child only the parent its configuration
+names. What the child accepts from above is what routing sends down (warnings, commands and
+resource requests for its region, or for a region that covers it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import socket
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import grpc
+import structlog
+from cryptography import x509
+from google.protobuf.message import DecodeError
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from yiwang.v1 import envelope_pb2 as pb
+from yiwang.v1 import federation_pb2 as fed
+from yiwang.v1 import gateway_pb2 as gw
+
+from gateway.config import ParentSection, parse_address
+from gateway.errors import YiwangError
+from gateway.pki import Identity, PkiError, Role
+from gateway.policy import Decision
+from gateway.regions import RegionTable
+from gateway.selection import RECORD
+from gateway.service import GatewayService, Peer
+from gateway.tls import ClientTls
+
+log = structlog.get_logger("yiwang.federation")
+
+SERVICE: Final = "yiwang.v1.Federation"
+LINK_METHOD: Final = f"/{SERVICE}/Link"
+UP_KINDS: Final = frozenset({pb.ALERT, pb.INCIDENT, pb.COMMAND_ACK, pb.HEARTBEAT})
+DOWN_KINDS: Final = frozenset({pb.ALERT, pb.COMMAND, pb.RESOURCE})
+WINDOW: Final = 8  # batches sent and not yet acknowledged, per direction of a link
+MAX_BATCH_BYTES: Final = 4 << 20  # stays well inside the gRPC message limit
+_CURSOR_UP: Final = "federation/up"
+
+
+class FederationError(YiwangError):
+    """A link cannot be used: the other end is not who it must be, or it broke the link protocol."""
+
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class FederationMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.up = Gauge("yiwang_federation_link_up", "1 while the link is connected", ["link"], registry=registry)
+        self.sent = Counter(
+            "yiwang_federation_sent", "Envelopes sent over the link (resends included)", ["link"], registry=registry
+        )
+        self.received = Counter(
+            "yiwang_federation_received", "Envelopes received over the link", ["link", "outcome"], registry=registry
+        )
+        self.refused = Counter(
+            "yiwang_federation_refused", "Envelopes the other end refused (kept here)", ["link"], registry=registry
+        )
+        self.connects = Counter("yiwang_federation_connects", "Link sessions opened", ["link"], registry=registry)
+
+
+@dataclass
+class Route:
+    """Which of the node's stored envelopes go over one link: up to the parent by kind, down to a
+    child when the envelope's region is the child's, lies below it or covers it."""
+
+    kinds: frozenset[int]
+    down_to: str = ""  # the child's region for a downward link; empty for the link up
+    regions: RegionTable | None = None
+    _regions_ok: dict[int, bool] = field(default_factory=dict)
+
+    def wants(self, record: bytes) -> bool:
+        kind, _, _, region = RECORD.unpack(record)[:4]
+        if kind not in self.kinds:
+            return False
+        if not self.down_to:
+            return True
+        ok = self._regions_ok.get(region)
+        if ok is None:
+            ok = self._regions_ok[region] = covers_or_within(self.regions, f"{region:06d}", self.down_to)
+        return ok
+
+
+def covers_or_within(regions: RegionTable | None, region: str, node_region: str) -> bool:
+    """Whether content for ``region`` concerns a node of ``node_region``: it is the node's region, lies
+    below it, or lies above it (a province-wide warning concerns every county)."""
+    if regions is None or region == node_region:
+        return region == node_region
+    return regions.is_within(region, node_region) or regions.is_within(node_region, region)
+
+
+class LinkEnd:
+    """One end of a live link: sends its routed envelopes from its cursor, appends and acknowledges
+    what the other end sends."""
+
+    def __init__(
+        self,
+        service: GatewayService,
+        *,
+        label: str,
+        peer: Peer,
+        peer_node: str,
+        cursor: str,
+        route: Route,
+        accept: Callable[[int, str, str], Decision] | None,
+        batch: int,
+        metrics: FederationMetrics,
+    ) -> None:
+        self.service = service
+        self.label = label
+        self.peer = peer
+        self.peer_node = peer_node
+        self.cursor = cursor
+        self.route = route
+        self.accept = accept
+        self.batch = batch
+        self.metrics = metrics
+        self.out: asyncio.Queue[bytes] = asyncio.Queue()
+        self._pending: deque[tuple[int, bool]] = deque()  # (cursor after a range, whether a batch was sent)
+        self._room = asyncio.Semaphore(WINDOW)
+        self._certificates_sent: set[bytes] = set()
+
+    # -- sending --------------------------------------------------------------------------------
+
+    async def pump(self) -> None:
+        """Sends the routed envelopes from the cursor on, then follows the log."""
+        log_ = self.service.log
+        position = await log_.load_position(self.cursor)
+        if position is None:
+            position = log_.oldest_offset  # a new link carries everything its node still holds
+        while True:
+            if position >= log_.next_offset:
+                await log_.wait_beyond(position, timeout=5.0)
+                if log_.closed:
+                    return
+                continue
+            for stored in await log_.read(position, self.batch):
+                start = max(position, stored.first_offset) - stored.first_offset
+                chosen: list[int] = []
+                size = 0
+                records, width = stored.records, RECORD.size
+                for index in range(start, stored.count):
+                    if not self.route.wants(records[index * width : (index + 1) * width]):
+                        continue
+                    chosen.append(index)
+                    begin, end = stored.span(index)
+                    size += end - begin
+                    if len(chosen) >= self.batch or size >= MAX_BATCH_BYTES:
+                        await self._send(stored.entries(0, stored.count, chosen), stored.first_offset + index + 1)
+                        chosen, size = [], 0
+                position = stored.next_offset
+                await self._send(stored.entries(0, stored.count, chosen) if chosen else b"", position)
+
+    async def _send(self, entries: bytes, upto: int) -> None:
+        request = gw.PublishRequest(batch_id=upto)
+        if entries:
+            for delivery in gw.DeliveryBatch.FromString(entries).deliveries:
+                env = delivery.envelope
+                if any(hop.node == self.peer_node for hop in env.provenance.hops):
+                    continue  # it came from there
+                sha256 = env.provenance.signature.certificate_sha256
+                if sha256 and sha256 not in self._certificates_sent and self.service.certificates is not None:
+                    der = self.service.certificates.get(sha256)
+                    if der is not None:
+                        request.certificates.append(der)
+                        self._certificates_sent.add(sha256)
+                request.envelopes.append(env)
+        if not request.envelopes:
+            if self._pending:
+                self._pending.append((upto, False))
+            else:
+                await self.service.log.save_position(self.cursor, upto)
+            return
+        await self._room.acquire()
+        self._pending.append((upto, True))
+        self.metrics.sent.labels(link=self.label).inc(len(request.envelopes))
+        await self.out.put(fed.LinkMessage(batch=request).SerializeToString())
+
+    async def on_ack(self, ack: fed.LinkAck) -> None:
+        """The other end has a batch durably: the cursor moves past it (and past skipped ranges after it)."""
+        while self._pending and not self._pending[0][1]:
+            self._pending.popleft()  # ranges with nothing to send that were queued behind an earlier batch
+        if not self._pending or self._pending[0][0] != ack.cursor:
+            expected = self._pending[0][0] if self._pending else "none"
+            raise FederationError(f"acknowledgement of batch {ack.cursor}, but the batch in flight is {expected}")
+        upto, _ = self._pending.popleft()
+        while self._pending and not self._pending[0][1]:
+            upto, _ = self._pending.popleft()
+        self._room.release()
+        for refused in ack.refused:
+            self.metrics.refused.labels(link=self.label).inc()
+            log.warning(
+                "federation_refused", link=self.label, id=refused.id, field=refused.field, reason=refused.reason
+            )
+        await self.service.log.save_position(self.cursor, upto)
+
+    # -- receiving ------------------------------------------------------------------------------
+
+    async def on_batch(self, request: gw.PublishRequest) -> None:
+        """Appends the other end's batch durably, then acknowledges it."""
+        try:
+            admitted = await self.service.admit(request.SerializeToString(), self.peer, decide=self.accept)
+        except YiwangError as exc:  # the whole batch is refused: say so, and let the link move on
+            refused = gw.PublishResult(
+                id="", outcome=gw.PublishResult.REJECTED, code=exc.grpc_code.value[0], field="batch", reason=str(exc)
+            )
+            log.warning("federation_batch_refused", link=self.label, reason=str(exc))
+            self.metrics.received.labels(link=self.label, outcome="refused").inc(len(request.envelopes))
+            await self.out.put(
+                fed.LinkMessage(ack=fed.LinkAck(cursor=request.batch_id, refused=[refused])).SerializeToString()
+            )
+            return
+        reply = self.service.reply(admitted, await self.service.append(admitted))
+        ack = fed.LinkAck(cursor=request.batch_id)
+        for result in reply.results:
+            if result.outcome == gw.PublishResult.ACCEPTED:
+                ack.accepted += 1
+            elif result.outcome == gw.PublishResult.DUPLICATE:
+                ack.duplicates += 1
+            else:
+                ack.refused.append(result)
+        counts = {"accepted": ack.accepted, "duplicate": ack.duplicates, "refused": len(ack.refused)}
+        for outcome, count in counts.items():
+            if count:
+                self.metrics.received.labels(link=self.label, outcome=outcome).inc(count)
+        await self.out.put(fed.LinkMessage(ack=ack).SerializeToString())
+
+    async def receive(self, messages: AsyncIterator[bytes]) -> None:
+        """Handles the other end's messages until it closes the stream."""
+        async for raw in messages:
+            try:
+                message = fed.LinkMessage.FromString(raw)
+            except DecodeError as exc:
+                raise FederationError(f"not a LinkMessage: {exc}") from None
+            which = message.WhichOneof("body")
+            if which == "batch":
+                await self.on_batch(message.batch)
+            elif which == "ack":
+                await self.on_ack(message.ack)
+            else:
+                raise FederationError(f"unexpected {which or 'empty'} message on an open link")
+
+
+async def run_link(end: LinkEnd, messages: AsyncIterator[bytes], write: Callable[[bytes], Any]) -> None:
+    """Runs a link's three parts (pump, receiver, writer) until one ends; the others are cancelled."""
+
+    async def writer() -> None:
+        while True:
+            await write(await end.out.get())
+
+    async def receiver() -> None:
+        await end.receive(messages)
+
+    tasks = [
+        asyncio.create_task(end.pump(), name=f"link-pump-{end.label}"),
+        asyncio.create_task(receiver(), name=f"link-receive-{end.label}"),
+        asyncio.create_task(writer(), name=f"link-write-{end.label}"),
+    ]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()  # raises what ended it
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError, FederationError, YiwangError):
+                await task
+
+
+def hello(service: GatewayService) -> bytes:
+    return fed.LinkMessage(hello=fed.LinkHello(node_id=service.node_id, region=service.region)).SerializeToString()
+
+
+def first_hello(raw: bytes | None) -> fed.LinkHello:
+    if raw is None:
+        raise FederationError("the link closed before the other end said who it is")
+    try:
+        message = fed.LinkMessage.FromString(raw)
+    except DecodeError as exc:
+        raise FederationError(f"not a LinkMessage: {exc}") from None
+    if message.WhichOneof("body") != "hello":
+        raise FederationError("a link starts with a hello")
+    return message.hello
+
+
+# -- the parent's end -------------------------------------------------------------------------------
+
+
+class FederationService:
+    """The parent's side: serves the links its children open."""
+
+    def __init__(self, service: GatewayService, metrics: FederationMetrics, batch: int = 500) -> None:
+        self.service = service
+        self.metrics = metrics
+        self.batch = batch
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        def identity(data: bytes) -> bytes:
+            return data
+
+        methods = {"Link": grpc.stream_stream_rpc_method_handler(self.link, identity, identity)}
+        return grpc.method_handlers_generic_handler(SERVICE, methods)
+
+    def check_child(self, peer: Peer) -> None:
+        """Only a gateway of a direct subregion may link here: a county under its own city."""
+        who = peer.identity
+        if who is None:
+            return  # a plaintext development node: no identities at all
+        if who.role is not Role.GATEWAY:
+            raise FederationError(f"{who.uri} is not a gateway: only gateway nodes link to their parent")
+        parent = self.service.regions.parent(who.region)
+        if parent != self.service.region:
+            raise FederationError(
+                f"a node of {who.region} links under {parent or 'no node'}, not under {self.service.region}"
+            )
+
+    async def link(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        try:
+            peer = self.service.authenticate(context)
+            self.check_child(peer)
+            child = first_hello(await anext(aiter(requests), None))
+        except YiwangError as exc:
+            log.warning("federation_link_refused", peer=context.peer(), reason=str(exc))
+            if self.service.audit is not None:
+                self.service.audit.record("federation_link_refused", peer=context.peer(), reason=str(exc))
+            await context.abort(exc.grpc_code, str(exc))
+        name = peer.identity.path if peer.identity is not None else child.node_id
+        label = f"down:{child.node_id}"
+        end = LinkEnd(
+            self.service,
+            label=label,
+            peer=peer,
+            peer_node=child.node_id,
+            cursor=f"federation/down/{name}",
+            route=Route(DOWN_KINDS, down_to=child.region, regions=self.service.regions),
+            accept=None,  # the child publishes under the sharing policy, as the gateway of its subtree
+            batch=self.batch,
+            metrics=self.metrics,
+        )
+        await context.write(hello(self.service))
+        log.info("federation_link_open", link=label, region=child.region)
+        self.metrics.up.labels(link=label).set(1)
+        self.metrics.connects.labels(link=label).inc()
+        try:
+            await run_link(end, requests, context.write)
+        except FederationError as exc:
+            await context.abort(exc.grpc_code, str(exc))
+        finally:
+            self.metrics.up.labels(link=label).set(0)
+            log.info("federation_link_closed", link=label)
+
+
+# -- the child's end --------------------------------------------------------------------------------
+
+
+class ParentLink:
+    """The child's side: keeps the link to its parent up, with jittered exponential backoff."""
+
+    def __init__(
+        self,
+        config: ParentSection,
+        service: GatewayService,
+        tls: ClientTls | None,
+        metrics: FederationMetrics,
+        source: str = "",
+    ) -> None:
+        self.config = config
+        self.service = service
+        self.tls = tls
+        self.metrics = metrics
+        self.host, self.port = parse_address(config.address, "parent.address", source)
+        self.label = "up"
+        self.connected = asyncio.Event()
+
+    def accept(self, kind: int, region: str, _agency: str) -> Decision:
+        """What a child takes from its parent: what routing sends down to it."""
+        if kind not in DOWN_KINDS:
+            return Decision(
+                allowed=False, reason=f"{pb.Kind.Name(kind)} does not come down from the parent", field="kind"
+            )
+        if not covers_or_within(self.service.regions, region, self.service.region):
+            reason = f"{region} does not concern this node's region {self.service.region}"
+            return Decision(allowed=False, reason=reason, field="region")
+        return Decision(allowed=True, reason="routed down by the parent")
+
+    def parent_certificate(self) -> x509.Certificate:
+        """The certificate the parent presents (a TLS handshake of its own, before gRPC's)."""
+        assert self.tls is not None
+        context = self.tls.ssl_context()
+        context.set_alpn_protocols(["h2"])
+        name = self.tls.server_name or self.host
+        with (
+            socket.create_connection((self.host, self.port), timeout=10.0) as sock,
+            context.wrap_socket(sock, server_hostname=name) as tls_sock,
+        ):
+            der = tls_sock.getpeercert(binary_form=True)
+        if der is None:
+            raise FederationError(f"{self.config.address} presented no certificate")
+        return x509.load_der_x509_certificate(der)
+
+    async def check_parent(self) -> Peer:
+        if self.tls is None:
+            return self.service.peer_of(None)
+        cert = await asyncio.to_thread(self.parent_certificate)
+        try:
+            uri = Identity.of(cert).uri
+        except PkiError as exc:
+            raise FederationError(f"the node at {self.config.address} has no identity: {exc}") from None
+        if uri != self.config.identity:
+            raise FederationError(f"the node at {self.config.address} is {uri}, not the parent {self.config.identity}")
+        return self.service.peer_of(cert)
+
+    async def run(self) -> None:
+        """Keeps the link up until cancelled."""
+        delay = 0.2
+        while True:
+            try:
+                await self.session()
+                delay = 0.2
+            except (OSError, ssl.SSLError, grpc.aio.AioRpcError, YiwangError) as exc:
+                log.warning("federation_link_down", link=self.label, parent=self.config.address, error=str(exc))
+            self.connected.clear()
+            self.metrics.up.labels(link=self.label).set(0)
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311 - jitter, not secrets
+            delay = min(delay * 2, 30.0)
+
+    async def session(self) -> None:
+        peer = await self.check_parent()
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", 64 << 20),
+            ("grpc.max_send_message_length", 64 << 20),
+        ]
+        if self.tls is None:
+            channel = grpc.aio.insecure_channel(self.config.address, options=options)
+        else:
+            if self.tls.server_name:
+                options.append(("grpc.ssl_target_name_override", self.tls.server_name))
+            channel = grpc.aio.secure_channel(self.config.address, self.tls.credentials(), options=options)
+        async with channel:
+            call: grpc.aio.StreamStreamCall[bytes, bytes] = channel.stream_stream(
+                LINK_METHOD, request_serializer=None, response_deserializer=None
+            )()
+            await call.write(hello(self.service))
+            first = await call.read()
+            parent = first_hello(first if isinstance(first, bytes) else None)
+            end = LinkEnd(
+                self.service,
+                label=self.label,
+                peer=peer,
+                peer_node=parent.node_id,
+                cursor=_CURSOR_UP,
+                route=Route(UP_KINDS),
+                accept=self.accept,
+                batch=self.config.batch,
+                metrics=self.metrics,
+            )
+            log.info("federation_link_open", link=self.label, parent=parent.node_id, region=parent.region)
+            self.metrics.up.labels(link=self.label).set(1)
+            self.metrics.connects.labels(link=self.label).inc()
+            self.connected.set()
+
+            async def messages() -> AsyncIterator[bytes]:
+                while isinstance(raw := await call.read(), bytes):
+                    yield raw
+
+            try:
+                await run_link(end, messages(), call.write)
+            finally:
+                call.cancel()

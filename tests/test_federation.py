@@ -1,0 +1,220 @@
+"""Federation: a province, a city and a county node linked over mutual TLS, store-and-forward."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from yiwang.v1 import envelope_pb2 as pb
+from yiwang.v1 import federation_pb2 as fed
+from yiwang.v1 import gateway_pb2 as gw
+
+from gateway.config import from_dict
+from gateway.federation import LINK_METHOD
+from gateway.node import Node
+from gateway.pki import Authority, Role
+from gateway.signing import Signer, Verifier
+from gateway.tls import ClientTls
+from tests import factories
+from tests.conftest import client_as
+
+DOMAIN = "yjt.henan.gov.cn"
+GATEWAYS = {"henan-province": "410000", "zhengzhou-city": "410100", "zhongyuan-county": "410102"}
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Authority:
+    ca = Authority.init(tmp_path_factory.mktemp("federation") / "pki", trust_domain=DOMAIN)
+    for name, region in GATEWAYS.items():
+        ca.issue(ca.identity(Role.GATEWAY, region, name, name), ip_addresses=("127.0.0.1",))
+    ca.issue(ca.identity(Role.GATEWAY, "410105", "jinshui-county", "jinshui-county"), ip_addresses=("127.0.0.1",))
+    ca.issue(ca.identity(Role.DEPARTMENT, "410102", "zy-emergency", "emergency"))
+    ca.issue(ca.identity(Role.DEPARTMENT, "410000", "henan-qxj", "meteorology"))
+    return ca
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def gateway_uri(name: str) -> str:
+    return f"spiffe://{DOMAIN}/{GATEWAYS[name]}/{name}/gateway/{name}"
+
+
+class Network:
+    """Nodes of one test, started and restarted with their own data directories and fixed ports."""
+
+    def __init__(self, pki: Authority, folder: Path) -> None:
+        self.pki = pki
+        self.folder = folder
+        self.ports = {name: free_port() for name in GATEWAYS}
+        self.nodes: dict[str, Node] = {}
+
+    def config(self, name: str, parent: str = "") -> Any:
+        issued = self.pki.dir / "issued"
+        table: dict[str, Any] = {
+            "node": {"id": name, "region": GATEWAYS[name]},
+            "listen": {"grpc": f"127.0.0.1:{self.ports[name]}", "http": "127.0.0.1:0"},
+            "log": {"data_dir": str(self.folder / name), "fsync": False},
+            "limits": {"admission_workers": 0},
+            "tls": {
+                "ca": str(self.pki.dir / "ca.pem"),
+                "cert": str(issued / f"{name}.chain.pem"),
+                "key": str(issued / f"{name}.key"),
+                "crl": str(self.pki.dir / "crl.pem"),
+            },
+        }
+        if parent:
+            table["parent"] = {"address": f"127.0.0.1:{self.ports[parent]}", "identity": gateway_uri(parent)}
+        return from_dict(table, source=f"test {name}")
+
+    async def start(self, name: str, parent: str = "") -> Node:
+        node = Node(self.config(name, parent), grace_s=0.2)
+        await node.start()
+        self.nodes[name] = node
+        return node
+
+    async def stop(self, name: str) -> None:
+        await self.nodes.pop(name).stop()
+
+    async def close(self) -> None:
+        for name in list(self.nodes):
+            await self.stop(name)
+
+
+@pytest.fixture
+async def network(pki: Authority, tmp_path: Path) -> AsyncIterator[Network]:
+    net = Network(pki, tmp_path)
+    try:
+        await net.start("henan-province")
+        await net.start("zhengzhou-city", parent="henan-province")
+        await net.start("zhongyuan-county", parent="zhengzhou-city")
+        yield net
+    finally:
+        await net.close()
+
+
+async def hops_at(node: Node, envelope_id: str) -> list[str] | None:
+    """The hop nodes of an envelope in a node's log, or None if it is not there."""
+    assert node.log is not None
+    found = await node.log.find([envelope_id])
+    if envelope_id not in found:
+        return None
+    batch, index = found[envelope_id]
+    env = gw.DeliveryBatch.FromString(batch.entry(index)).deliveries[0].envelope
+    return [hop.node for hop in env.provenance.hops]
+
+
+async def reaches(node: Node, envelope_id: str, timeout: float = 10.0) -> list[str]:
+    """Waits until the envelope is in the node's log; returns its hop nodes."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (hops := await hops_at(node, envelope_id)) is None:
+        if loop.time() > deadline:
+            raise AssertionError(f"{envelope_id} did not reach {node.config.node.id}")
+        await asyncio.sleep(0.05)
+    return hops
+
+
+def county_incident(envelope_id: str) -> pb.Envelope:
+    return factories.incident(envelope_id=envelope_id, region="410102")
+
+
+def provincial_alert(envelope_id: str, region: str) -> pb.Envelope:
+    env = factories.alert(envelope_id=envelope_id, region=region)
+    env.origin.region = "410000"
+    return env
+
+
+async def test_an_incident_goes_up_two_hops_with_a_hop_record_each(network: Network, pki: Authority) -> None:
+    county = network.nodes["zhongyuan-county"]
+    async with client_as(pki, county, "zy-emergency") as client:
+        reply = await client.publish([county_incident("incident-1")])
+    assert reply.results[0].outcome == gw.PublishResult.ACCEPTED
+    hops = await reaches(network.nodes["henan-province"], "incident-1")
+    assert hops == ["zhongyuan-county", "zhengzhou-city", "henan-province"]
+    assert await hops_at(network.nodes["zhengzhou-city"], "incident-1") == ["zhongyuan-county", "zhengzhou-city"]
+
+
+async def test_warnings_go_down_to_the_nodes_whose_region_they_concern(network: Network, pki: Authority) -> None:
+    province = network.nodes["henan-province"]
+    async with client_as(pki, province, "henan-qxj") as client:
+        reply = await client.publish([provincial_alert("city-wide", "410100"), provincial_alert("erqi-only", "410103")])
+    assert [r.outcome for r in reply.results] == [gw.PublishResult.ACCEPTED] * 2
+    city, county = network.nodes["zhengzhou-city"], network.nodes["zhongyuan-county"]
+    assert await reaches(county, "city-wide") == ["henan-province", "zhengzhou-city", "zhongyuan-county"]
+    assert await reaches(city, "erqi-only") == ["henan-province", "zhengzhou-city"]
+    # The city's link down to Zhongyuan moves past the Erqi warning without sending it.
+    assert city.log is not None
+    (erqi,) = (await city.log.find(["erqi-only"])).values()
+    cursor = "federation/down/410102/zhongyuan-county/gateway/zhongyuan-county"
+    while (await city.log.load_position(cursor) or 0) <= erqi[0].first_offset + erqi[1]:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    assert await hops_at(county, "erqi-only") is None
+    # Nothing went back up where it came from: the province holds each warning once, with one hop.
+    assert await hops_at(province, "city-wide") == ["henan-province"]
+
+
+async def test_a_link_down_for_a_while_resumes_where_it_stopped(network: Network, pki: Authority) -> None:
+    county, province = network.nodes["zhongyuan-county"], network.nodes["henan-province"]
+    async with client_as(pki, county, "zy-emergency") as client:
+        await client.publish([county_incident("before")])
+        await reaches(province, "before")
+        await network.stop("zhengzhou-city")
+        for i in range(3):
+            reply = await client.publish([county_incident(f"during-{i}")])
+            assert reply.results[0].outcome == gw.PublishResult.ACCEPTED
+    await network.start("zhengzhou-city", parent="henan-province")
+    for i in range(3):
+        assert await reaches(province, f"during-{i}") == ["zhongyuan-county", "zhengzhou-city", "henan-province"]
+    assert province.log is not None
+    found = await province.log.find(["before", "during-0", "during-1", "during-2"])
+    offsets = sorted(batch.first_offset + index for batch, index in found.values())
+    assert len(set(offsets)) == 4  # each stored once
+    assert province.log.stats().next_offset - 1 == 4  # and nothing else arrived twice
+
+
+async def test_only_a_gateway_of_a_direct_subregion_may_link(network: Network, pki: Authority) -> None:
+    province = network.nodes["henan-province"]
+    issued = pki.dir / "issued"
+    for name, expected in (
+        ("jinshui-county", "a node of 410105 links under 410100, not under 410000"),
+        ("zy-emergency", "only gateway nodes link to their parent"),
+    ):
+        tls = ClientTls(pki.dir / "ca.pem", issued / f"{name}.chain.pem", issued / f"{name}.key")
+        async with grpc.aio.secure_channel(province.grpc_target, tls.credentials()) as channel:
+            call: grpc.aio.StreamStreamCall[bytes, bytes] = channel.stream_stream(LINK_METHOD)()
+            hello = fed.LinkMessage(hello=fed.LinkHello(node_id=name, region="410105"))
+            await call.write(hello.SerializeToString())
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await call.read()
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert expected in (caught.value.details() or "")
+
+
+async def test_batch_signatures_stay_verifiable_across_hops(network: Network, pki: Authority) -> None:
+    issued = pki.dir / "issued"
+    signer = Signer.load(
+        (issued / "zy-emergency.sign.key").read_bytes(), (issued / "zy-emergency.sign.pem").read_bytes()
+    )
+    incidents = [county_incident(f"signed-{i}") for i in range(3)]
+    signer.sign_batch(incidents)
+    county, province = network.nodes["zhongyuan-county"], network.nodes["henan-province"]
+    async with client_as(pki, county, "zy-emergency") as client:
+        reply = await client.publish(incidents, certificates=[signer.certificate_der])
+    assert [r.outcome for r in reply.results] == [gw.PublishResult.ACCEPTED] * 3
+    for i in range(3):  # the province verified each on entry, with the certificate the city passed on
+        await reaches(province, f"signed-{i}")
+    assert province.log is not None
+    batch, index = (await province.log.find(["signed-1"]))["signed-1"]
+    stored = gw.DeliveryBatch.FromString(batch.entry(index)).deliveries[0].envelope
+    verifier = Verifier(pki.ca_cert)
+    verifier.learn(signer.certificate_der)
+    assert verifier.verify(stored) == f"spiffe://{DOMAIN}/410102/emergency/department/zy-emergency"
