@@ -30,16 +30,18 @@ from adapters import cli as adapter_commands
 from edge_agent import cli as edge_commands
 from gateway import __version__, logsetup
 from gateway.audit import verify as verify_audit
+from gateway.boundaries import default_boundaries
 from gateway.certstore import certificate_sha256
 from gateway.client import GatewayClient
-from gateway.config import NodeConfig, from_dict, load
+from gateway.config import NodeConfig, from_dict, load, parse_address
 from gateway.demo import Traffic, describe
 from gateway.errors import ConfigError, YiwangError
 from gateway.ids import uuid7
 from gateway.node import Node, run_until_signalled
 from gateway.pki import Authority, Role
 from gateway.pki import describe as describe_certificate
-from gateway.regions import default_table
+from gateway.regions import Level, default_table
+from gateway.routing import Routing
 from gateway.signing import SignatureError, Signer, Verifier
 from gateway.tls import ClientTls, Revocations
 
@@ -336,6 +338,37 @@ async def _get(args: argparse.Namespace) -> int:
         print(_json(delivery))
     for missing in reply.missing:
         print(f"yiwang get: no envelope with id {missing!r} in the log", file=sys.stderr)
+    return EXIT_REFUSED if reply.missing else 0
+
+
+async def _route_explain(args: argparse.Namespace) -> int:
+    """Prints, for each id, where the node of --config sends the envelope and by which rule."""
+    config = load(Path(args.config))
+    routing = Routing.load(config.path(config.routing.file) if config.routing.file else None)
+    routing.touching = default_boundaries().touching
+    host, port = parse_address(config.listen.grpc, "listen.grpc", config.source)
+    target = f"{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"  # noqa: S104 - a wildcard listener
+    if config.tls.insecure:
+        client = GatewayClient(target, insecure=True)
+    else:
+        tls = config.tls
+        client = GatewayClient(target, tls=ClientTls(config.path(tls.ca), config.path(tls.cert), config.path(tls.key)))
+    async with client:
+        reply = await client.get(args.ids)
+    for delivery in reply.deliveries:
+        env = delivery.envelope
+        came_from = [hop.node for hop in env.provenance.hops if hop.node != config.node.id]
+        lines = routing.explain(
+            env,
+            node=config.node.id,
+            level=Level(config.level),
+            region=config.node.region,
+            parent=bool(config.parent.address),
+            came_from=came_from,
+        )
+        print("\n".join(lines), flush=True)
+    for missing in reply.missing:
+        print(f"yiwang route explain: {missing!r} is not in the log of {config.node.id}", file=sys.stderr)
     return EXIT_REFUSED if reply.missing else 0
 
 
@@ -698,6 +731,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--server-name", metavar="NAME", help="the name to expect in the node's certificate")
     g.add_argument("--insecure", action="store_true", help="plaintext, to a development node on loopback only")
     p.set_defaults(run=_verify)
+
+    p = sub.add_parser(
+        "route", parents=[common], help="routing between nodes", description="Routing between the nodes."
+    )
+    route = p.add_subparsers(dest="route_command", required=True, metavar="ROUTE_COMMAND")
+    q = route.add_parser(
+        "explain",
+        help="print where a node sends envelopes and by which rule",
+        description="Fetches the envelopes from the node of --config (as the node's own identity) and "
+        "prints, for its parent and each of its subregions, whether routing sends each one there, by "
+        "which rule, and why. Exits 1 if an id is not in the node's log.",
+    )
+    q.add_argument("--config", required=True, metavar="FILE", help="the node's TOML configuration")
+    q.add_argument("ids", nargs="+", metavar="ID")
+    p.set_defaults(run=lambda a: asyncio.run(_route_explain(a)))
 
     p = sub.add_parser(
         "audit", parents=[common], help="check an audit log", description="Checks the hash chain of an audit log."

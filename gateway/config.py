@@ -130,6 +130,11 @@ class MqttSection:
 
 
 @dataclass(frozen=True)
+class RoutingSection:
+    file: str = ""  # rules over the shipped gateway/data/default-routing.toml (see gateway.routing)
+
+
+@dataclass(frozen=True)
 class ParentSection:
     """The node's link to its parent node (see gateway.federation); the province has none."""
 
@@ -151,6 +156,7 @@ class NodeConfig:
     adapters: list[AdapterSection] = field(default_factory=list)
     mqtt: MqttSection = field(default_factory=MqttSection)
     parent: ParentSection = field(default_factory=ParentSection)
+    routing: RoutingSection = field(default_factory=RoutingSection)
     source: str = field(default="", metadata={"internal": True})  # the file it was read from, not a key
 
     @property

@@ -23,7 +23,6 @@ import socket
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from typing import Any, Final
 
 import grpc
@@ -39,7 +38,8 @@ from gateway.config import ParentSection, parse_address
 from gateway.errors import YiwangError
 from gateway.pki import Identity, PkiError, Role
 from gateway.policy import Decision
-from gateway.regions import RegionTable
+from gateway.regions import level_of
+from gateway.routing import Routing, concerns
 from gateway.selection import RECORD
 from gateway.service import GatewayService, Peer
 from gateway.tls import ClientTls
@@ -48,8 +48,6 @@ log = structlog.get_logger("yiwang.federation")
 
 SERVICE: Final = "yiwang.v1.Federation"
 LINK_METHOD: Final = f"/{SERVICE}/Link"
-UP_KINDS: Final = frozenset({pb.ALERT, pb.INCIDENT, pb.COMMAND_ACK, pb.HEARTBEAT})
-DOWN_KINDS: Final = frozenset({pb.ALERT, pb.COMMAND, pb.RESOURCE})
 WINDOW: Final = 8  # batches sent and not yet acknowledged, per direction of a link
 MAX_BATCH_BYTES: Final = 4 << 20  # stays well inside the gRPC message limit
 _CURSOR_UP: Final = "federation/up"
@@ -76,36 +74,6 @@ class FederationMetrics:
         self.connects = Counter("yiwang_federation_connects", "Link sessions opened", ["link"], registry=registry)
 
 
-@dataclass
-class Route:
-    """Which of the node's stored envelopes go over one link: up to the parent by kind, down to a
-    child when the envelope's region is the child's, lies below it or covers it."""
-
-    kinds: frozenset[int]
-    down_to: str = ""  # the child's region for a downward link; empty for the link up
-    regions: RegionTable | None = None
-    _regions_ok: dict[int, bool] = field(default_factory=dict)
-
-    def wants(self, record: bytes) -> bool:
-        kind, _, _, region = RECORD.unpack(record)[:4]
-        if kind not in self.kinds:
-            return False
-        if not self.down_to:
-            return True
-        ok = self._regions_ok.get(region)
-        if ok is None:
-            ok = self._regions_ok[region] = covers_or_within(self.regions, f"{region:06d}", self.down_to)
-        return ok
-
-
-def covers_or_within(regions: RegionTable | None, region: str, node_region: str) -> bool:
-    """Whether content for ``region`` concerns a node of ``node_region``: it is the node's region, lies
-    below it, or lies above it (a province-wide warning concerns every county)."""
-    if regions is None or region == node_region:
-        return region == node_region
-    return regions.is_within(region, node_region) or regions.is_within(node_region, region)
-
-
 class LinkEnd:
     """One end of a live link: sends its routed envelopes from its cursor, appends and acknowledges
     what the other end sends."""
@@ -118,7 +86,8 @@ class LinkEnd:
         peer: Peer,
         peer_node: str,
         cursor: str,
-        route: Route,
+        kinds: frozenset[int],
+        routes: Callable[[pb.Envelope], bool],
         accept: Callable[[int, str, str], Decision] | None,
         batch: int,
         metrics: FederationMetrics,
@@ -128,7 +97,8 @@ class LinkEnd:
         self.peer = peer
         self.peer_node = peer_node
         self.cursor = cursor
-        self.route = route
+        self.kinds = kinds
+        self.routes = routes
         self.accept = accept
         self.batch = batch
         self.metrics = metrics
@@ -155,9 +125,9 @@ class LinkEnd:
                 start = max(position, stored.first_offset) - stored.first_offset
                 chosen: list[int] = []
                 size = 0
-                records, width = stored.records, RECORD.size
+                records, width, kinds = stored.records, RECORD.size, self.kinds
                 for index in range(start, stored.count):
-                    if not self.route.wants(records[index * width : (index + 1) * width]):
+                    if records[index * width] not in kinds:  # the record's first byte is the kind
                         continue
                     chosen.append(index)
                     begin, end = stored.span(index)
@@ -175,6 +145,8 @@ class LinkEnd:
                 env = delivery.envelope
                 if any(hop.node == self.peer_node for hop in env.provenance.hops):
                     continue  # it came from there
+                if not self.routes(env):
+                    continue
                 sha256 = env.provenance.signature.certificate_sha256
                 if sha256 and sha256 not in self._certificates_sent and self.service.certificates is not None:
                     der = self.service.certificates.get(sha256)
@@ -307,8 +279,9 @@ def first_hello(raw: bytes | None) -> fed.LinkHello:
 class FederationService:
     """The parent's side: serves the links its children open."""
 
-    def __init__(self, service: GatewayService, metrics: FederationMetrics, batch: int = 500) -> None:
+    def __init__(self, service: GatewayService, routing: Routing, metrics: FederationMetrics, batch: int = 500) -> None:
         self.service = service
+        self.routing = routing
         self.metrics = metrics
         self.batch = batch
 
@@ -344,19 +317,22 @@ class FederationService:
             await context.abort(exc.grpc_code, str(exc))
         name = peer.identity.path if peer.identity is not None else child.node_id
         label = f"down:{child.node_id}"
+        child_region = peer.identity.region if peer.identity is not None else child.region
+        routing = self.routing
         end = LinkEnd(
             self.service,
             label=label,
             peer=peer,
             peer_node=child.node_id,
             cursor=f"federation/down/{name}",
-            route=Route(DOWN_KINDS, down_to=child.region, regions=self.service.regions),
+            kinds=routing.down_kinds,
+            routes=lambda env: routing.to_child(env, child_region).send,
             accept=None,  # the child publishes under the sharing policy, as the gateway of its subtree
             batch=self.batch,
             metrics=self.metrics,
         )
         await context.write(hello(self.service))
-        log.info("federation_link_open", link=label, region=child.region)
+        log.info("federation_link_open", link=label, region=child_region)
         self.metrics.up.labels(link=label).set(1)
         self.metrics.connects.labels(link=label).inc()
         try:
@@ -378,26 +354,29 @@ class ParentLink:
         self,
         config: ParentSection,
         service: GatewayService,
+        routing: Routing,
+        *,
         tls: ClientTls | None,
         metrics: FederationMetrics,
         source: str = "",
     ) -> None:
         self.config = config
         self.service = service
+        self.routing = routing
         self.tls = tls
+        self.parent_region = ""
         self.metrics = metrics
         self.host, self.port = parse_address(config.address, "parent.address", source)
         self.label = "up"
         self.connected = asyncio.Event()
 
     def accept(self, kind: int, region: str, _agency: str) -> Decision:
-        """What a child takes from its parent: what routing sends down to it."""
-        if kind not in DOWN_KINDS:
-            return Decision(
-                allowed=False, reason=f"{pb.Kind.Name(kind)} does not come down from the parent", field="kind"
-            )
-        if not covers_or_within(self.service.regions, region, self.service.region):
-            reason = f"{region} does not concern this node's region {self.service.region}"
+        """What a child takes from its parent: the kinds routing sends down, for the parent's area."""
+        if kind not in self.routing.down_kinds:
+            reason = f"{pb.Kind.Name(kind)} does not come down from the parent"
+            return Decision(allowed=False, reason=reason, field="kind")
+        if not concerns(self.service.regions, region, self.parent_region):
+            reason = f"{region} does not concern the parent's region {self.parent_region}"
             return Decision(allowed=False, reason=reason, field="region")
         return Decision(allowed=True, reason="routed down by the parent")
 
@@ -461,13 +440,17 @@ class ParentLink:
             await call.write(hello(self.service))
             first = await call.read()
             parent = first_hello(first if isinstance(first, bytes) else None)
+            self.parent_region = peer.identity.region if peer.identity is not None else parent.region
+            parent_level = level_of(self.parent_region)
+            routing = self.routing
             end = LinkEnd(
                 self.service,
                 label=self.label,
                 peer=peer,
                 peer_node=parent.node_id,
                 cursor=_CURSOR_UP,
-                route=Route(UP_KINDS),
+                kinds=routing.up_kinds,
+                routes=lambda env: routing.to_parent(env, parent_level).send,
                 accept=self.accept,
                 batch=self.config.batch,
                 metrics=self.metrics,

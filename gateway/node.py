@@ -19,6 +19,7 @@ from yiwang.v1 import gateway_pb2 as gw
 
 from gateway.admission import start_pool, worker_ready
 from gateway.audit import AuditLog
+from gateway.boundaries import default_boundaries
 from gateway.certstore import CertificateStore
 from gateway.config import NodeConfig, parse_address, parse_size
 from gateway.errors import ConfigError
@@ -35,6 +36,7 @@ from gateway.metrics import NodeMetrics
 from gateway.pki import Identity, PkiError
 from gateway.policy import Policy
 from gateway.regions import default_table
+from gateway.routing import Routing
 from gateway.service import SERVICE, GatewayService, ServiceLimits
 from gateway.signing import Verifier
 from gateway.sqlite_log import Retention, SqliteLog
@@ -145,7 +147,9 @@ class Node:
             ]
         )
         federation_metrics = FederationMetrics(self.metrics.registry)
-        federation = FederationService(self.service, federation_metrics, batch=cfg.parent.batch)
+        routing = Routing.load(cfg.path(cfg.routing.file) if cfg.routing.file else None)
+        routing.touching = (await asyncio.to_thread(default_boundaries)).touching
+        federation = FederationService(self.service, routing, federation_metrics, batch=cfg.parent.batch)
         self.server.add_generic_rpc_handlers((self.service.handler(), federation.handler()))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -181,7 +185,7 @@ class Node:
         if cfg.mqtt.broker:
             await self._start_ingest(server_tls)
         if cfg.parent.address:
-            self._start_parent_link(federation_metrics)
+            self._start_parent_link(routing, federation_metrics)
         for name in ("", SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.audit.record(
@@ -243,14 +247,14 @@ class Node:
         self._ingest_task = asyncio.create_task(connect_forever(connect, ingest.serve), name="edge-ingest")
         self._commands_task = asyncio.create_task(ingest.commands(), name="edge-commands")
 
-    def _start_parent_link(self, metrics: FederationMetrics) -> None:
+    def _start_parent_link(self, routing: Routing, metrics: FederationMetrics) -> None:
         """Opens and keeps the link to the parent node (see gateway.federation)."""
         cfg = self.config
         assert self.service is not None
         tls = None
         if not cfg.tls.insecure:
             tls = ClientTls(cfg.path(cfg.tls.ca), cfg.path(cfg.tls.cert), cfg.path(cfg.tls.key), cfg.parent.server_name)
-        self.parent_link = ParentLink(cfg.parent, self.service, tls, metrics, cfg.source)
+        self.parent_link = ParentLink(cfg.parent, self.service, routing, tls=tls, metrics=metrics, source=cfg.source)
         self._parent_task = asyncio.create_task(self.parent_link.run(), name="parent-link")
 
     def _own_identity(self, server_tls: ServerTls) -> Identity:

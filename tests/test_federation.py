@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,19 @@ class Network:
         self.nodes: dict[str, Node] = {}
 
     def config(self, name: str, parent: str = "") -> Any:
+        return from_dict(self.table(name, parent), source=f"test {name}")
+
+    def toml(self, name: str, parent: str = "") -> Path:
+        """The node's configuration as a TOML file, as the command line reads it."""
+        lines = []
+        for section, values in self.table(name, parent).items():
+            lines.append(f"[{section}]")
+            lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+        path = self.folder / f"{name}.toml"
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return path
+
+    def table(self, name: str, parent: str = "") -> dict[str, Any]:
         issued = self.pki.dir / "issued"
         table: dict[str, Any] = {
             "node": {"id": name, "region": GATEWAYS[name]},
@@ -73,7 +88,7 @@ class Network:
         }
         if parent:
             table["parent"] = {"address": f"127.0.0.1:{self.ports[parent]}", "identity": gateway_uri(parent)}
-        return from_dict(table, source=f"test {name}")
+        return table
 
     async def start(self, name: str, parent: str = "") -> Node:
         node = Node(self.config(name, parent), grace_s=0.2)
@@ -123,43 +138,68 @@ async def reaches(node: Node, envelope_id: str, timeout: float = 10.0) -> list[s
     return hops
 
 
-def county_incident(envelope_id: str) -> pb.Envelope:
-    return factories.incident(envelope_id=envelope_id, region="410102")
+async def moved_past(node: Node, cursor: str, envelope_id: str) -> None:
+    """Waits until a link's cursor in ``node``'s log has moved past the envelope."""
+    assert node.log is not None
+    ((batch, index),) = (await node.log.find([envelope_id])).values()
+    while (await node.log.load_position(cursor) or 0) <= batch.first_offset + index:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
 
 
-def provincial_alert(envelope_id: str, region: str) -> pb.Envelope:
-    env = factories.alert(envelope_id=envelope_id, region=region)
+def county_incident(envelope_id: str, grade: pb.IncidentGrade = pb.GRADE_LARGER) -> pb.Envelope:
+    return factories.incident(envelope_id=envelope_id, region="410102", grade=grade)
+
+
+def square(lat: float, lon: float, d: float) -> list[tuple[float, float]]:
+    return [(lat - d, lon - d), (lat - d, lon + d), (lat + d, lon + d), (lat + d, lon - d), (lat - d, lon - d)]
+
+
+ERQI_TOWER = square(34.7536, 113.6650, 0.002)  # inside 二七区 (410103) only
+ERQI_ZHONGYUAN_BORDER = square(34.7046, 113.6041, 0.003)  # across 中原区 (410102) and 二七区
+
+
+def provincial_alert(envelope_id: str, region: str, area: list[tuple[float, float]] | None) -> pb.Envelope:
+    env = factories.alert(envelope_id=envelope_id, region=region, polygon=area)
     env.origin.region = "410000"
+    if area is None:
+        env.ClearField("geometry")
+        env.alert.infos[0].ClearField("areas")
     return env
 
 
-async def test_an_incident_goes_up_two_hops_with_a_hop_record_each(network: Network, pki: Authority) -> None:
-    county = network.nodes["zhongyuan-county"]
+async def test_incidents_go_up_as_far_as_their_grade_with_a_hop_record_each(network: Network, pki: Authority) -> None:
+    county, city, province = (network.nodes[n] for n in ("zhongyuan-county", "zhengzhou-city", "henan-province"))
     async with client_as(pki, county, "zy-emergency") as client:
-        reply = await client.publish([county_incident("incident-1")])
-    assert reply.results[0].outcome == gw.PublishResult.ACCEPTED
-    hops = await reaches(network.nodes["henan-province"], "incident-1")
-    assert hops == ["zhongyuan-county", "zhengzhou-city", "henan-province"]
-    assert await hops_at(network.nodes["zhengzhou-city"], "incident-1") == ["zhongyuan-county", "zhengzhou-city"]
+        reply = await client.publish([county_incident("general", pb.GRADE_GENERAL), county_incident("larger")])
+    assert [r.outcome for r in reply.results] == [gw.PublishResult.ACCEPTED] * 2
+    assert await reaches(province, "larger") == ["zhongyuan-county", "zhengzhou-city", "henan-province"]
+    assert await hops_at(city, "larger") == ["zhongyuan-county", "zhengzhou-city"]
+    assert await reaches(city, "general") == ["zhongyuan-county", "zhengzhou-city"]
+    # A general (一般) incident stops at the city: its link up has moved past it without sending it.
+    await moved_past(city, "federation/up", "general")
+    assert await hops_at(province, "general") is None
 
 
-async def test_warnings_go_down_to_the_nodes_whose_region_they_concern(network: Network, pki: Authority) -> None:
+async def test_warnings_go_down_to_the_counties_their_area_touches(network: Network, pki: Authority) -> None:
     province = network.nodes["henan-province"]
     async with client_as(pki, province, "henan-qxj") as client:
-        reply = await client.publish([provincial_alert("city-wide", "410100"), provincial_alert("erqi-only", "410103")])
-    assert [r.outcome for r in reply.results] == [gw.PublishResult.ACCEPTED] * 2
+        reply = await client.publish(
+            [
+                provincial_alert("across", "410100", ERQI_ZHONGYUAN_BORDER),
+                provincial_alert("erqi-only", "410100", ERQI_TOWER),  # for the city, its area in Erqi
+                provincial_alert("province-wide", "410000", None),  # no area: its region decides
+            ]
+        )
+    assert [r.outcome for r in reply.results] == [gw.PublishResult.ACCEPTED] * 3
     city, county = network.nodes["zhengzhou-city"], network.nodes["zhongyuan-county"]
-    assert await reaches(county, "city-wide") == ["henan-province", "zhengzhou-city", "zhongyuan-county"]
+    assert await reaches(county, "across") == ["henan-province", "zhengzhou-city", "zhongyuan-county"]
+    assert await reaches(county, "province-wide") == ["henan-province", "zhengzhou-city", "zhongyuan-county"]
     assert await reaches(city, "erqi-only") == ["henan-province", "zhengzhou-city"]
     # The city's link down to Zhongyuan moves past the Erqi warning without sending it.
-    assert city.log is not None
-    (erqi,) = (await city.log.find(["erqi-only"])).values()
-    cursor = "federation/down/410102/zhongyuan-county/gateway/zhongyuan-county"
-    while (await city.log.load_position(cursor) or 0) <= erqi[0].first_offset + erqi[1]:  # noqa: ASYNC110
-        await asyncio.sleep(0.05)
+    await moved_past(city, "federation/down/410102/zhongyuan-county/gateway/zhongyuan-county", "erqi-only")
     assert await hops_at(county, "erqi-only") is None
     # Nothing went back up where it came from: the province holds each warning once, with one hop.
-    assert await hops_at(province, "city-wide") == ["henan-province"]
+    assert await hops_at(province, "across") == ["henan-province"]
 
 
 async def test_a_link_down_for_a_while_resumes_where_it_stopped(network: Network, pki: Authority) -> None:
@@ -218,3 +258,23 @@ async def test_batch_signatures_stay_verifiable_across_hops(network: Network, pk
     verifier = Verifier(pki.ca_cert)
     verifier.learn(signer.certificate_der)
     assert verifier.verify(stored) == f"spiffe://{DOMAIN}/410102/emergency/department/zy-emergency"
+
+
+async def test_route_explain_prints_the_rule_behind_each_hop(network: Network, pki: Authority) -> None:
+    county, city = network.nodes["zhongyuan-county"], network.nodes["zhengzhou-city"]
+    async with client_as(pki, county, "zy-emergency") as client:
+        await client.publish([county_incident("explained", pb.GRADE_GENERAL)])
+    await reaches(city, "explained")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", "route", "explain", "--config",
+        str(network.toml("zhengzhou-city", parent="henan-province")), "explained", "missing-id",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await process.communicate()
+    lines = out.decode().splitlines()
+    assert process.returncode == 1  # one of the ids is not there
+    assert lines[0] == "explained: INCIDENT for 410102 (中原区) at zhengzhou-city, city 410100"
+    assert lines[1] == "came through zhongyuan-county: never sent back to those"
+    assert lines[2].startswith("up: not sent: rule incidents-to-city: reaches only the city; ")
+    assert "down to 410102 (中原区): not sent: no down rule for INCIDENT" in lines
+    assert "'missing-id' is not in the log of zhengzhou-city" in err.decode()
