@@ -16,6 +16,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -28,7 +29,7 @@ from yiwang.v1 import gateway_pb2 as gw
 
 from adapters import cli as adapter_commands
 from edge_agent import cli as edge_commands
-from gateway import __version__, logsetup
+from gateway import __version__, logsetup, reports
 from gateway.audit import verify as verify_audit
 from gateway.boundaries import default_boundaries
 from gateway.certstore import certificate_sha256
@@ -370,6 +371,22 @@ async def _route_explain(args: argparse.Namespace) -> int:
     for missing in reply.missing:
         print(f"yiwang route explain: {missing!r} is not in the log of {config.node.id}", file=sys.stderr)
     return EXIT_REFUSED if reply.missing else 0
+
+
+def _reports_overdue(args: argparse.Namespace) -> int:
+    """Prints the node's overdue reports and links as JSON lines (from its data directory)."""
+    config = load(Path(args.config))
+    path = config.data_dir / "reports.sqlite"
+    if not path.exists():
+        raise CommandError(f"{path} does not exist: has the node of {args.config} run yet?")
+    db = reports.open_db(path, read_only=True)
+    try:
+        late = reports.overdue(db, time.time_ns())
+    finally:
+        db.close()
+    for item in late:
+        print(json.dumps(item.as_dict(), ensure_ascii=False), flush=True)
+    return 0
 
 
 async def _info(args: argparse.Namespace) -> int:
@@ -731,6 +748,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--server-name", metavar="NAME", help="the name to expect in the node's certificate")
     g.add_argument("--insecure", action="store_true", help="plaintext, to a development node on loopback only")
     p.set_defaults(run=_verify)
+
+    p = sub.add_parser(
+        "reports",
+        parents=[common],
+        help="incident reports that must not go missing",
+        description="Incident report chains and their deadlines.",
+    )
+    reports_sub = p.add_subparsers(dest="reports_command", required=True, metavar="REPORTS_COMMAND")
+    q = reports_sub.add_parser(
+        "overdue",
+        help="list overdue reports and links",
+        description="Prints, as JSON lines, each report or link of the node of --config that is past its "
+        "deadline: not yet with the parent node, a follow-up not received, a child's link down too long.",
+    )
+    q.add_argument("--config", required=True, metavar="FILE", help="the node's TOML configuration")
+    p.set_defaults(run=_reports_overdue)
 
     p = sub.add_parser(
         "route", parents=[common], help="routing between nodes", description="Routing between the nodes."

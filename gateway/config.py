@@ -130,6 +130,16 @@ class MqttSection:
 
 
 @dataclass(frozen=True)
+class ReportsSection:
+    """Deadlines of incident reports (see gateway.reports), by grade 一般 IV, 较大 III, 重大 II, 特别重大 I."""
+
+    onward_minutes: list[float] = field(default_factory=lambda: [120.0, 120.0, 30.0, 30.0])
+    follow_up_minutes: list[float] = field(default_factory=lambda: [1440.0, 360.0, 120.0, 60.0])
+    link_tolerance_minutes: float = 10.0
+    check_interval_s: float = 5.0
+
+
+@dataclass(frozen=True)
 class RoutingSection:
     file: str = ""  # rules over the shipped gateway/data/default-routing.toml (see gateway.routing)
 
@@ -157,6 +167,7 @@ class NodeConfig:
     mqtt: MqttSection = field(default_factory=MqttSection)
     parent: ParentSection = field(default_factory=ParentSection)
     routing: RoutingSection = field(default_factory=RoutingSection)
+    reports: ReportsSection = field(default_factory=ReportsSection)
     source: str = field(default="", metadata={"internal": True})  # the file it was read from, not a key
 
     @property
@@ -329,6 +340,13 @@ def check(config: NodeConfig) -> NodeConfig:
                 key="mqtt.broker",
                 source=src,
             )
+    reports = config.reports
+    for key in ("onward_minutes", "follow_up_minutes"):
+        values = getattr(reports, key)
+        if len(values) != 4 or any(v <= 0 for v in values):
+            raise ConfigError("four positive numbers, for grades IV, III, II and I", key=f"reports.{key}", source=src)
+    if reports.link_tolerance_minutes <= 0 or reports.check_interval_s <= 0:
+        raise ConfigError("must be positive", key="reports.link_tolerance_minutes", source=src)
     parent = config.parent
     if parent.address:
         parse_address(parent.address, "parent.address", src)

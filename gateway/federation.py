@@ -21,6 +21,7 @@ import contextlib
 import random
 import socket
 import ssl
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
@@ -284,6 +285,12 @@ class FederationService:
         self.routing = routing
         self.metrics = metrics
         self.batch = batch
+        self._down_since: dict[str, float] = {}  # child node id -> when its link went down (monotonic)
+        self._open: dict[str, int] = {}  # child node id -> its open links
+
+    def children_down(self) -> dict[str, float]:
+        """The children that have linked here and are not linked now, with since when (monotonic)."""
+        return dict(self._down_since)
 
     def handler(self) -> grpc.GenericRpcHandler:
         def identity(data: bytes) -> bytes:
@@ -335,12 +342,17 @@ class FederationService:
         log.info("federation_link_open", link=label, region=child_region)
         self.metrics.up.labels(link=label).set(1)
         self.metrics.connects.labels(link=label).inc()
+        self._down_since.pop(child.node_id, None)
+        self._open[child.node_id] = self._open.get(child.node_id, 0) + 1
         try:
             await run_link(end, requests, context.write)
         except FederationError as exc:
             await context.abort(exc.grpc_code, str(exc))
         finally:
-            self.metrics.up.labels(link=label).set(0)
+            self._open[child.node_id] -= 1
+            if not self._open[child.node_id]:
+                self._down_since[child.node_id] = time.monotonic()
+                self.metrics.up.labels(link=label).set(0)
             log.info("federation_link_closed", link=label)
 
 

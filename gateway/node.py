@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 from gateway.metrics import NodeMetrics
 from gateway.pki import Identity, PkiError
 from gateway.policy import Policy
-from gateway.regions import default_table
+from gateway.regions import default_table, level_of
+from gateway.reports import ReportMetrics, ReportTracker, rules_of
 from gateway.routing import Routing
 from gateway.service import SERVICE, GatewayService, ServiceLimits
 from gateway.signing import Verifier
@@ -72,6 +73,9 @@ class Node:
         self.crl_interval_s = 2.0
         self._crl_watch: asyncio.Task[None] | None = None
         self.parent_link: ParentLink | None = None
+        self.federation: FederationService | None = None
+        self.reports: ReportTracker | None = None
+        self._reports_task: asyncio.Task[None] | None = None
         self._parent_task: asyncio.Task[None] | None = None
 
     @property
@@ -149,7 +153,9 @@ class Node:
         federation_metrics = FederationMetrics(self.metrics.registry)
         routing = Routing.load(cfg.path(cfg.routing.file) if cfg.routing.file else None)
         routing.touching = (await asyncio.to_thread(default_boundaries)).touching
-        federation = FederationService(self.service, routing, federation_metrics, batch=cfg.parent.batch)
+        federation = self.federation = FederationService(
+            self.service, routing, federation_metrics, batch=cfg.parent.batch
+        )
         self.server.add_generic_rpc_handlers((self.service.handler(), federation.handler()))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -186,6 +192,19 @@ class Node:
             await self._start_ingest(server_tls)
         if cfg.parent.address:
             self._start_parent_link(routing, federation_metrics)
+        parent_region = self.service.regions.parent(cfg.node.region) if cfg.parent.address else None
+        own = x509.load_pem_x509_certificate(server_tls.cert.read_bytes()) if server_tls else None
+        self.reports = ReportTracker(
+            self.service,
+            self.service.peer_of(own),
+            routing=routing,
+            rules=rules_of(cfg.reports),
+            path=cfg.data_dir / "reports.sqlite",
+            metrics=ReportMetrics(self.metrics.registry),
+            parent_level=level_of(parent_region) if parent_region else None,
+            children_down=federation.children_down,
+        )
+        self._reports_task = asyncio.create_task(self.reports.run(), name="reports")
         for name in ("", SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.audit.record(
@@ -279,6 +298,14 @@ class Node:
                 log.info("crl_reloaded", newly_revoked=len(added), streams_cut=cut)
 
     async def stop(self) -> None:
+        if self._reports_task is not None:
+            self._reports_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reports_task
+            self._reports_task = None
+        if self.reports is not None:
+            await asyncio.to_thread(self.reports.close)
+            self.reports = None
         if self._parent_task is not None:
             self._parent_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -30,6 +30,7 @@ from gateway.errors import ConfigError, InvalidEnvelopeError
 from gateway.regions import Level, RegionTable, default_table
 
 ALARM_ATTRIBUTE: Final = "edge.alarm"  # set on readings that crossed a threshold (gateway.edge_ingest)
+OVERDUE_ATTRIBUTE: Final = "yiwang.overdue"  # set on the alerts gateway.reports raises for the levels above
 
 
 class Reach(enum.IntEnum):
@@ -177,6 +178,8 @@ class Routing:
 
     def to_child(self, env: pb.Envelope, child_region: str) -> Decision:
         """Whether ``env`` goes down to a child node of ``child_region``."""
+        if OVERDUE_ATTRIBUTE in env.attributes:
+            return Decision(send=False, rule="", why="an overdue-report alert is for the levels above")
         misses = []
         for rule in self.down:
             if env.kind not in rule.kinds:

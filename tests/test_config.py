@@ -141,7 +141,7 @@ def test_unknown_top_level_key_names_the_key_and_the_file(tmp_path: Path) -> Non
     error = info.value
     assert (error.key, error.source) == ("bogus", str(path))
     assert str(error).startswith(f"file {path}, key 'bogus': unknown key")
-    assert "adapters, agencies, limits, listen, log, mqtt, node, parent, policy, routing, tls" in str(error)
+    assert "adapters, agencies, limits, listen, log, mqtt, node, parent, policy, reports, routing, tls" in str(error)
 
 
 def test_unknown_key_in_a_section_names_the_key_and_the_file(tmp_path: Path) -> None:
@@ -429,3 +429,16 @@ def test_a_parent_link_is_checked_at_load(parent: dict[str, Any], insecure: bool
     error = config_error({"node": {"id": "n", "region": "410100"}, "tls": tls, "parent": parent})
     assert error.key == key
     assert message in str(error)
+
+
+@pytest.mark.parametrize(
+    ("reports", "key"),
+    [
+        ({"onward_minutes": [120, 120, 30]}, "reports.onward_minutes"),
+        ({"follow_up_minutes": [60, 60, 60, 0]}, "reports.follow_up_minutes"),
+        ({"link_tolerance_minutes": 0}, "reports.link_tolerance_minutes"),
+    ],
+)
+def test_report_deadlines_are_checked_at_load(reports: dict[str, Any], key: str) -> None:
+    error = config_error({"node": {"id": "n", "region": "410100"}, "tls": {"insecure": True}, "reports": reports})
+    assert error.key == key

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -53,9 +54,10 @@ def gateway_uri(name: str) -> str:
 class Network:
     """Nodes of one test, started and restarted with their own data directories and fixed ports."""
 
-    def __init__(self, pki: Authority, folder: Path) -> None:
+    def __init__(self, pki: Authority, folder: Path, reports: dict[str, Any] | None = None) -> None:
         self.pki = pki
         self.folder = folder
+        self.reports = reports or {}
         self.ports = {name: free_port() for name in GATEWAYS}
         self.nodes: dict[str, Node] = {}
 
@@ -88,6 +90,8 @@ class Network:
         }
         if parent:
             table["parent"] = {"address": f"127.0.0.1:{self.ports[parent]}", "identity": gateway_uri(parent)}
+        if self.reports:
+            table["reports"] = self.reports
         return table
 
     async def start(self, name: str, parent: str = "") -> Node:
@@ -105,8 +109,9 @@ class Network:
 
 
 @pytest.fixture
-async def network(pki: Authority, tmp_path: Path) -> AsyncIterator[Network]:
-    net = Network(pki, tmp_path)
+async def network(pki: Authority, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Network]:
+    marker = request.node.get_closest_marker("reports")
+    net = Network(pki, tmp_path, marker.kwargs if marker else None)
     try:
         await net.start("henan-province")
         await net.start("zhengzhou-city", parent="henan-province")
@@ -278,3 +283,97 @@ async def test_route_explain_prints_the_rule_behind_each_hop(network: Network, p
     assert lines[2].startswith("up: not sent: rule incidents-to-city: reaches only the city; ")
     assert "down to 410102 (中原区): not sent: no down rule for INCIDENT" in lines
     assert "'missing-id' is not in the log of zhengzhou-city" in err.decode()
+
+
+# -- reporting that cannot go missing ----------------------------------------------------------------
+
+SHORT = {"onward_minutes": [0.01] * 4, "follow_up_minutes": [0.01] * 4, "link_tolerance_minutes": 0.01}
+SHORT_CHECKS = {**SHORT, "check_interval_s": 0.1}
+
+
+def overdue_cli(network: Network, name: str, parent: str = "") -> list[dict[str, Any]]:
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "reports", "overdue", "--config", str(network.toml(name, parent))],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+async def overdue_alert(node: Node, kind: str, subject: str, timeout: float = 10.0) -> pb.Envelope:
+    """Waits for the overdue alert a node raises in its own log."""
+    assert node.log is not None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        for batch in await node.log.read(node.log.oldest_offset, 10_000):
+            for delivery in gw.DeliveryBatch.FromString(batch.data).deliveries:
+                env = delivery.envelope
+                overdue = env.attributes.get("yiwang.overdue")
+                if overdue == kind and env.attributes.get("yiwang.overdue.subject") == subject:
+                    return env
+        if loop.time() > deadline:
+            raise AssertionError(f"no {kind} alert for {subject} at {node.config.node.id}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.reports(**SHORT_CHECKS)
+async def test_a_report_not_passed_on_in_time_raises_an_alert_that_follows_it_up(
+    network: Network, pki: Authority
+) -> None:
+    county, province = network.nodes["zhongyuan-county"], network.nodes["henan-province"]
+    await network.stop("zhengzhou-city")
+    report = county_incident("late-report")
+    report.incident.incident_id = "flood-7"
+    report.incident.stage = pb.STAGE_INITIAL
+    async with client_as(pki, county, "zy-emergency") as client:
+        await client.publish([report])
+    alert = await overdue_alert(county, "onward", "flood-7")
+    assert alert.kind == pb.ALERT
+    assert alert.alert.infos[0].event == "上报超时"
+    listed = await asyncio.to_thread(overdue_cli, network, "zhongyuan-county", "zhengzhou-city")
+    assert [(o["kind"], o["subject"], o["alert_raised"]) for o in listed] == [("onward", "flood-7", True)]
+    await network.start("zhengzhou-city", parent="henan-province")
+    await reaches(province, "late-report")
+    await reaches(province, alert.id)  # the duty officers above learn that it was late
+    city = network.nodes["zhengzhou-city"]
+    assert await hops_at(city, alert.id) == ["zhongyuan-county", "zhengzhou-city"]
+
+    async def met() -> bool:
+        return not await asyncio.to_thread(overdue_cli, network, "zhongyuan-county", "zhengzhou-city")
+
+    while not await met():  # noqa: ASYNC110 - the link acknowledged the report: the obligation is met
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.reports(**{**SHORT_CHECKS, "follow_up_minutes": [0.02] * 4})
+async def test_an_open_incident_without_follow_up_is_overdue_at_the_level_above(
+    network: Network, pki: Authority
+) -> None:
+    county, city = network.nodes["zhongyuan-county"], network.nodes["zhengzhou-city"]
+    first = county_incident("first-report", pb.GRADE_GENERAL)
+    first.incident.incident_id = "collapse-3"
+    first.incident.stage = pb.STAGE_INITIAL
+    async with client_as(pki, county, "zy-emergency") as client:
+        await client.publish([first])
+        alert = await overdue_alert(city, "follow_up", "collapse-3")
+        assert alert.alert.infos[0].event == "续报超时"
+        final = county_incident("final-report", pb.GRADE_GENERAL)
+        final.incident.incident_id = "collapse-3"
+        final.incident.stage = pb.STAGE_FINAL
+        await client.publish([final])
+    await reaches(city, "final-report")
+    assert await hops_at(county, alert.id) is None  # an overdue alert never goes down
+    # The final report closes the incident: nothing is due any more (the alert stays in the log).
+    while await asyncio.to_thread(overdue_cli, network, "zhengzhou-city", "henan-province"):  # noqa: ASYNC110
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.reports(**SHORT_CHECKS)
+async def test_a_child_link_down_too_long_raises_an_alert_at_the_parent(network: Network) -> None:
+    city, county = network.nodes["zhengzhou-city"], network.nodes["zhongyuan-county"]
+    assert county.parent_link is not None
+    await asyncio.wait_for(county.parent_link.connected.wait(), 10)  # the city knows a child only once linked
+    await network.stop("zhongyuan-county")
+    alert = await overdue_alert(city, "link", "zhongyuan-county")
+    assert alert.alert.infos[0].event == "链路中断超时"
+    assert "the link of zhongyuan-county is down since" in alert.alert.infos[0].description
