@@ -23,7 +23,7 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final
 
 import grpc
@@ -92,8 +92,10 @@ class LinkEnd:
         accept: Callable[[int, str, str], Decision] | None,
         batch: int,
         metrics: FederationMetrics,
+        chain: Callable[[str, int], Awaitable[list[str]]] | None = None,
     ) -> None:
         self.service = service
+        self.chain = chain  # the earlier reports of an incident (gateway.reports), for a link up
         self.label = label
         self.peer = peer
         self.peer_node = peer_node
@@ -148,13 +150,9 @@ class LinkEnd:
                     continue  # it came from there
                 if not self.routes(env):
                     continue
-                sha256 = env.provenance.signature.certificate_sha256
-                if sha256 and sha256 not in self._certificates_sent and self.service.certificates is not None:
-                    der = self.service.certificates.get(sha256)
-                    if der is not None:
-                        request.certificates.append(der)
-                        self._certificates_sent.add(sha256)
-                request.envelopes.append(env)
+                if env.kind == pb.INCIDENT and self.chain is not None:
+                    await self._add_earlier_reports(request, env, delivery.offset)
+                self._add(request, env)
         if not request.envelopes:
             if self._pending:
                 self._pending.append((upto, False))
@@ -165,6 +163,33 @@ class LinkEnd:
         self._pending.append((upto, True))
         self.metrics.sent.labels(link=self.label).inc(len(request.envelopes))
         await self.out.put(fed.LinkMessage(batch=request).SerializeToString())
+
+    def _add(self, request: gw.PublishRequest, env: pb.Envelope) -> None:
+        """Adds an envelope to a batch, with the signing certificate its signature names (once per link)."""
+        sha256 = env.provenance.signature.certificate_sha256
+        if sha256 and sha256 not in self._certificates_sent and self.service.certificates is not None:
+            der = self.service.certificates.get(sha256)
+            if der is not None:
+                request.certificates.append(der)
+                self._certificates_sent.add(sha256)
+        request.envelopes.append(env)
+
+    async def _add_earlier_reports(self, request: gw.PublishRequest, env: pb.Envelope, offset: int) -> None:
+        """A follow-up that goes up (its grade was raised) takes the incident's earlier reports along,
+        those that routing kept here before: the level above gets the whole chain at once."""
+        assert self.chain is not None
+        ids = await self.chain(env.incident.incident_id or env.id, offset)
+        if not ids:
+            return
+        found = await self.service.log.find(ids)
+        for earlier_id in ids:
+            if earlier_id not in found:
+                continue  # past retention
+            stored, index = found[earlier_id]
+            earlier = gw.DeliveryBatch.FromString(stored.entry(index)).deliveries[0].envelope
+            if self.routes(earlier) or any(hop.node == self.peer_node for hop in earlier.provenance.hops):
+                continue  # it went (or goes) up by itself, or came from there
+            self._add(request, earlier)
 
     async def on_ack(self, ack: fed.LinkAck) -> None:
         """The other end has a batch durably: the cursor moves past it (and past skipped ranges after it)."""
@@ -371,7 +396,9 @@ class ParentLink:
         tls: ClientTls | None,
         metrics: FederationMetrics,
         source: str = "",
+        chain: Callable[[str, int], Awaitable[list[str]]] | None = None,
     ) -> None:
+        self.chain = chain
         self.config = config
         self.service = service
         self.routing = routing
@@ -466,6 +493,7 @@ class ParentLink:
                 accept=self.accept,
                 batch=self.config.batch,
                 metrics=self.metrics,
+                chain=self.chain,
             )
             log.info("federation_link_open", link=self.label, parent=parent.node_id, region=parent.region)
             self.metrics.up.labels(link=self.label).set(1)

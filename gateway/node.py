@@ -190,8 +190,6 @@ class Node:
             self.adapters.start()
         if cfg.mqtt.broker:
             await self._start_ingest(server_tls)
-        if cfg.parent.address:
-            self._start_parent_link(routing, federation_metrics)
         parent_region = self.service.regions.parent(cfg.node.region) if cfg.parent.address else None
         own = x509.load_pem_x509_certificate(server_tls.cert.read_bytes()) if server_tls else None
         self.reports = ReportTracker(
@@ -205,6 +203,8 @@ class Node:
             children_down=federation.children_down,
         )
         self._reports_task = asyncio.create_task(self.reports.run(), name="reports")
+        if cfg.parent.address:
+            self._start_parent_link(routing, federation_metrics)
         for name in ("", SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.audit.record(
@@ -273,7 +273,10 @@ class Node:
         tls = None
         if not cfg.tls.insecure:
             tls = ClientTls(cfg.path(cfg.tls.ca), cfg.path(cfg.tls.cert), cfg.path(cfg.tls.key), cfg.parent.server_name)
-        self.parent_link = ParentLink(cfg.parent, self.service, routing, tls=tls, metrics=metrics, source=cfg.source)
+        assert self.reports is not None
+        self.parent_link = ParentLink(
+            cfg.parent, self.service, routing, tls=tls, metrics=metrics, source=cfg.source, chain=self.reports.earlier
+        )
         self._parent_task = asyncio.create_task(self.parent_link.run(), name="parent-link")
 
     def _own_identity(self, server_tls: ServerTls) -> Identity:

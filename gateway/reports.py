@@ -67,6 +67,12 @@ CREATE TABLE IF NOT EXISTS obligations (
     detail TEXT NOT NULL,
     PRIMARY KEY (kind, subject, offset)
 );
+CREATE TABLE IF NOT EXISTS chain (
+    incident_id TEXT NOT NULL,
+    offset INTEGER NOT NULL,
+    id TEXT NOT NULL,
+    PRIMARY KEY (incident_id, offset)
+);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
@@ -238,6 +244,7 @@ class ReportTracker:
             "title = excluded.title, last_ns = excluded.last_ns, closed = max(closed, excluded.closed)",
             (key, env.region, incident.grade, incident.stage, title, appended_ns, appended_ns, int(closed)),
         )
+        db.execute("INSERT OR IGNORE INTO chain VALUES (?, ?, ?)", (key, offset, env.id))
         grade = db.execute("SELECT grade FROM incidents WHERE incident_id = ?", (key,)).fetchone()[0]
         grade_name = pb.IncidentGrade.Name(grade)
         if self.parent_level is not None and self.routing.to_parent(env, self.parent_level).send:
@@ -260,6 +267,16 @@ class ReportTracker:
                 "INSERT OR IGNORE INTO obligations VALUES ('follow_up', ?, ?, ?, NULL, NULL, ?)",
                 (key, offset, due, detail),
             )
+
+    async def earlier(self, incident_id: str, offset: int) -> list[str]:
+        """The ids of the reports of an incident stored before ``offset``, oldest first."""
+        return await self._in_thread(self._earlier, incident_id, offset)
+
+    def _earlier(self, incident_id: str, offset: int) -> list[str]:
+        rows = self.db.execute(
+            "SELECT id FROM chain WHERE incident_id = ? AND offset < ? ORDER BY offset", (incident_id, offset)
+        )
+        return [row[0] for row in rows]
 
     async def check(self) -> list[Overdue]:
         """Marks what was met, raises an alert for each newly overdue obligation; returns the overdue."""

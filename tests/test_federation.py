@@ -185,6 +185,35 @@ async def test_incidents_go_up_as_far_as_their_grade_with_a_hop_record_each(netw
     assert await hops_at(province, "general") is None
 
 
+async def test_a_follow_up_that_raises_the_grade_takes_the_chain_up(network: Network, pki: Authority) -> None:
+    county, city, province = (network.nodes[n] for n in ("zhongyuan-county", "zhengzhou-city", "henan-province"))
+    chain = []
+    for number, (grade, stage) in enumerate(
+        [(pb.GRADE_GENERAL, pb.STAGE_INITIAL), (pb.GRADE_GENERAL, pb.STAGE_FOLLOW_UP)], start=1
+    ):
+        report = county_incident(f"fire-{number}", grade)
+        report.incident.incident_id, report.incident.stage, report.incident.report_number = "fire", stage, number
+        chain.append(report)
+    async with client_as(pki, county, "zy-emergency") as client:
+        await client.publish(chain)
+        await reaches(city, "fire-2")
+        await moved_past(city, "federation/up", "fire-2")
+        assert await hops_at(province, "fire-1") is None  # a general incident stays with the city
+        raised = county_incident("fire-3", pb.GRADE_LARGER)
+        raised.incident.incident_id, raised.incident.stage, raised.incident.report_number = (
+            "fire",
+            pb.STAGE_FOLLOW_UP,
+            3,
+        )
+        await client.publish([raised])
+    for report_id in ("fire-1", "fire-2", "fire-3"):  # the whole chain, once the grade is 较大
+        assert await reaches(province, report_id) == ["zhongyuan-county", "zhengzhou-city", "henan-province"]
+    assert province.log is not None
+    found = await province.log.find(["fire-1", "fire-2", "fire-3"])
+    offsets = [batch.first_offset + index for batch, index in (found[f"fire-{n}"] for n in (1, 2, 3))]
+    assert offsets == sorted(offsets)  # in the order of the chain
+
+
 async def test_warnings_go_down_to_the_counties_their_area_touches(network: Network, pki: Authority) -> None:
     province = network.nodes["henan-province"]
     async with client_as(pki, province, "henan-qxj") as client:
