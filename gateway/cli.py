@@ -35,13 +35,13 @@ from gateway.boundaries import default_boundaries
 from gateway.certstore import certificate_sha256
 from gateway.client import GatewayClient
 from gateway.config import NodeConfig, from_dict, load, parse_address
-from gateway.demo import Traffic, describe
+from gateway.demo import Traffic, county_reports, describe
 from gateway.errors import ConfigError, YiwangError
 from gateway.ids import uuid7
 from gateway.node import Node, run_until_signalled
 from gateway.pki import Authority, Role
 from gateway.pki import describe as describe_certificate
-from gateway.regions import Level, default_table
+from gateway.regions import Level, RegionTable, default_table
 from gateway.routing import Routing
 from gateway.signing import SignatureError, Signer, Verifier
 from gateway.tls import ClientTls, Revocations
@@ -399,16 +399,43 @@ def demo_pki(folder: Path) -> Authority:
     """The demo's own CA and identities: the node, a feeder gateway for the departments, a duty desk."""
     ca = Authority(folder) if (folder / "ca.key").exists() else Authority.init(folder, trust_domain="demo.yiwang.local")
     wanted = [
-        (Role.GATEWAY, "henan-province", "henan-province"),
-        (Role.GATEWAY, "department-feeder", "department-feeder"),
-        (Role.PLATFORM, "duty-desk", "emergency"),
+        (Role.GATEWAY, "410000", "henan-province", "henan-province"),
+        (Role.GATEWAY, "410100", "zhengzhou-city", "zhengzhou-city"),
+        (Role.GATEWAY, "410102", "zhongyuan-county", "zhongyuan-county"),
+        (Role.GATEWAY, "410000", "department-feeder", "department-feeder"),
+        (Role.DEPARTMENT, "410102", "zhongyuan-emergency", "emergency"),
+        (Role.PLATFORM, "410000", "duty-desk", "emergency"),
     ]
-    for role, name, principal in wanted:
+    for role, region, name, principal in wanted:
         if not (folder / "issued" / f"{name}.pem").exists():
-            ca.issue(
-                ca.identity(role, "410000", name, principal), dns_names=("localhost",), ip_addresses=("127.0.0.1",)
-            )
+            ca.issue(ca.identity(role, region, name, principal), dns_names=("localhost",), ip_addresses=("127.0.0.1",))
     return ca
+
+
+def demo_node(
+    ca: Authority, data: Path, name: str, region: str, *, listen: str, http: str, parent: Node | None
+) -> Node:
+    """One node of the demo's province, city and county, each with its own identity and data."""
+    node_tls = demo_tls(ca, name)
+    table: dict[str, Any] = {
+        "node": {"id": name, "region": region},
+        "listen": {"grpc": listen, "http": http},
+        "log": {"data_dir": str(data / name)},
+        "tls": {
+            "ca": str(node_tls.ca),
+            "cert": str(node_tls.cert),
+            "key": str(node_tls.key),
+            "crl": str(ca.dir / "crl.pem"),
+        },
+    }
+    if parent is not None:
+        parent_id = parent.config.node.id
+        parent_uri = ca.identity(Role.GATEWAY, parent.config.node.region, parent_id, parent_id).uri
+        table["parent"] = {"address": parent.grpc_target, "identity": parent_uri}
+    return Node(from_dict(table, source=f"demo {name}"))
+
+
+LOOPBACK_ANY = "127.0.0.1:0"
 
 
 def demo_tls(ca: Authority, name: str) -> ClientTls:
@@ -419,79 +446,131 @@ def demo_tls(ca: Authority, name: str) -> ClientTls:
 async def _demo(args: argparse.Namespace) -> int:
     data = Path(args.data or tempfile.mkdtemp(prefix="yiwang-demo-"))
     ca = await asyncio.to_thread(demo_pki, data / "pki")
-    node_tls = demo_tls(ca, "henan-province")
-    tls = {"ca": str(node_tls.ca), "cert": str(node_tls.cert), "key": str(node_tls.key), "crl": str(ca.dir / "crl.pem")}
-    config = quick_config(
-        "410000", listen=args.listen, http=args.http, data=str(data), node_id="henan-province", tls=tls
-    )
     regions = default_table()
     issued = ca.dir / "issued"
     signer = Signer.load(
         await asyncio.to_thread((issued / "department-feeder.sign.key").read_bytes),
         await asyncio.to_thread((issued / "department-feeder.sign.pem").read_bytes),
     )
-    async with (
-        Node(config) as node,
-        GatewayClient(node.grpc_target, tls=demo_tls(ca, "department-feeder")) as client,
-        GatewayClient(node.grpc_target, tls=demo_tls(ca, "duty-desk")) as desk,
-    ):
-        print(
-            f"yiwang demo: node henan-province (410000 河南省) on grpc {node.grpc_target}, "
-            f"https://127.0.0.1:{node.http_port}/metrics, log in {data}",
-            flush=True,
-        )
-        print(
-            f"yiwang demo: mutual TLS with a demo CA in {ca.dir}; the feeder signs each batch, "
-            "the duty desk reads what the sharing policy shows a province platform",
-            flush=True,
-        )
-        print(
-            "yiwang demo: publishing a rainstorm day's traffic for Zhengzhou, Luoyang and Xinxiang; Ctrl-C stops",
-            flush=True,
-        )
-
-        async def publisher() -> None:
-            traffic = Traffic()
-            while True:
-                tick = traffic.next_tick()
-                signer.sign_batch(tick)
-                reply = await client.publish(tick, certificates=[signer.certificate_der])
-                for result in reply.results:
-                    if result.outcome == gw.PublishResult.REJECTED:
-                        print(
-                            f"yiwang demo: refused {result.id}: {result.field}: {result.reason}",
-                            file=sys.stderr,
-                        )
-                await asyncio.sleep(args.interval)
-
-        async def subscriber() -> None:
-            call = desk.subscribe(gw.SubscribeRequest(position=gw.OLDEST))
-            async for batch in call:
-                for d in batch.deliveries:
-                    when = (
-                        dt.datetime.fromtimestamp(d.envelope.sent_at.seconds, tz=dt.UTC)
-                        .astimezone()
-                        .strftime("%H:%M:%S")
-                    )
-                    print(
-                        f"#{d.offset:<6} {when} {describe(d.envelope, regions.name(d.envelope.region))}",
-                        flush=True,
-                    )
-
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        async with asyncio.TaskGroup() as group:
-            pub = group.create_task(publisher(), name="demo-publisher")
-            sub = group.create_task(subscriber(), name="demo-subscriber")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), args.duration or None)
-            pub.cancel()
-            await asyncio.sleep(0.5)  # let the subscriber print what was published last
-            sub.cancel()
-        print("yiwang demo: stopped", flush=True)
+    province = demo_node(ca, data, "henan-province", "410000", listen=args.listen, http=args.http, parent=None)
+    async with province:
+        city = demo_node(ca, data, "zhengzhou-city", "410100", listen=LOOPBACK_ANY, http=LOOPBACK_ANY, parent=province)
+        async with city:
+            county = demo_node(
+                ca, data, "zhongyuan-county", "410102", listen=LOOPBACK_ANY, http=LOOPBACK_ANY, parent=city
+            )
+            async with (
+                county,
+                GatewayClient(province.grpc_target, tls=demo_tls(ca, "department-feeder")) as client,
+                GatewayClient(county.grpc_target, tls=demo_tls(ca, "zhongyuan-emergency")) as reporter,
+                GatewayClient(province.grpc_target, tls=demo_tls(ca, "duty-desk")) as desk,
+            ):
+                await _demo_run(
+                    args,
+                    data=data,
+                    ca=ca,
+                    nodes=(province, city, county),
+                    clients=(client, reporter, desk),
+                    signer=signer,
+                    regions=regions,
+                )
+    print("yiwang demo: stopped", flush=True)
     return 0
+
+
+async def _demo_run(
+    args: argparse.Namespace,
+    *,
+    data: Path,
+    ca: Authority,
+    nodes: tuple[Node, Node, Node],
+    clients: tuple[GatewayClient, GatewayClient, GatewayClient],
+    signer: Signer,
+    regions: RegionTable,
+) -> None:
+    """Prints the three nodes, publishes the day's traffic (and the county's reports) and shows deliveries."""
+    province, city, county = nodes
+    client, reporter, desk = clients
+    print(
+        f"yiwang demo: node henan-province (410000 河南省) on grpc {province.grpc_target}, "
+        f"https://127.0.0.1:{province.http_port}/metrics, logs in {data}",
+        flush=True,
+    )
+    print(
+        f"yiwang demo: mutual TLS with a demo CA in {ca.dir}; the feeder signs each batch, "
+        "the duty desk reads what the sharing policy shows a province platform",
+        flush=True,
+    )
+    print(
+        "yiwang demo: publishing a rainstorm day's traffic for Zhengzhou, Luoyang and Xinxiang at the province, "
+        "and incident reports at the Zhongyuan county node; Ctrl-C stops",
+        flush=True,
+    )
+    print(
+        f"yiwang demo: nodes zhengzhou-city (410100 郑州市) on grpc {city.grpc_target} under the province, "
+        f"zhongyuan-county (410102 中原区) on grpc {county.grpc_target} under the city; "
+        "lines marked 'via' came up the links, 'county <' lines are warnings the county received",
+        flush=True,
+    )
+
+    async def publisher() -> None:
+        traffic = Traffic()
+        while True:
+            tick = traffic.next_tick()
+            signer.sign_batch(tick)
+            reply = await client.publish(tick, certificates=[signer.certificate_der])
+            refused(reply)
+            reports = county_reports(traffic.tick)
+            if reports:
+                refused(await reporter.publish(reports))
+            await asyncio.sleep(args.interval)
+
+    def refused(reply: gw.PublishReply) -> None:
+        for result in reply.results:
+            if result.outcome == gw.PublishResult.REJECTED:
+                print(f"yiwang demo: refused {result.id}: {result.field}: {result.reason}", file=sys.stderr)
+
+    def clock(env: pb.Envelope) -> str:
+        return dt.datetime.fromtimestamp(env.sent_at.seconds, tz=dt.UTC).astimezone().strftime("%H:%M:%S")
+
+    async def subscriber() -> None:
+        call = desk.subscribe(gw.SubscribeRequest(position=gw.OLDEST))
+        async for batch in call:
+            for d in batch.deliveries:
+                env = d.envelope
+                hops = [h.node for h in env.provenance.hops]
+                via = f"  (via {' > '.join(hops[:-1])})" if len(hops) > 1 else ""
+                print(f"#{d.offset:<6} {clock(env)} {describe(env, regions.name(env.region))}{via}", flush=True)
+
+    async def county_watch() -> None:
+        assert county.log is not None
+        position = 1
+        while True:
+            await county.log.wait_beyond(position, timeout=5.0)
+            for stored in await county.log.read(position, 500):
+                for d in gw.DeliveryBatch.FromString(stored.data).deliveries:
+                    env = d.envelope
+                    if d.offset >= position and env.kind == pb.ALERT and len(env.provenance.hops) > 1:
+                        route = " > ".join(h.node for h in env.provenance.hops)
+                        print(f"county < {clock(env)} {describe(env, regions.name(env.region))}  ({route})", flush=True)
+                position = stored.next_offset
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with asyncio.TaskGroup() as group:
+        tasks = [
+            group.create_task(publisher(), name="demo-publisher"),
+            group.create_task(county_watch(), name="demo-county"),
+        ]
+        sub = group.create_task(subscriber(), name="demo-subscriber")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), args.duration or None)
+        for task in tasks:
+            task.cancel()
+        await asyncio.sleep(0.5)  # let the subscriber print what was published last
+        sub.cancel()
 
 
 def _pki(args: argparse.Namespace) -> int:

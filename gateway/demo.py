@@ -185,6 +185,32 @@ def incident(stage: pb.ReportStage, number: int, incident_id: str, now: float, c
     return env
 
 
+COUNTY_CYCLE = 40  # ticks between the county's incidents
+
+
+def county_reports(tick: int, now: float | None = None) -> list[pb.Envelope]:
+    """What the Zhongyuan county emergency bureau reports at a tick: an incident every COUNTY_CYCLE
+    ticks, 首报 as general, a 续报 that raises it to 较大 (so it, and the chain before it, go on up to
+    the province), then the 终报."""
+    now = time.time() if now is None else now
+    step, cycle = tick % COUNTY_CYCLE, tick // COUNTY_CYCLE
+    stages = {3: (1, pb.STAGE_INITIAL, 1), 13: (2, pb.STAGE_FOLLOW_UP, 4), 23: (3, pb.STAGE_FINAL, 4)}
+    if step not in stages:
+        return []
+    number, stage, trapped = stages[step]
+    day = time.strftime("%Y%m%d", time.localtime(now))
+    env = incident(stage, number, f"ZZ-ZY-{day}-{cycle:03d}", now, casualties=trapped)
+    env.region = env.origin.region = "410102"
+    env.origin.system = "zhongyuan-yjj"
+    env.geometry.point.lat, env.geometry.point.lon = 34.7484, 113.6126
+    inc = env.incident
+    inc.event_type, inc.event_name = "11B33", "城市内涝"
+    inc.title = "中原区建设路下穿隧道积水"
+    inc.description = "下穿隧道积水，车辆被困，区消防救援大队已到场。"
+    inc.address = "郑州市中原区建设西路下穿隧道"
+    return [env]
+
+
 def position(unit: int, now: float) -> pb.Envelope:
     """A fire-rescue vehicle circling through Zhengzhou."""
     angle = (now / 60.0 + unit) % (2 * math.pi)

@@ -207,7 +207,7 @@ class ReportTracker:
             await self.follow()
             await self.check()
             with contextlib.suppress(TimeoutError):
-                await log_.wait_beyond(log_.next_offset - 1, timeout=self.rules.check_interval_s)
+                await log_.wait_beyond(log_.next_offset, timeout=self.rules.check_interval_s)
             if log_.closed:
                 return
 

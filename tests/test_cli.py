@@ -517,6 +517,8 @@ def test_demo_runs_a_node_and_shows_deliveries(tmp_path: Path) -> None:
     assert "127.0.0.1:0" not in lines[0], "the demo reports the port it actually got"
     assert lines[1].startswith("yiwang demo: mutual TLS with a demo CA")
     assert lines[2].startswith("yiwang demo: publishing")
+    assert lines[3].startswith("yiwang demo: nodes zhengzhou-city (410100")
+    assert "zhongyuan-county (410102" in lines[3]
     assert not result.stderr.strip() or "refused" not in result.stderr, result.stderr
     deliveries = [line for line in lines if line.startswith("#")]
     assert len(deliveries) >= 20

@@ -406,3 +406,19 @@ async def test_a_child_link_down_too_long_raises_an_alert_at_the_parent(network:
     alert = await overdue_alert(city, "link", "zhongyuan-county")
     assert alert.alert.infos[0].event == "链路中断超时"
     assert "the link of zhongyuan-county is down since" in alert.alert.infos[0].description
+
+
+async def test_the_report_tracker_waits_for_the_log_instead_of_spinning(network: Network) -> None:
+    tracker = network.nodes["zhengzhou-city"].reports
+    assert tracker is not None
+    checks = 0
+    check = tracker.check
+
+    async def counted() -> list[Any]:
+        nonlocal checks
+        checks += 1
+        return await check()
+
+    tracker.check = counted  # type: ignore[method-assign]
+    await asyncio.sleep(0.5)  # an idle node, checks every 5 s by default: at most one check here
+    assert checks <= 1
