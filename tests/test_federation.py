@@ -21,13 +21,21 @@ from gateway.config import from_dict
 from gateway.federation import LINK_METHOD
 from gateway.node import Node
 from gateway.pki import Authority, Role
+from gateway.regions import default_table
 from gateway.signing import Signer, Verifier
 from gateway.tls import ClientTls
 from tests import factories
 from tests.conftest import client_as
 
 DOMAIN = "yjt.henan.gov.cn"
-GATEWAYS = {"henan-province": "410000", "zhengzhou-city": "410100", "zhongyuan-county": "410102"}
+GATEWAYS = {
+    "henan-province": "410000",
+    "zhengzhou-city": "410100",
+    "zhongyuan-county": "410102",
+    "erqi-county": "410103",
+    "luoyang-city": "410300",
+    "laocheng-county": "410302",
+}
 
 
 @pytest.fixture(scope="module")
@@ -212,6 +220,44 @@ async def test_a_follow_up_that_raises_the_grade_takes_the_chain_up(network: Net
     found = await province.log.find(["fire-1", "fire-2", "fire-3"])
     offsets = [batch.first_offset + index for batch, index in (found[f"fire-{n}"] for n in (1, 2, 3))]
     assert offsets == sorted(offsets)  # in the order of the chain
+
+
+async def test_a_provincial_warning_reaches_exactly_the_counties_its_polygon_touches(
+    network: Network, pki: Authority
+) -> None:
+    """The issue's topology: one province, two cities, three counties."""
+    await network.start("erqi-county", parent="zhengzhou-city")
+    await network.start("luoyang-city", parent="henan-province")
+    await network.start("laocheng-county", parent="luoyang-city")
+    for name in ("zhongyuan-county", "erqi-county", "laocheng-county"):
+        link = network.nodes[name].parent_link
+        assert link is not None
+        await asyncio.wait_for(link.connected.wait(), 10)
+    luoyang_old_town = square(34.6842, 112.4698, 0.002)
+    async with client_as(pki, network.nodes["henan-province"], "henan-qxj") as client:
+        reply = await client.publish(
+            [
+                provincial_alert("zhengzhou-border", "410100", ERQI_ZHONGYUAN_BORDER),
+                provincial_alert("luoyang-old-town", "410300", luoyang_old_town),
+            ]
+        )
+    assert [r.outcome for r in reply.results] == [gw.PublishResult.ACCEPTED] * 2
+    expected = {
+        "zhengzhou-border": {"zhengzhou-city", "zhongyuan-county", "erqi-county"},
+        "luoyang-old-town": {"luoyang-city", "laocheng-county"},
+    }
+    for warning, reached in expected.items():
+        for name in reached:
+            await reaches(network.nodes[name], warning)
+    for warning, reached in expected.items():  # and, once every link has moved past it, nowhere else
+        for name in set(network.nodes) - reached - {"henan-province"}:
+            node = network.nodes[name]
+            parent = next(p for p, n in network.nodes.items() if GATEWAYS[p] == default_table().parent(GATEWAYS[name]))
+            if await hops_at(network.nodes[parent], warning) is None:
+                continue  # the parent has not got it either: its own check, one level up, covers it
+            child_path = f"{GATEWAYS[name]}/{name}/gateway/{name}"
+            await moved_past(network.nodes[parent], f"federation/down/{child_path}", warning)
+            assert await hops_at(node, warning) is None, f"{warning} reached {name}"
 
 
 async def test_warnings_go_down_to_the_counties_their_area_touches(network: Network, pki: Authority) -> None:

@@ -1,0 +1,183 @@
+"""Federation benchmark: envelopes from a county node through its city to the province.
+
+Prints, in one run (each node its own process, as deployed, on loopback, log fsync on):
+  (a) the single-node durable figure of the foundation benchmark (publisher -> node -> subscriber);
+  (b) two hops: the same publisher into a county node (410105), linked under its city (410100),
+      linked under the province (410000), with a subscriber at the province: envelopes/s there, and
+      the ratio to (a) (goal: at least 50%);
+  (c) the publish-to-delivery latency across the two hops at 1,000 envelopes/s: p50 and p99 at the
+      province's subscriber (goal: p99 under 100 ms);
+  (d) catch-up: the city is stopped while the county takes envelopes at --outage-rate for --outage
+      seconds (the issue's case is 10 minutes), then started again; the rate at which the backlog
+      reaches the province, against the rate it accumulated (goal: at least 5x).
+
+The benchmark's envelopes are water-level observations; a routing file of the run sends every
+observation up (the shipped rules send only threshold crossings), so the links carry them all.
+
+    .venv/bin/python bench/federation.py [--seconds 10] [--outage 600] [--outage-rate 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+
+from bench import throughput
+
+CHAIN = (
+    ("henan-province", "410000", ""),
+    ("zhengzhou-city", "410100", "henan-province"),
+    ("jinshui-county", "410105", "zhengzhou-city"),
+)
+ALL_OBSERVATIONS_UP = """\
+[[up]]
+name = "bench-observations-up"
+kinds = ["OBSERVATION"]
+reach = "province"
+reason = "the benchmark moves every observation up both hops"
+"""
+
+
+class Chain:
+    """The three node processes of one run, with their configuration files and ports."""
+
+    def __init__(self, folder: Path, fsync: bool) -> None:
+        self.folder = folder
+        self.fsync = fsync
+        self.ports = {name: throughput.free_port() for name, _, _ in CHAIN}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "routing.toml").write_text(ALL_OBSERVATIONS_UP, encoding="utf-8")
+
+    def target(self, name: str) -> str:
+        return f"127.0.0.1:{self.ports[name]}"
+
+    def config(self, name: str, region: str, parent: str) -> Path:
+        path = self.folder / f"{name}.toml"
+        text = (
+            f'[node]\nid = "{name}"\nregion = "{region}"\n'
+            f'[listen]\ngrpc = "{self.target(name)}"\nhttp = "127.0.0.1:{throughput.free_port()}"\n'
+            f'[log]\ndata_dir = "{self.folder / name}"\nfsync = {"true" if self.fsync else "false"}\n'
+            f"retention_hours = 2\n[tls]\ninsecure = true\n"
+            f'[routing]\nfile = "{self.folder / "routing.toml"}"\n'
+        )
+        if parent:
+            text += f'[parent]\naddress = "{self.target(parent)}"\n'
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    def start(self, name: str) -> None:
+        _, region, parent = next(c for c in CHAIN if c[0] == name)
+        config = self.config(name, region, parent)
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "gateway", "--config", str(config), "--log-level", "warning"],
+        )
+        throughput.wait_port(self.ports[name])
+
+    def stop(self, name: str) -> None:
+        throughput.stop(self.procs.pop(name))
+
+    def __enter__(self) -> Chain:
+        for name, _, _ in CHAIN:
+            self.start(name)
+        time.sleep(1.0)  # the links open (each child connects to its parent)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for name in list(self.procs):
+            self.stop(name)
+
+
+def across(chain: Chain, seconds: float, rate: float, batch: int, idle: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Publishes into the county, counts at the province."""
+    sub = throughput.spawn(
+        "--role", "subscriber", "--target", chain.target("henan-province"), "--idle", str(idle), "--sample", "1"
+    )
+    assert sub.stdout is not None
+    sub.stdout.readline()  # ready
+    time.sleep(0.3)
+    pub = throughput.spawn(
+        "--role", "publisher", "--target", chain.target("jinshui-county"), "--seconds", str(seconds),
+        "--batch", str(batch), "--rate", str(rate), "--window", "8", "--build", "messages",
+    )  # fmt: skip
+    published = throughput.result(pub, seconds + 120)
+    delivered = throughput.result(sub, seconds + 600)
+    return published, delivered
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--outage", type=float, default=600.0, help="seconds the city is down in (d)")
+    parser.add_argument("--outage-rate", type=float, default=1000.0, help="envelopes/s into the county during it")
+    parser.add_argument("--no-fsync", action="store_true")
+    parser.add_argument("--only", default="a,b,c,d", help="which parts to run, e.g. a,b")
+    args = parser.parse_args()
+    args.window, args.idle, args.rate_batch = 8, 5.0, 50
+    parts = set(args.only.split(","))
+    print(f"yiwang federation benchmark: {args.seconds:g} s runs, batch {args.batch}", flush=True)
+    single = 0.0
+    if "a" in parts:
+        _, delivered = throughput.run_durable(args, 0.0, args.idle, 10, build="messages")
+        single = delivered["delivered"] / delivered["seconds"]
+        print(f"(a) one node:  {single:>10,.0f} envelopes/s at the subscriber", flush=True)
+    with tempfile.TemporaryDirectory(prefix="yiwang-federation-") as folder:
+        if "b" in parts:
+            with Chain(Path(folder) / "b", not args.no_fsync) as chain:
+                published, delivered = across(chain, args.seconds, 0.0, args.batch, args.idle)
+            hops = delivered["delivered"] / delivered["seconds"]
+            ratio = f", {hops / single:.1%} of one node (goal: at least 50%)" if single else ""
+            print(
+                f"(b) two hops:  {hops:>10,.0f} envelopes/s at the province's subscriber "
+                f"({delivered['delivered']:,} of {published['accepted']:,} accepted at the county){ratio}",
+                flush=True,
+            )
+        if "c" in parts:
+            with Chain(Path(folder) / "c", not args.no_fsync) as chain:
+                published, delivered = across(chain, args.seconds, 1000.0, args.rate_batch, args.idle)
+            print(
+                f"(c) latency at 1,000 envelopes/s across two hops: p50 {delivered['p50_ms']:.1f} ms, "
+                f"p99 {delivered['p99_ms']:.1f} ms, max {delivered['max_ms']:.1f} ms "
+                f"({delivered['delivered']:,} of {published['accepted']:,}) (goal: p99 under 100 ms)",
+                flush=True,
+            )
+        if "d" in parts:
+            with Chain(Path(folder) / "d", not args.no_fsync) as chain:
+                chain.stop("zhengzhou-city")
+                pub = throughput.spawn(
+                    "--role", "publisher", "--target", chain.target("jinshui-county"), "--seconds",
+                    str(args.outage), "--batch", str(args.rate_batch), "--rate", str(args.outage_rate),
+                    "--window", "8", "--build", "messages",
+                )  # fmt: skip
+                published = throughput.result(pub, args.outage + 120)
+                accumulated = published["accepted"] / published["seconds"]
+                sub = throughput.spawn(
+                    "--role", "subscriber", "--target", chain.target("henan-province"), "--idle", str(args.idle),
+                    "--sample", "100",
+                )  # fmt: skip
+                assert sub.stdout is not None
+                sub.stdout.readline()
+                restarted = time.perf_counter()
+                chain.start("zhengzhou-city")
+                delivered = throughput.result(sub, args.outage + 600)
+                drain = delivered["delivered"] / delivered["seconds"] if delivered["seconds"] else 0.0
+                wall = time.perf_counter() - restarted - args.idle
+            print(
+                f"(d) catch-up after {args.outage:g} s with the city down: {published['accepted']:,} envelopes "
+                f"accumulated at {accumulated:,.0f}/s, reached the province at {drain:,.0f}/s "
+                f"(all {delivered['delivered']:,} within {wall:.1f} s of the city's restart): "
+                f"{drain / accumulated:.1f}x (goal: at least 5x)",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
