@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.transactions import write_transaction
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS letters (
     id INTEGER PRIMARY KEY,
@@ -86,14 +88,8 @@ class DeadLetters:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._con.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._con
-            except BaseException:
-                self._con.execute("ROLLBACK")
-                raise
-            self._con.execute("COMMIT")
+        with self._lock, write_transaction(self._con) as con:
+            yield con
 
     def add(self, adapter: str, fmt: str, *, source: str, kind: str, reason: str, data: bytes) -> int:
         """Stores an input; durable when this returns. Returns its id."""

@@ -41,7 +41,6 @@ import threading
 import time
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -51,6 +50,7 @@ import structlog
 
 from edge_agent.model import DropReason, DropReport, Priority, Reading, Sequenced
 from gateway.errors import YiwangError
+from gateway.transactions import write_transaction
 
 log = structlog.get_logger("yiwang.edge.outbox")
 
@@ -293,7 +293,7 @@ class Outbox:
             mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             db.execute("PRAGMA synchronous=FULL")
             db.executescript(_SCHEMA)
-            with _transaction(db):
+            with write_transaction(db):
                 version = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
                 if version is None:
                     db.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
@@ -395,7 +395,7 @@ class Outbox:
             counts = [a + b for a, b in zip(self._counts, added_counts, strict=True)]
             sizes = [a + b for a, b in zip(self._bytes, added_bytes, strict=True)]
             dropped_keys: set[int] = set()
-            with _transaction(db):
+            with write_transaction(db):
                 db.executemany(_INSERT, rows)
                 if excess > 0:
                     dropped_keys = self._make_room(
@@ -619,7 +619,7 @@ class Outbox:
             keys = list(_session_keys(session, ranges))
             counts, sizes = list(self._counts), list(self._bytes)
             deleted = 0
-            with _transaction(db):
+            with write_transaction(db):
                 for low, high in keys:
                     for priority, count, size in db.execute(
                         "SELECT priority, count(*), sum(size) FROM readings WHERE id BETWEEN ? AND ? GROUP BY priority",
@@ -693,7 +693,7 @@ class Outbox:
             counts, sizes = list(self._counts), list(self._bytes)
             chosen: list[tuple[int]] = []
             drops = [0, 0, 0, 0]
-            with _transaction(db):
+            with write_transaction(db):
                 for low, high in _session_keys(session, ranges):
                     for key, priority, size in db.execute(
                         "SELECT id, priority, size FROM readings WHERE id BETWEEN ? AND ? AND priority > 0", (low, high)
@@ -725,7 +725,7 @@ class Outbox:
         """Records that ``reports`` (from drops()) reached the gateway, so they are not reported twice."""
         with self._lock:
             db = self._connection()
-            with _transaction(db):
+            with write_transaction(db):
                 db.executemany(
                     "UPDATE drops SET reported = min(count, reported + ?) WHERE priority = ? AND reason = ?",
                     [(report.count, int(report.priority), str(report.reason)) for report in reports],
@@ -767,15 +767,3 @@ class Outbox:
             ).fetchone()[0]
             for piece in pieces
         )
-
-
-@contextmanager
-def _transaction(db: sqlite3.Connection) -> Iterator[None]:
-    """One write transaction: committed (and on disk) when the block ends, rolled back if it raises."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        db.rollback()
-        raise
-    db.execute("COMMIT")

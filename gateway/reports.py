@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +39,7 @@ from gateway.regions import Level
 from gateway.routing import OVERDUE_ATTRIBUTE, Routing
 from gateway.selection import RECORD
 from gateway.service import GatewayService, Peer
+from gateway.transactions import write_transaction
 
 log = structlog.get_logger("yiwang.reports")
 
@@ -154,17 +155,6 @@ def overdue(db: sqlite3.Connection, now_ns: int) -> list[Overdue]:
     return [Overdue(k, s, o, d, t, r is not None) for k, s, o, d, t, r in rows]
 
 
-@contextlib.contextmanager
-def _transaction(db: sqlite3.Connection) -> Iterator[None]:
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        db.rollback()
-        raise
-    db.execute("COMMIT")
-
-
 class ReportTracker:
     """Follows the node's log for incident reports, checks the deadlines, and raises what is overdue."""
 
@@ -229,7 +219,7 @@ class ReportTracker:
             await log_.save_position(CURSOR, position)
 
     def _take(self, reports: list[tuple[int, pb.Envelope]], appended_ns: int) -> None:
-        with _transaction(self.db):
+        with write_transaction(self.db):
             for offset, env in reports:
                 self._take_one(offset, env, appended_ns)
 
@@ -292,7 +282,7 @@ class ReportTracker:
 
     def _check(self, now_ns: int, up_position: int | None) -> list[Overdue]:
         db = self.db
-        with _transaction(db):
+        with write_transaction(db):
             if up_position is not None:
                 db.execute(
                     "UPDATE obligations SET met_ns = ? WHERE kind = 'onward' AND met_ns IS NULL AND offset < ?",
@@ -334,7 +324,7 @@ class ReportTracker:
             log.warning("report_overdue", kind=item.kind, subject=item.subject, detail=item.detail)
 
     def _mark_raised(self, raised: list[Overdue], now_ns: int) -> None:
-        with _transaction(self.db):
+        with write_transaction(self.db):
             self.db.executemany(
                 "UPDATE obligations SET raised_ns = ? WHERE kind = ? AND subject = ? AND offset = ?",
                 [(now_ns, o.kind, o.subject, o.offset) for o in raised],

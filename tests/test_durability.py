@@ -103,12 +103,16 @@ class GatewayProcess:
     def stderr(self) -> str:
         return self.stderr_path.read_text(encoding="utf-8", errors="replace")
 
+    def client(self) -> GatewayClient:
+        """A client of the node (plaintext: the node of these tests is a development node)."""
+        return GatewayClient(self.target, insecure=True)
+
     async def wait_ready(self) -> None:
         """Waits until the node answers Info (it listens only after the log is open and checked)."""
         assert self.proc is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + START_TIMEOUT_S
-        async with GatewayClient(self.target, insecure=True) as client:
+        async with self.client() as client:
             while True:
                 if self.proc.returncode is not None:
                     raise AssertionError(f"gateway exited with {self.proc.returncode}:\n{self.stderr()}")

@@ -11,14 +11,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import grpc
 from yiwang.v1 import envelope_pb2 as pb
 from yiwang.v1 import gateway_pb2 as gw
 
 from gateway.client import GatewayClient
 from gateway.pki import Authority
 from gateway.tls import ClientTls
-from tests.test_durability import START_TIMEOUT_S, GatewayProcess
+from tests.test_durability import GatewayProcess
 from tests.test_federation import Network, county_incident, pki  # noqa: F401 - pki is the module's PKI fixture
 
 REPORTS = 300
@@ -26,29 +25,15 @@ BATCH = 10
 
 
 class NodeProcess(GatewayProcess):
-    """A mutual-TLS node process; ready once it answers Info to a client of the network."""
+    """A mutual-TLS node process: ready once it answers Info to a client with its own identity."""
 
     def __init__(self, config: Path, run: str, tls: ClientTls) -> None:
         super().__init__(config, 0)
         self.stderr_path = config.parent / f"{run}.stderr"
         self.tls = tls
 
-    async def wait_ready(self) -> None:
-        assert self.proc is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + START_TIMEOUT_S
-        async with GatewayClient(self.target, tls=self.tls) as client:
-            while True:
-                if self.proc.returncode is not None:
-                    raise AssertionError(f"node exited with {self.proc.returncode}:\n{self.stderr()}")
-                try:
-                    await client.info()
-                except grpc.aio.AioRpcError as exc:
-                    if exc.code() != grpc.StatusCode.UNAVAILABLE or loop.time() > deadline:
-                        raise AssertionError(f"node did not come up: {exc.details()}\n{self.stderr()}") from exc
-                    await asyncio.sleep(0.1)
-                else:
-                    return
+    def client(self) -> GatewayClient:
+        return GatewayClient(self.target, tls=self.tls)
 
 
 def identity(ca: Authority, name: str) -> ClientTls:
