@@ -30,6 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 from bench import throughput
+from bench.edge import children_of, cpu_seconds
 
 CHAIN = (
     ("henan-province", "410000", ""),
@@ -84,6 +85,13 @@ class Chain:
     def stop(self, name: str) -> None:
         throughput.stop(self.procs.pop(name))
 
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds so far of each node process with its admission workers."""
+        return {
+            name: cpu_seconds(proc.pid) + sum(cpu_seconds(child) for child in children_of(proc.pid))
+            for name, proc in self.procs.items()
+        }
+
     def __enter__(self) -> Chain:
         for name, _, _ in CHAIN:
             self.start(name)
@@ -95,8 +103,11 @@ class Chain:
             self.stop(name)
 
 
-def across(chain: Chain, seconds: float, rate: float, batch: int, idle: float) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Publishes into the county, counts at the province."""
+def across(
+    chain: Chain, seconds: float, rate: float, batch: int, idle: float
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, float]]:
+    """Publishes into the county, counts at the province; also returns each node's CPU seconds meanwhile."""
+    before = chain.cpu()
     sub = throughput.spawn(
         "--role", "subscriber", "--target", chain.target("henan-province"), "--idle", str(idle), "--sample", "1"
     )
@@ -109,7 +120,8 @@ def across(chain: Chain, seconds: float, rate: float, batch: int, idle: float) -
     )  # fmt: skip
     published = throughput.result(pub, seconds + 120)
     delivered = throughput.result(sub, seconds + 600)
-    return published, delivered
+    after = chain.cpu()
+    return published, delivered, {name: after[name] - before[name] for name in after}
 
 
 def main() -> None:
@@ -132,7 +144,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="yiwang-federation-") as folder:
         if "b" in parts:
             with Chain(Path(folder) / "b", not args.no_fsync) as chain:
-                published, delivered = across(chain, args.seconds, 0.0, args.batch, args.idle)
+                published, delivered, cpu = across(chain, args.seconds, 0.0, args.batch, args.idle)
             hops = delivered["delivered"] / delivered["seconds"]
             ratio = f", {hops / single:.1%} of one node (goal: at least 50%)" if single else ""
             print(
@@ -140,9 +152,14 @@ def main() -> None:
                 f"({delivered['delivered']:,} of {published['accepted']:,} accepted at the county){ratio}",
                 flush=True,
             )
+            split = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in cpu.items())
+            per = sum(cpu.values()) / delivered["delivered"] * 1e6 if delivered["delivered"] else 0.0
+            print(
+                f"    CPU of the nodes meanwhile (with their workers): {split}; {per:.0f} us per envelope", flush=True
+            )
         if "c" in parts:
             with Chain(Path(folder) / "c", not args.no_fsync) as chain:
-                published, delivered = across(chain, args.seconds, 1000.0, args.rate_batch, args.idle)
+                published, delivered, _ = across(chain, args.seconds, 1000.0, args.rate_batch, args.idle)
             print(
                 f"(c) latency at 1,000 envelopes/s across two hops: p50 {delivered['p50_ms']:.1f} ms, "
                 f"p99 {delivered['p99_ms']:.1f} ms, max {delivered['max_ms']:.1f} ms "
