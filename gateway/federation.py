@@ -489,7 +489,7 @@ class ParentLink:
                 peer_node=parent.node_id,
                 cursor=_CURSOR_UP,
                 kinds=routing.up_kinds,
-                routes=lambda env: routing.to_parent(env, parent_level).send,
+                routes=lambda env: routing.sends_up(env, parent_level),
                 accept=self.accept,
                 batch=self.config.batch,
                 metrics=self.metrics,

@@ -83,6 +83,15 @@ class UpRule:
     alarms_only: bool = False
     source: str = ""
 
+    def takes(self, env: pb.Envelope) -> bool:
+        """Whether the rule takes ``env`` (``miss`` says why not; this is the hot path's question)."""
+        return (
+            env.kind in self.kinds
+            and (not self.min_grade or env.incident.grade >= self.min_grade)
+            and (not self.min_severity or env.severity >= self.min_severity)
+            and (not self.alarms_only or ALARM_ATTRIBUTE in env.attributes)
+        )
+
     def miss(self, env: pb.Envelope) -> str:
         """Why the rule does not take ``env`` ("" when it does)."""
         if env.kind not in self.kinds:
@@ -154,6 +163,11 @@ class Routing:
         return cls([r for r in up.values() if r], [r for r in down.values() if r])
 
     # -- decisions ------------------------------------------------------------------------------
+
+    def sends_up(self, env: pb.Envelope, parent_level: Level) -> bool:
+        """Whether ``env`` goes up to a parent of ``parent_level`` (``to_parent`` says why)."""
+        rank = _LEVEL_RANK[parent_level]
+        return any(rule.reach >= rank and rule.takes(env) for rule in self.up)
 
     def to_parent(self, env: pb.Envelope, parent_level: Level) -> Decision:
         """Whether ``env`` goes up to a parent of ``parent_level``."""

@@ -157,3 +157,19 @@ def test_explain_says_where_an_envelope_goes_and_why(routing: Routing) -> None:
     grave = incident(pb.GRADE_MAJOR)
     at_province = routing.explain(grave, node="henan-province", level=Level.PROVINCE, region="410000", parent=False)
     assert at_province[1].startswith("national: flagged by rule major-incidents-national")
+
+
+@pytest.mark.parametrize("level", [Level.CITY, Level.PROVINCE])
+def test_the_quick_answer_agrees_with_the_explained_one(routing: Routing, level: Level) -> None:
+    alarm = factories.observation(region="410102")
+    alarm.attributes["edge.alarm"] = "water_level"
+    heartbeat = pb.Envelope(id="h", kind=pb.HEARTBEAT, region="410102")
+    grades = (pb.GRADE_GENERAL, pb.GRADE_LARGER, pb.GRADE_MAJOR, pb.GRADE_EXTRAORDINARY)
+    samples = [incident(grade) for grade in grades] + [
+        factories.alert(region="410102"),
+        factories.observation(region="410102"),
+        alarm,
+        heartbeat,
+    ]
+    for env in samples:
+        assert routing.sends_up(env, level) is routing.to_parent(env, level).send, env.id
