@@ -349,8 +349,8 @@ async def role_agents(args: argparse.Namespace) -> None:
         args.first : args.first + args.count
     ]
     generated = time.perf_counter()
-    # Photo chunks (P3 bulk) are left out: the node refuses them today ("attributes[edge.blob]: value
-    # too long"), so they would stay in the outbox and be sent again and again.
+    # Photo chunks (P3 bulk, 1 KiB each) are left out: the figure counts small readings, as the
+    # anchor's messages are small (the node stores chunks in base64 pieces, see gateway.edge_ingest).
     readings = [[r for r in rs if not r.blob] for rs in burst(terminals, args.per_terminal)]
     latest = max(r.at_ms for rs in readings for r in rs)
     if latest > now_ms:
