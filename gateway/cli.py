@@ -347,8 +347,9 @@ async def _route_explain(args: argparse.Namespace) -> int:
     config = load(Path(args.config))
     routing = Routing.load(config.path(config.routing.file) if config.routing.file else None)
     routing.touching = default_boundaries().touching
-    host, port = parse_address(config.listen.grpc, "listen.grpc", config.source)
-    target = f"{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"  # noqa: S104 - a wildcard listener
+    from adapters.host import self_target  # noqa: PLC0415 - the adapter host is loaded only where it is used
+
+    target = self_target(config, parse_address(config.listen.grpc, "listen.grpc", config.source)[1])
     if config.tls.insecure:
         client = GatewayClient(target, insecure=True)
     else:

@@ -51,7 +51,7 @@ SERVICE: Final = "yiwang.v1.Federation"
 LINK_METHOD: Final = f"/{SERVICE}/Link"
 WINDOW: Final = 8  # batches sent and not yet acknowledged, per direction of a link
 MAX_BATCH_BYTES: Final = 4 << 20  # stays well inside the gRPC message limit
-_CURSOR_UP: Final = "federation/up"
+UP_CURSOR: Final = "federation/up"  # the link up's position in the child's log
 
 
 class FederationError(YiwangError):
@@ -141,14 +141,17 @@ class LinkEnd:
                 position = stored.next_offset
                 await self._send(stored.entries(0, stored.count, chosen) if chosen else b"", position)
 
+    def came_from_peer(self, env: pb.Envelope) -> bool:
+        """Whether the envelope went through the other end of this link (a hop record names it): it is
+        never sent back there."""
+        return any(hop.node == self.peer_node for hop in env.provenance.hops)
+
     async def _send(self, entries: bytes, upto: int) -> None:
         request = gw.PublishRequest(batch_id=upto)
         if entries:
             for delivery in gw.DeliveryBatch.FromString(entries).deliveries:
                 env = delivery.envelope
-                if any(hop.node == self.peer_node for hop in env.provenance.hops):
-                    continue  # it came from there
-                if not self.routes(env):
+                if self.came_from_peer(env) or not self.routes(env):
                     continue
                 if env.kind == pb.INCIDENT and self.chain is not None:
                     await self._add_earlier_reports(request, env, delivery.offset)
@@ -187,14 +190,12 @@ class LinkEnd:
                 continue  # past retention
             stored, index = found[earlier_id]
             earlier = gw.DeliveryBatch.FromString(stored.entry(index)).deliveries[0].envelope
-            if self.routes(earlier) or any(hop.node == self.peer_node for hop in earlier.provenance.hops):
+            if self.routes(earlier) or self.came_from_peer(earlier):
                 continue  # it went (or goes) up by itself, or came from there
             self._add(request, earlier)
 
     async def on_ack(self, ack: fed.LinkAck) -> None:
         """The other end has a batch durably: the cursor moves past it (and past skipped ranges after it)."""
-        while self._pending and not self._pending[0][1]:
-            self._pending.popleft()  # ranges with nothing to send that were queued behind an earlier batch
         if not self._pending or self._pending[0][0] != ack.cursor:
             expected = self._pending[0][0] if self._pending else "none"
             raise FederationError(f"acknowledgement of batch {ack.cursor}, but the batch in flight is {expected}")
@@ -487,7 +488,7 @@ class ParentLink:
                 label=self.label,
                 peer=peer,
                 peer_node=parent.node_id,
-                cursor=_CURSOR_UP,
+                cursor=UP_CURSOR,
                 kinds=routing.up_kinds,
                 routes=lambda env: routing.sends_up(env, parent_level),
                 accept=self.accept,

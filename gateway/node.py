@@ -38,7 +38,7 @@ from gateway.policy import Policy
 from gateway.regions import default_table, level_of
 from gateway.reports import ReportMetrics, ReportTracker, rules_of
 from gateway.routing import Routing
-from gateway.service import SERVICE, GatewayService, ServiceLimits
+from gateway.service import SERVICE, GatewayService, Peer, ServiceLimits
 from gateway.signing import Verifier
 from gateway.sqlite_log import Retention, SqliteLog
 from gateway.tls import ClientTls, Revocations, ServerTls
@@ -188,13 +188,15 @@ class Node:
         self._crl_watch = asyncio.create_task(self._watch_crl(), name="crl-watch")
         if self.adapters is not None:
             self.adapters.start()
-        if cfg.mqtt.broker:
-            await self._start_ingest(server_tls)
-        parent_region = self.service.regions.parent(cfg.node.region) if cfg.parent.address else None
+        # The node itself, as the origin of what it publishes in its own log (edge readings, overdue alerts).
         own = x509.load_pem_x509_certificate(server_tls.cert.read_bytes()) if server_tls else None
+        own_peer = self.service.peer_of(own)
+        if cfg.mqtt.broker:
+            await self._start_ingest(own_peer)
+        parent_region = self.service.regions.parent(cfg.node.region) if cfg.parent.address else None
         self.reports = ReportTracker(
             self.service,
-            self.service.peer_of(own),
+            own_peer,
             routing=routing,
             rules=rules_of(cfg.reports),
             path=cfg.data_dir / "reports.sqlite",
@@ -224,7 +226,7 @@ class Node:
             data_dir=str(cfg.data_dir),
         )
 
-    async def _start_ingest(self, server_tls: ServerTls | None) -> None:
+    async def _start_ingest(self, peer: Peer) -> None:
         """Connects to the terminals' broker and ingests their readings (see gateway.edge_ingest)."""
         from adapters.deadletter import DeadLetters  # noqa: PLC0415
         from edge_agent.mqtt import MqttClient, connect_forever  # noqa: PLC0415 - only nodes with terminals
@@ -238,8 +240,6 @@ class Node:
         recovered = await replay_into_ledger(self.service, self.edge_ledger)
         if recovered:
             log.info("edge_ledger_recovered", envelopes=recovered)
-        own = x509.load_pem_x509_certificate(server_tls.cert.read_bytes()) if server_tls else None
-        peer = self.service.peer_of(own)
         settings = IngestSettings(stale_after=mqtt.stale_after, resend_after_s=mqtt.resend_after_s)
         self.ingest = EdgeIngest(
             self.service,

@@ -35,6 +35,7 @@ from yiwang.v1 import envelope_pb2 as pb
 from yiwang.v1 import gateway_pb2 as gw
 
 from gateway.config import ReportsSection
+from gateway.federation import UP_CURSOR
 from gateway.regions import Level
 from gateway.routing import OVERDUE_ATTRIBUTE, Routing
 from gateway.selection import RECORD
@@ -45,7 +46,6 @@ log = structlog.get_logger("yiwang.reports")
 
 _T = TypeVar("_T")
 CURSOR: Final = "reports"
-UP_CURSOR: Final = "federation/up"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS incidents (
     incident_id TEXT PRIMARY KEY,
@@ -61,7 +61,7 @@ CREATE TABLE IF NOT EXISTS incidents (
 CREATE TABLE IF NOT EXISTS obligations (
     kind TEXT NOT NULL,          -- onward, follow_up, link
     subject TEXT NOT NULL,       -- the incident id, or the child node's link
-    offset INTEGER NOT NULL,     -- the report's offset in the log (0 for a link)
+    offset INTEGER NOT NULL,     -- the report's offset in the log; for a link, the second its outage began
     due_ns INTEGER NOT NULL,
     met_ns INTEGER,
     raised_ns INTEGER,
