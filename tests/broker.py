@@ -7,24 +7,16 @@ from __future__ import annotations
 import getpass
 import shutil
 import signal
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 from gateway.pki import Authority, Role
+from tests.conftest import free_port, wait_listening
 
 ROOT = Path(__file__).resolve().parent.parent
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 PUB = shutil.which("mosquitto_pub") or "mosquitto_pub"
 SUB = shutil.which("mosquitto_sub") or "mosquitto_sub"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Broker:
@@ -46,14 +38,10 @@ class Broker:
     def start(self) -> None:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"mosquitto did not start: {self.log.read_text(errors='replace')}")
-            time.sleep(0.05)
+        try:
+            wait_listening(self.port, self.proc, "mosquitto")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {self.log.read_text(errors='replace')}") from None
 
     def stop(self) -> None:
         if self.proc is not None:

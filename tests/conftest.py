@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import socket
+import subprocess
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -142,6 +145,29 @@ def no_leftover_threads() -> Iterator[None]:
         deadline -= 1
         threading.Event().wait(0.05)
     pytest.fail(f"threads left running: {ours}")
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (bound to port 0, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_listening(port: int, proc: subprocess.Popen[Any], what: str, timeout: float = 20.0) -> None:
+    """Waits until a child process listens on a loopback port; fails, saying why, if it exits first.
+
+    Synchronous on purpose: it runs in fixtures before any event loop, polling another process.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not start (listening on 127.0.0.1:{port})")
+        time.sleep(0.02)
 
 
 async def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> None:

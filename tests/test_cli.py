@@ -26,6 +26,7 @@ from google.protobuf import json_format
 from yiwang.v1 import envelope_pb2 as pb
 
 from tests import factories
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 YIWANG = [sys.executable, "-m", "gateway.cli"]
@@ -75,14 +76,6 @@ FILTERS: dict[str, tuple[list[str], list[int]]] = {
     "bbox-polygons": (["--bbox", "34.74,113.55,34.76,113.56"], [2, 4, 7]),
     "all-at-once": (["--region", "410100", "--kind", "ALERT", "--min-severity", "ORANGE"], [2, 7]),
 }
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago (bound to port 0, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def yiwang(

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -26,21 +25,13 @@ from yiwang.v1 import gateway_pb2 as gw
 
 from gateway.client import GatewayClient
 from tests import factories
-from tests.conftest import eventually
+from tests.conftest import eventually, free_port
 
 ACCEPTED = gw.PublishResult.ACCEPTED
 DUPLICATE = gw.PublishResult.DUPLICATE
 BATCH = 200
 START_TIMEOUT_S = 60.0
 RPC_TIMEOUT_S = 60.0
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago (bound to port 0, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def write_config(tmp_path: Path, *, fsync: bool) -> Path:

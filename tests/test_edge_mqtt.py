@@ -6,11 +6,9 @@ from __future__ import annotations
 import asyncio
 import getpass
 import signal
-import socket
 import ssl
 import subprocess
 import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -28,8 +26,8 @@ from edge_agent.mqtt import (
 )
 from gateway.pki import Authority, Role
 from gateway.tls import ClientTls
-from tests.broker import MOSQUITTO, Broker, broker_pki, free_port
-from tests.conftest import eventually
+from tests.broker import MOSQUITTO, Broker, broker_pki
+from tests.conftest import eventually, free_port, wait_listening
 
 OWN = "yiwang/edge/410105/water/edge/gauge-17"
 OTHER = "yiwang/edge/410105/water/edge/gauge-18"
@@ -143,14 +141,7 @@ def closed_broker(tmp_path: Path) -> Iterator[int]:
     conf.write_text(f"user {getpass.getuser()}\nlistener {port} 127.0.0.1\nallow_anonymous false\n", encoding="utf-8")
     proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert proc.poll() is None, "mosquitto did not start"
-            assert time.monotonic() < deadline, "mosquitto did not start"
-            time.sleep(0.02)
+        wait_listening(port, proc, "mosquitto")
         yield port
     finally:
         proc.terminate()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -25,7 +24,7 @@ from gateway.regions import default_table
 from gateway.signing import Signer, Verifier
 from gateway.tls import ClientTls
 from tests import factories
-from tests.conftest import client_as
+from tests.conftest import client_as, free_port
 
 DOMAIN = "yjt.henan.gov.cn"
 GATEWAYS = {
@@ -47,12 +46,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Authority:
     ca.issue(ca.identity(Role.DEPARTMENT, "410102", "zy-emergency", "emergency"))
     ca.issue(ca.identity(Role.DEPARTMENT, "410000", "henan-qxj", "meteorology"))
     return ca
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def gateway_uri(name: str) -> str:
