@@ -38,7 +38,6 @@ import re
 import selectors
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,6 +51,7 @@ from typing import Any, Final
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
+from bench.throughput import free_port, wait_port
 from edge_agent import wire
 from edge_agent.agent import EdgeAgent
 from edge_agent.cli import connector, run_until_stopped
@@ -74,25 +74,6 @@ SCENARIO_START_MS: Final = (
     int(dt.datetime(2021, 7, 20, 14, 0, tzinfo=dt.timezone(dt.timedelta(hours=8))).timestamp()) * 1000
 )
 CLOCK_TICK: Final = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, proc: subprocess.Popen[Any], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        if proc.poll() is not None:
-            raise SystemExit(f"{what} exited (status {proc.returncode}) before listening on 127.0.0.1:{port}")
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{what}: nothing listens on 127.0.0.1:{port} after {timeout:g} s")
-        time.sleep(0.05)
 
 
 def wait_for_text(path: Path, text: str, proc: subprocess.Popen[Any], what: str, timeout: float) -> None:
@@ -208,7 +189,7 @@ class Broker:
             encoding="utf-8",
         )
         self.proc = procs.start([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(self.port, self.proc, "mosquitto", 20)
+        wait_port(self.port, 20, self.proc, "mosquitto")
 
     def wait_subscribed(self, client_id: str, timeout: float = 20.0) -> None:
         """Waits for the broker's log line of ``client_id``'s subscription."""
@@ -432,7 +413,7 @@ def start_node(
             stdout=sink,
             stderr=subprocess.STDOUT,
         )
-    wait_port(http_port, node, "the node", 60)
+    wait_port(http_port, 60, node, "the node")
     wait_for_text(log, "edge_ingest_subscribed", node, "the node", 30)
     return node, http_port, log
 

@@ -53,6 +53,7 @@ class Chain:
         self.folder = folder
         self.fsync = fsync
         self.ports = {name: throughput.free_port() for name, _, _ in CHAIN}
+        self.http = {name: throughput.free_port() for name, _, _ in CHAIN}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "routing.toml").write_text(ALL_OBSERVATIONS_UP, encoding="utf-8")
@@ -64,7 +65,7 @@ class Chain:
         path = self.folder / f"{name}.toml"
         text = (
             f'[node]\nid = "{name}"\nregion = "{region}"\n'
-            f'[listen]\ngrpc = "{self.target(name)}"\nhttp = "127.0.0.1:{throughput.free_port()}"\n'
+            f'[listen]\ngrpc = "{self.target(name)}"\nhttp = "127.0.0.1:{self.http[name]}"\n'
             f'[log]\ndata_dir = "{self.folder / name}"\nfsync = {"true" if self.fsync else "false"}\n'
             f"retention_hours = 2\n[tls]\ninsecure = true\n"
             f'[routing]\nfile = "{self.folder / "routing.toml"}"\n'
@@ -80,7 +81,9 @@ class Chain:
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "gateway", "--config", str(config), "--log-level", "warning"],
         )
-        throughput.wait_port(self.ports[name])
+        throughput.wait_port(self.ports[name], 60, self.procs[name], name)
+        if parent:  # its link up is open
+            throughput.wait_metric(self.http[name], "yiwang_federation_link_up", 1, labels='link="up"')
 
     def stop(self, name: str) -> None:
         throughput.stop(self.procs.pop(name))
@@ -95,7 +98,6 @@ class Chain:
     def __enter__(self) -> Chain:
         for name, _, _ in CHAIN:
             self.start(name)
-        time.sleep(1.0)  # the links open (each child connects to its parent)
         return self
 
     def __exit__(self, *_exc: object) -> None:
@@ -113,7 +115,7 @@ def across(
     )
     assert sub.stdout is not None
     sub.stdout.readline()  # ready
-    time.sleep(0.3)
+    throughput.wait_metric(chain.http["henan-province"], "yiwang_subscribers", 1)  # it is registered
     pub = throughput.spawn(
         "--role", "publisher", "--target", chain.target("jinshui-county"), "--seconds", str(seconds),
         "--batch", str(batch), "--rate", str(rate), "--window", "8", "--build", "messages",

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -275,14 +276,40 @@ def result(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
     return dict(json.loads(lines[-1]))
 
 
-def wait_port(port: int, timeout: float = 30.0) -> None:
+def wait_port(port: int, timeout: float = 30.0, proc: subprocess.Popen[Any] | None = None, what: str = "") -> None:
+    """Waits until something listens on a loopback port; with ``proc``, gives up if that process exits."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    who = f"{what}: " if what else ""
+    while True:
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"{who}exited (status {proc.returncode}) before listening on 127.0.0.1:{port}")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{who}nothing listens on 127.0.0.1:{port} after {timeout:g} s")
         time.sleep(0.05)
-    raise SystemExit(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def metric(http_port: int, name: str, labels: str = "") -> float:
+    """The sum of a node's samples of a Prometheus metric (those whose labels contain ``labels``)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        head, _, value = line.rpartition(" ")
+        if (head == name or head.startswith(name + "{")) and labels in head:
+            total += float(value)
+    return total
+
+
+def wait_metric(http_port: int, name: str, at_least: float, labels: str = "", timeout: float = 30.0) -> None:
+    """Waits until a node's metric reaches ``at_least`` (polled: the process is another one)."""
+    deadline = time.monotonic() + timeout
+    while metric(http_port, name, labels) < at_least:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{name}{{{labels}}} on 127.0.0.1:{http_port} did not reach {at_least:g}")
+        time.sleep(0.05)
 
 
 def start_node(
