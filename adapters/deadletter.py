@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.transactions import write_transaction
+from gateway.stores import open_store, write_transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS letters (
@@ -75,12 +75,8 @@ class DeadLetters:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._con = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._con.execute("PRAGMA journal_mode=WAL")
-        self._con.execute("PRAGMA synchronous=FULL")
-        self._con.executescript(_SCHEMA)
+        self._con = open_store(path, _SCHEMA)
 
     def close(self) -> None:
         with self._lock:

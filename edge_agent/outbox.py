@@ -50,7 +50,7 @@ import structlog
 
 from edge_agent.model import DropReason, DropReport, Priority, Reading, Sequenced
 from gateway.errors import YiwangError
-from gateway.transactions import write_transaction
+from gateway.stores import write_transaction
 
 log = structlog.get_logger("yiwang.edge.outbox")
 

@@ -11,10 +11,11 @@ sent again is never stored twice.
 from __future__ import annotations
 
 import bisect
-import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+from gateway.stores import open_store
 
 Range = tuple[int, int]  # inclusive
 
@@ -96,12 +97,8 @@ class RangeSet:
 class EdgeLedger:
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._con = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._con.execute("PRAGMA journal_mode=WAL")
-        self._con.execute("PRAGMA synchronous=FULL")
-        self._con.executescript(_SCHEMA)
+        self._con = open_store(path, _SCHEMA)
         self._sets: dict[tuple[str, int], RangeSet] = {}
         rows = self._con.execute("SELECT terminal, session, first, last FROM stored").fetchall()
         grouped: dict[tuple[str, int], list[Range]] = {}

@@ -40,7 +40,7 @@ from gateway.regions import Level
 from gateway.routing import OVERDUE_ATTRIBUTE, Routing
 from gateway.selection import RECORD
 from gateway.service import GatewayService, Peer
-from gateway.transactions import write_transaction
+from gateway.stores import open_store, write_transaction
 
 log = structlog.get_logger("yiwang.reports")
 
@@ -139,9 +139,7 @@ def open_db(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
     if read_only:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
     else:
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.executescript(_SCHEMA)
+        db = open_store(path, _SCHEMA)
     return db
 
 
