@@ -54,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 from bench.throughput import free_port, wait_port
 from edge_agent import wire
 from edge_agent.agent import EdgeAgent
-from edge_agent.cli import connector, run_until_stopped
+from edge_agent.cli import connector, run_until_stopped, until_signalled
 from edge_agent.links import SATELLITE, Budget, LinkProfile, profile
 from edge_agent.model import Metric, Reading, Sequenced
 from edge_agent.outbox import Outbox
@@ -310,14 +310,6 @@ async def below_backlog(outbox: Outbox, backlog: int) -> None:
     """Returns once the outbox holds at most ``backlog`` readings (polled: the outbox has no event for it)."""
     while (await asyncio.to_thread(outbox.stats)).total_readings > backlog:  # noqa: ASYNC110
         await asyncio.sleep(0.02)
-
-
-async def until_signalled() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
 
 
 async def role_agents(args: argparse.Namespace) -> None:

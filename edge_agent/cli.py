@@ -117,7 +117,7 @@ async def run_agent(config: EdgeConfig) -> None:
     agent, outbox = build_agent(config, catalogue)
     feed = feed_simulated(agent, terminal, source.speedup) if terminal is not None else feed_stdin(agent)
     try:
-        await run_until_stopped([agent.run(), feed], _until_signalled())
+        await run_until_stopped([agent.run(), feed], until_signalled())
     finally:
         outbox.close()
 
@@ -135,7 +135,8 @@ async def run_until_stopped(work: list[Coroutine[Any, Any, None]], stop: Corouti
             raise task.exception()  # type: ignore[misc]
 
 
-async def _until_signalled() -> None:
+async def until_signalled() -> None:
+    """Returns on SIGINT or SIGTERM."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -187,7 +188,7 @@ async def simulate(args: argparse.Namespace) -> None:
     for agent, terminal in agents:
         work += [agent.run(), feed_simulated(agent, terminal, args.speedup)]
     try:
-        await run_until_stopped(work, asyncio.sleep(args.duration) if args.duration else _until_signalled())
+        await run_until_stopped(work, asyncio.sleep(args.duration) if args.duration else until_signalled())
     finally:
         for outbox in outboxes:
             outbox.close()
