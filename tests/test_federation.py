@@ -13,7 +13,6 @@ from typing import Any
 import grpc
 import pytest
 from yiwang.v1 import envelope_pb2 as pb
-from yiwang.v1 import federation_pb2 as fed
 from yiwang.v1 import gateway_pb2 as gw
 
 from gateway.config import from_dict
@@ -303,9 +302,9 @@ async def test_only_a_gateway_of_a_direct_subregion_may_link(network: Network, p
     ):
         tls = ClientTls(pki.dir / "ca.pem", issued / f"{name}.chain.pem", issued / f"{name}.key")
         async with grpc.aio.secure_channel(province.grpc_target, tls.credentials()) as channel:
+            # The province refuses on the certificate alone, before it reads anything: writing a hello
+            # could race with that refusal, so the test only reads.
             call: grpc.aio.StreamStreamCall[bytes, bytes] = channel.stream_stream(LINK_METHOD)()
-            hello = fed.LinkMessage(hello=fed.LinkHello(node_id=name, region="410105"))
-            await call.write(hello.SerializeToString())
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await call.read()
         assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
