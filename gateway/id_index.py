@@ -20,9 +20,11 @@ import hashlib
 import json
 import multiprocessing
 import os
+import queue
 import signal
 import sqlite3
 import sys
+import threading
 from array import array
 from collections import deque
 from collections.abc import Iterable
@@ -73,6 +75,10 @@ class IdIndex:
         self._probe: sqlite3.Connection | None = None
         self._indexer: BaseProcess | None = None
         self._conn: Connection | None = None
+        # Chunks are several megabytes: a thread of their own sends them, so that the log's writer,
+        # which would wait on the pipe for each 64 KiB piece, goes on committing meanwhile.
+        self._outbox: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self._sender: threading.Thread | None = None
         self.watermark = 1
         self.failure: BaseException | None = None
 
@@ -106,9 +112,24 @@ class IdIndex:
         self._indexer.start()
         there.close()
         self._conn = here
+        self._sender = threading.Thread(target=self._send_loop, args=(here,), name="yiwang-id-sender", daemon=True)
+        self._sender.start()
+
+    def _send_loop(self, conn: Connection) -> None:
+        while (message := self._outbox.get()) is not None:
+            try:
+                conn.send(message)
+            except OSError as exc:
+                self.failure = exc
+                log.error("id_indexer_gone", path=str(self.path), error=repr(exc))
+                return
 
     def close(self) -> None:
         if self._indexer is not None and self._conn is not None:
+            self._outbox.put(None)
+            if self._sender is not None:
+                self._sender.join()
+                self._sender = None
             with contextlib.suppress(OSError):
                 self._conn.send(None)
             self._indexer.join(timeout=60)
@@ -201,12 +222,7 @@ class IdIndex:
             return
         if self._conn is None:
             self._start_indexer()
-        assert self._conn is not None
-        try:
-            self._conn.send(message)
-        except OSError as exc:
-            self.failure = exc
-            log.error("id_indexer_gone", path=str(self.path), error=repr(exc))
+        self._outbox.put(message)
 
     def maybe_flush(self, next_offset: int, *, force: bool = False) -> None:
         """Hands the hot ids to the indexer when there are enough of them (or when forced)."""
