@@ -8,13 +8,18 @@ more than it saves for a handful of envelopes.
 
 from __future__ import annotations
 
+import asyncio
+import mmap
 import multiprocessing
 import os
+import pickle
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing import reduction
 from pathlib import Path
+from typing import Any, cast
 
 from cryptography import x509
 from google.protobuf.message import DecodeError
@@ -163,6 +168,8 @@ PERMISSION_DENIED = 7
 UNAUTHENTICATED = 16
 
 _worker: Admission | None = None
+_shared: mmap.mmap | None = None  # the worker's view of the pool's shared memory
+_slot_bytes = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,20 +180,55 @@ class _WorkerSetup:
     parent: int
     ca_pem: bytes | None
     certificates_dir: Path | None
+    shared: _SharedFd | None
+    slots: int
+    slot_bytes: int
+
+
+class _SharedFd:
+    """A file descriptor handed to a spawned worker at its start (multiprocessing duplicates it for the
+    child while it pickles the worker's arguments)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __reduce__(self) -> tuple[Callable[[Any], int], tuple[Any]]:
+        return _detach, (reduction.DupFd(self.fd),)
+
+
+def _detach(duplicate: Any) -> int:
+    return int(duplicate.detach())
 
 
 def _start_worker(setup: _WorkerSetup) -> None:
-    global _worker  # noqa: PLW0603 - the one piece of state of a worker process, set once at its start
+    global _worker, _shared, _slot_bytes  # noqa: PLW0603 - the state of a worker process, set once at its start
     die_with_parent(setup.parent)
     verifier = Verifier(x509.load_pem_x509_certificate(setup.ca_pem)) if setup.ca_pem else None
     store = CertificateStore(setup.certificates_dir) if setup.certificates_dir is not None else None
     validator = Validator(default_table(), agencies=setup.agencies, limits=setup.limits)
     _worker = Admission(validator, setup.max_batch_envelopes, verifier, store)
+    if setup.shared is not None:
+        fd = cast(int, setup.shared)  # unpickled by _detach
+        _shared, _slot_bytes = mmap.mmap(fd, setup.slots * setup.slot_bytes), setup.slot_bytes
+        os.close(fd)
 
 
 def admit_in_worker(raw: bytes, now: float, revoked: frozenset[int]) -> Admitted:
     assert _worker is not None, "admission worker not initialised"
     return _worker.admit(raw, now, revoked, by_reference=True)
+
+
+def admit_shared(start: int, size: int, now: float, revoked: frozenset[int]) -> Admitted | int:
+    """Admits the request the main process put in shared memory at ``start``; the result goes back
+    the same way (its pickled size is returned) unless it does not fit in the request's slot."""
+    assert _worker is not None, "admission worker not initialised"
+    assert _shared is not None, "admission worker has no shared memory"
+    admitted = _worker.admit(_shared[start : start + size], now, revoked, by_reference=True)
+    result = pickle.dumps(admitted, pickle.HIGHEST_PROTOCOL)
+    if len(result) > _slot_bytes:
+        return admitted
+    _shared[start : start + len(result)] = result
+    return len(result)
 
 
 def take_envelopes(admitted: Admitted, raw: bytes) -> None:
@@ -247,24 +289,107 @@ def enforce(
 
 
 def worker_ready() -> bool:
+    """Whether the worker has started (the pool waits for each at its start)."""
     return _worker is not None
 
 
-def start_pool(
-    workers: int,
-    validator: Validator,
-    max_batch_envelopes: int,
-    ca_pem: bytes | None = None,
-    certificates_dir: Path | None = None,
-) -> ProcessPoolExecutor:
-    """A pool of admission workers (spawned, not forked: the parent runs gRPC threads)."""
-    return ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_start_worker,
-        initargs=(
-            _WorkerSetup(
-                validator.agencies, validator.limits, max_batch_envelopes, os.getpid(), ca_pem, certificates_dir
-            ),
-        ),
-    )
+SLOT_BYTES = 4 << 20  # shared memory per request in flight; larger requests go through the pipe
+
+
+class AdmissionPool:
+    """Admission workers, and shared memory that carries requests to them and results back.
+
+    A request of half a megabyte sent through the pool's pipe crosses it in 64 KiB pieces, each
+    written by a feeder thread that needs the interpreter lock while the event loop holds it, so
+    the worker waited more than it worked. Copying the request into a slot of shared memory takes
+    one memcpy; the pipe then carries only the slot's place. When every slot is taken, a request
+    waits for one (more in flight would only queue for the workers); a request larger than a slot,
+    or every request where the system has no memfd_create, goes through the pipe.
+    """
+
+    def __init__(
+        self,
+        workers: int,
+        validator: Validator,
+        max_batch_envelopes: int,
+        ca_pem: bytes | None = None,
+        certificates_dir: Path | None = None,
+        *,
+        slots: int = 0,
+        slot_bytes: int = SLOT_BYTES,
+    ) -> None:
+        self.workers = workers
+        self.slots = slots or 4 * workers
+        self.slot_bytes = slot_bytes
+        self._memory: mmap.mmap | None = None
+        self._free: asyncio.Queue[int] = asyncio.Queue()
+        shared: _SharedFd | None = None
+        fd = -1
+        if hasattr(os, "memfd_create"):
+            fd = os.memfd_create("yiwang-admission")
+            os.ftruncate(fd, self.slots * slot_bytes)  # pages are taken only when written
+            self._memory = mmap.mmap(fd, self.slots * slot_bytes)
+            for i in range(self.slots):
+                self._free.put_nowait(i * slot_bytes)
+            shared = _SharedFd(fd)
+        setup = _WorkerSetup(
+            validator.agencies,
+            validator.limits,
+            max_batch_envelopes,
+            os.getpid(),
+            ca_pem,
+            certificates_dir,
+            shared,
+            self.slots,
+            slot_bytes,
+        )
+        self.executor = ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=multiprocessing.get_context("spawn"),  # not forked: the parent runs gRPC threads
+            initializer=_start_worker,
+            initargs=(setup,),
+        )
+        self._fd = fd
+
+    async def start(self) -> None:
+        """Starts every worker (each gets its copy of the shared memory's descriptor as it starts)."""
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(self.executor, worker_ready) for _ in range(self.workers)))
+        if self._fd >= 0:
+            os.close(self._fd)  # the mapping stays; the workers hold their own
+            self._fd = -1
+
+    async def admit(self, raw: bytes, now: float, revoked: frozenset[int]) -> Admitted:
+        loop = asyncio.get_running_loop()
+        memory = self._memory
+        if memory is None or len(raw) > self.slot_bytes:
+            admitted: Admitted = await loop.run_in_executor(self.executor, admit_in_worker, raw, now, revoked)
+        else:
+            start = await self._free.get()
+            memory[start : start + len(raw)] = raw
+            future = self.executor.submit(admit_shared, start, len(raw), now, revoked)
+            try:
+                result = await asyncio.wrap_future(future)
+            except BaseException:
+                # A worker may still read the slot, or write to it: it is free again only when done.
+                future.add_done_callback(lambda _: self._release(loop, start))
+                raise
+            if isinstance(result, int):
+                result = pickle.loads(memory[start : start + result])  # noqa: S301 - written by our own worker
+            admitted = result
+            self._free.put_nowait(start)
+        take_envelopes(admitted, raw)
+        return admitted
+
+    def _release(self, loop: asyncio.AbstractEventLoop, start: int) -> None:
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(self._free.put_nowait, start)
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._memory is not None:
+            self._memory.close()
+            self._memory = None

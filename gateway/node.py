@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import signal
-from concurrent.futures import ProcessPoolExecutor
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -17,7 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from yiwang.v1 import gateway_pb2 as gw
 
-from gateway.admission import start_pool, worker_ready
+from gateway.admission import AdmissionPool
 from gateway.audit import AuditLog
 from gateway.boundaries import default_boundaries
 from gateway.certstore import CertificateStore
@@ -67,7 +66,7 @@ class Node:
         self._commands_task: asyncio.Task[None] | None = None
         self.grpc_port = 0
         self.http_port = 0
-        self.pool: ProcessPoolExecutor | None = None
+        self.pool: AdmissionPool | None = None
         self.audit: AuditLog | None = None
         self.revocations = Revocations(None, None)
         self.crl_interval_s = 2.0
@@ -119,9 +118,10 @@ class Node:
             ca_pem = server_tls.ca_pem(src)
         certificates = CertificateStore(cfg.data_dir / "certificates")
         if workers:
-            self.pool = start_pool(workers, validator, cfg.limits.max_batch_envelopes, ca_pem, certificates.directory)
-            loop = asyncio.get_running_loop()
-            await asyncio.gather(*(loop.run_in_executor(self.pool, worker_ready) for _ in range(workers)))
+            self.pool = AdmissionPool(
+                workers, validator, cfg.limits.max_batch_envelopes, ca_pem, certificates.directory
+            )
+            await self.pool.start()
         self.revocations = Revocations(cfg.path(tls.crl) if tls.crl else None, server_tls.ca if server_tls else None)
         self.revocations.reload()
         self.service = GatewayService(
@@ -341,7 +341,7 @@ class Node:
         if self.http is not None:
             await self.http.stop()
         if self.pool is not None:
-            await asyncio.to_thread(self.pool.shutdown, wait=True, cancel_futures=True)
+            await asyncio.to_thread(self.pool.shutdown)
             self.pool = None
         if self.log is not None:
             await self.log.close()

@@ -13,7 +13,6 @@ import itertools
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -23,7 +22,7 @@ from cryptography import x509
 from yiwang.v1 import gateway_pb2 as gw
 
 from gateway import __version__
-from gateway.admission import UNAUTHENTICATED, Admission, Admitted, admit_in_worker, enforce, take_envelopes
+from gateway.admission import UNAUTHENTICATED, Admission, AdmissionPool, Admitted, enforce
 from gateway.audit import AuditLog
 from gateway.certstore import CertificateStore
 from gateway.errors import InvalidRequestError, UnauthenticatedError, YiwangError
@@ -101,7 +100,7 @@ class GatewayService:
         level: str,
         region: str,
         limits: ServiceLimits | None = None,
-        pool: ProcessPoolExecutor | None = None,
+        pool: AdmissionPool | None = None,
         tls: bool = False,
         trust_domain: str = "",
         revocations: Revocations | None = None,
@@ -195,10 +194,7 @@ class GatewayService:
         policy: what a node takes from its parent, see gateway.federation)."""
         now = time.time()
         if self.pool is not None and len(raw) >= self.limits.pool_min_request_bytes:
-            loop = asyncio.get_running_loop()
-            revoked = self.revocations.serials
-            admitted: Admitted = await loop.run_in_executor(self.pool, admit_in_worker, raw, now, revoked)
-            take_envelopes(admitted, raw)
+            admitted = await self.pool.admit(raw, now, self.revocations.serials)
         else:
             admitted = self.admission.admit(raw, now, self.revocations.serials)
         for _, envelope_id, field_path, reason, code in admitted.rejections:
