@@ -140,6 +140,13 @@ class ReportsSection:
 
 
 @dataclass(frozen=True)
+class SummariesSection:
+    """Periodic station summaries a node with a parent sends up instead of raw telemetry (gateway.summaries)."""
+
+    period_minutes: float = 15.0  # 0: none
+
+
+@dataclass(frozen=True)
 class RoutingSection:
     file: str = ""  # rules over the shipped gateway/data/default-routing.toml (see gateway.routing)
 
@@ -168,6 +175,7 @@ class NodeConfig:
     parent: ParentSection = field(default_factory=ParentSection)
     routing: RoutingSection = field(default_factory=RoutingSection)
     reports: ReportsSection = field(default_factory=ReportsSection)
+    summaries: SummariesSection = field(default_factory=SummariesSection)
     source: str = field(default="", metadata={"internal": True})  # the file it was read from, not a key
 
     @property
@@ -347,6 +355,8 @@ def check(config: NodeConfig) -> NodeConfig:
             raise ConfigError("four positive numbers, for grades IV, III, II and I", key=f"reports.{key}", source=src)
     if reports.link_tolerance_minutes <= 0 or reports.check_interval_s <= 0:
         raise ConfigError("must be positive", key="reports.link_tolerance_minutes", source=src)
+    if config.summaries.period_minutes < 0:
+        raise ConfigError("must be 0 (no summaries) or a positive number", key="summaries.period_minutes", source=src)
     parent = config.parent
     if parent.address:
         parse_address(parent.address, "parent.address", src)

@@ -40,6 +40,7 @@ from gateway.routing import Routing
 from gateway.service import SERVICE, GatewayService, Peer, ServiceLimits
 from gateway.signing import Verifier
 from gateway.sqlite_log import Retention, SqliteLog
+from gateway.summaries import StationSummaries
 from gateway.tls import ClientTls, Revocations, ServerTls
 from gateway.validation import Limits, Validator
 
@@ -75,6 +76,7 @@ class Node:
         self.federation: FederationService | None = None
         self.reports: ReportTracker | None = None
         self._reports_task: asyncio.Task[None] | None = None
+        self._summaries_task: asyncio.Task[None] | None = None
         self._parent_task: asyncio.Task[None] | None = None
 
     @property
@@ -205,6 +207,11 @@ class Node:
             children_down=federation.children_down,
         )
         self._reports_task = asyncio.create_task(self.reports.run(), name="reports")
+        if cfg.parent.address and cfg.summaries.period_minutes > 0:
+            summaries = StationSummaries(
+                self.service, own_peer, period_s=cfg.summaries.period_minutes * 60, registry=self.metrics.registry
+            )
+            self._summaries_task = asyncio.create_task(summaries.run(), name="summaries")
         if cfg.parent.address:
             self._start_parent_link(routing, federation_metrics)
         for name in ("", SERVICE):
@@ -301,6 +308,11 @@ class Node:
                 log.info("crl_reloaded", newly_revoked=len(added), streams_cut=cut)
 
     async def stop(self) -> None:
+        if self._summaries_task is not None:
+            self._summaries_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._summaries_task
+            self._summaries_task = None
         if self._reports_task is not None:
             self._reports_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -30,6 +30,7 @@ from gateway.errors import ConfigError, InvalidEnvelopeError
 from gateway.regions import Level, RegionTable, default_table
 
 ALARM_ATTRIBUTE: Final = "edge.alarm"  # set on readings that crossed a threshold (gateway.edge_ingest)
+SUMMARY_ATTRIBUTE: Final = "yiwang.summary"  # set on a node's periodic station summaries (gateway.summaries)
 OVERDUE_ATTRIBUTE: Final = "yiwang.overdue"  # set on the alerts gateway.reports raises for the levels above
 
 
@@ -54,6 +55,7 @@ class _UpRow:
     min_grade: str = ""
     min_severity: str = ""
     alarms_only: bool = False
+    summaries_only: bool = False
     enabled: bool = True
 
 
@@ -81,6 +83,7 @@ class UpRule:
     min_grade: int = 0
     min_severity: int = 0
     alarms_only: bool = False
+    summaries_only: bool = False
     source: str = ""
 
     def takes(self, env: pb.Envelope) -> bool:
@@ -90,6 +93,7 @@ class UpRule:
             and (not self.min_grade or env.incident.grade >= self.min_grade)
             and (not self.min_severity or env.severity >= self.min_severity)
             and (not self.alarms_only or ALARM_ATTRIBUTE in env.attributes)
+            and (not self.summaries_only or SUMMARY_ATTRIBUTE in env.attributes)
         )
 
     def miss(self, env: pb.Envelope) -> str:
@@ -102,6 +106,8 @@ class UpRule:
             return f"severity {pb.Severity.Name(env.severity)} is below {pb.Severity.Name(self.min_severity)}"
         if self.alarms_only and ALARM_ATTRIBUTE not in env.attributes:
             return "not a threshold crossing"
+        if self.summaries_only and SUMMARY_ATTRIBUTE not in env.attributes:
+            return "not a station summary"
         return ""
 
 
@@ -285,6 +291,7 @@ def _up_rule(row: _UpRow, key: str, source: str) -> UpRule:
         min_grade=_enum(row.min_grade, pb.IncidentGrade, f"{key}.min_grade", source),
         min_severity=_enum(row.min_severity, pb.Severity, f"{key}.min_severity", source),
         alarms_only=row.alarms_only,
+        summaries_only=row.summaries_only,
         source=source,
     )
 

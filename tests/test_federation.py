@@ -20,6 +20,7 @@ from gateway.federation import LINK_METHOD
 from gateway.node import Node
 from gateway.pki import Authority, Role
 from gateway.regions import default_table
+from gateway.routing import SUMMARY_ATTRIBUTE
 from gateway.signing import Signer, Verifier
 from gateway.tls import ClientTls
 from tests import factories
@@ -43,6 +44,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Authority:
         ca.issue(ca.identity(Role.GATEWAY, region, name, name), ip_addresses=("127.0.0.1",))
     ca.issue(ca.identity(Role.GATEWAY, "410105", "jinshui-county", "jinshui-county"), ip_addresses=("127.0.0.1",))
     ca.issue(ca.identity(Role.DEPARTMENT, "410102", "zy-emergency", "emergency"))
+    ca.issue(ca.identity(Role.DEPARTMENT, "410102", "zy-water", "water"))
     ca.issue(ca.identity(Role.DEPARTMENT, "410000", "henan-qxj", "meteorology"))
     return ca
 
@@ -54,10 +56,17 @@ def gateway_uri(name: str) -> str:
 class Network:
     """Nodes of one test, started and restarted with their own data directories and fixed ports."""
 
-    def __init__(self, pki: Authority, folder: Path, reports: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        pki: Authority,
+        folder: Path,
+        reports: dict[str, Any] | None = None,
+        summaries: dict[str, Any] | None = None,
+    ) -> None:
         self.pki = pki
         self.folder = folder
         self.reports = reports or {}
+        self.summaries = summaries or {}
         self.ports = {name: free_port() for name in GATEWAYS}
         self.nodes: dict[str, Node] = {}
 
@@ -92,6 +101,8 @@ class Network:
             table["parent"] = {"address": f"127.0.0.1:{self.ports[parent]}", "identity": gateway_uri(parent)}
         if self.reports:
             table["reports"] = self.reports
+        if self.summaries:
+            table["summaries"] = self.summaries
         return table
 
     async def start(self, name: str, parent: str = "") -> Node:
@@ -110,8 +121,9 @@ class Network:
 
 @pytest.fixture
 async def network(pki: Authority, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Network]:
-    marker = request.node.get_closest_marker("reports")
-    net = Network(pki, tmp_path, marker.kwargs if marker else None)
+    reports = request.node.get_closest_marker("reports")
+    summaries = request.node.get_closest_marker("summaries")
+    net = Network(pki, tmp_path, reports.kwargs if reports else None, summaries.kwargs if summaries else None)
     try:
         await net.start("henan-province")
         await net.start("zhengzhou-city", parent="henan-province")
@@ -460,3 +472,82 @@ async def test_the_report_tracker_waits_for_the_log_instead_of_spinning(network:
     tracker.check = counted  # type: ignore[method-assign]
     await asyncio.sleep(0.5)  # an idle node, checks every 5 s by default: at most one check here
     assert checks <= 1
+
+
+# -- station summaries ------------------------------------------------------------------------
+
+
+async def summaries_at(node: Node, station: str) -> list[pb.Envelope]:
+    """The station summaries in a node's log for one station."""
+    assert node.log is not None
+    found = []
+    for stored in await node.log.read(node.log.oldest_offset, 10_000):
+        for delivery in gw.DeliveryBatch.FromString(stored.entries(0, stored.count)).deliveries:
+            env = delivery.envelope
+            if SUMMARY_ATTRIBUTE in env.attributes and env.observation.station_id == station:
+                found.append(env)
+    return found
+
+
+def totals(summaries: list[pb.Envelope]) -> dict[str, float]:
+    """Count, minimum and maximum of water level (39) over all periods' summaries."""
+    values: dict[str, list[float]] = {}
+    for env in summaries:
+        for m in env.observation.measurements:
+            values.setdefault(m.metric, []).append(m.value)
+    return {"count": sum(values["39-count"]), "min": min(values["39-min"]), "max": max(values["39-max"])}
+
+
+async def summed_up(node: Node, station: str, count: int, timeout: float = 15.0) -> list[pb.Envelope]:
+    """Waits until the node holds summaries of ``count`` readings of the station."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not (found := await summaries_at(node, station)) or totals(found)["count"] < count:
+        if loop.time() > deadline:
+            raise AssertionError(f"no summary of {count} readings of {station} at {node.config.node.id}")
+        await asyncio.sleep(0.1)
+    return found
+
+
+def readings(prefix: str, values: list[float]) -> list[pb.Envelope]:
+    return [
+        factories.observation(envelope_id=f"{prefix}-{i}", region="410102", value=value)
+        for i, value in enumerate(values)
+    ]
+
+
+@pytest.mark.summaries(period_minutes=1 / 60)
+async def test_raw_readings_stay_and_a_summary_per_station_goes_up(network: Network, pki: Authority) -> None:
+    county, city, province = (network.nodes[n] for n in ("zhongyuan-county", "zhengzhou-city", "henan-province"))
+    async with client_as(pki, county, "zy-water") as client:
+        reply = await client.publish(readings("raw", [90.5, 92.0, 91.25]))
+        assert all(r.outcome == gw.PublishResult.ACCEPTED for r in reply.results)
+    at_city = await summed_up(city, "41100050", 3)
+    assert totals(at_city) == {"count": 3, "min": 90.5, "max": 92.0}
+    summary = at_city[0]
+    assert summary.attributes[SUMMARY_ATTRIBUTE] == "PT1S"
+    assert summary.origin.agency == "water"
+    assert summary.origin.node == "zhongyuan-county"
+    assert [h.node for h in summary.provenance.hops] == ["zhongyuan-county", "zhengzhou-city"]
+    metrics = {m.metric for m in summary.observation.measurements}
+    assert {"39-count", "39-min", "39-max", "39-avg", "39-last"} <= metrics
+    # The raw readings went before the summary on the same link, had they been sent: they were not.
+    assert await hops_at(city, "raw-0") is None
+    # The city passes the county's summary on, and does not sum up a summary again.
+    assert totals(await summed_up(province, "41100050", 3)) == {"count": 3, "min": 90.5, "max": 92.0}
+    assert await summaries_at(city, "41100050") == at_city
+
+
+@pytest.mark.summaries(period_minutes=60)
+async def test_a_period_open_at_a_restart_is_summed_up_all_the_same(network: Network, pki: Authority) -> None:
+    county = network.nodes["zhongyuan-county"]
+    async with client_as(pki, county, "zy-water") as client:
+        await client.publish(readings("before-restart", [80.0, 85.0]))
+    # Stopped in the middle of its hour; it comes back with short periods, and reads the hour again.
+    await network.stop("zhongyuan-county")
+    network.summaries = {"period_minutes": 1 / 60}
+    county = await network.start("zhongyuan-county", parent="zhengzhou-city")
+    async with client_as(pki, county, "zy-water") as client:
+        await client.publish(readings("after-restart", [70.0]))
+    found = await summed_up(network.nodes["zhengzhou-city"], "41100050", 3)
+    assert totals(found) == {"count": 3, "min": 70.0, "max": 85.0}

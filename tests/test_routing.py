@@ -52,11 +52,15 @@ def test_a_decision_names_its_rule_and_a_refusal_says_why(routing: Routing) -> N
     assert routing.to_parent(position, Level.CITY).why == "no up rule for POSITION"
 
 
-def test_telemetry_goes_up_only_as_threshold_crossings(routing: Routing) -> None:
+def test_telemetry_goes_up_only_as_threshold_crossings_and_summaries(routing: Routing) -> None:
     reading = factories.observation(region="410102")
     assert not routing.to_parent(reading, Level.CITY).send
     reading.attributes["edge.alarm"] = "water_level"
     assert routing.to_parent(reading, Level.PROVINCE).rule == "threshold-crossings-up"
+    summary = factories.observation(region="410102")
+    assert "not a station summary" in routing.to_parent(summary, Level.CITY).why
+    summary.attributes["yiwang.summary"] = "PT15M"
+    assert routing.to_parent(summary, Level.PROVINCE).rule == "station-summaries-up"
 
 
 @pytest.mark.parametrize(
@@ -163,12 +167,15 @@ def test_explain_says_where_an_envelope_goes_and_why(routing: Routing) -> None:
 def test_the_quick_answer_agrees_with_the_explained_one(routing: Routing, level: Level) -> None:
     alarm = factories.observation(region="410102")
     alarm.attributes["edge.alarm"] = "water_level"
+    summary = factories.observation(region="410102")
+    summary.attributes["yiwang.summary"] = "PT15M"
     heartbeat = pb.Envelope(id="h", kind=pb.HEARTBEAT, region="410102")
     grades = (pb.GRADE_GENERAL, pb.GRADE_LARGER, pb.GRADE_MAJOR, pb.GRADE_EXTRAORDINARY)
     samples = [incident(grade) for grade in grades] + [
         factories.alert(region="410102"),
         factories.observation(region="410102"),
         alarm,
+        summary,
         heartbeat,
     ]
     for env in samples:

@@ -1,0 +1,228 @@
+"""Periodic station summaries: what goes up instead of raw telemetry.
+
+Raw readings stay at the node that receives them; the levels above get, per station and period,
+one OBSERVATION envelope that sums up what the node received in that period: for each metric the
+count, minimum, maximum, mean and the last value (with its time), and the range of observation
+times. Routing sends these up by the rule `station-summaries-up` (the attribute
+``yiwang.summary``); threshold crossings go up on their own as they happen.
+
+Periods are periods of the node's clock at append time, not of the readings' own times: a backlog
+that arrives hours late from a satellite link is summed up in the period it arrived, and its
+summary says which observation times it covers. So a period's summary is complete when the period
+has passed, and needs no waiting for late readings.
+
+Nothing is kept but the log: the summary follows the log from a durable cursor that moves only once
+a period's summaries are in the log, so after a restart the open period is read again. Summaries
+have ids fixed by node, station and period, so one written twice (a crash between the append and the
+cursor) is stored once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter
+from yiwang.v1 import envelope_pb2 as pb
+from yiwang.v1 import gateway_pb2 as gw
+
+from gateway.log import StoredBatch
+from gateway.routing import SUMMARY_ATTRIBUTE
+from gateway.selection import RECORD
+from gateway.service import GatewayService, Peer
+
+log = structlog.get_logger("yiwang.summaries")
+
+CURSOR = "summaries"
+SYSTEM = "yiwang-summaries"
+MAX_STATIONS_PER_BATCH = 500
+
+
+@dataclass(slots=True)
+class _Metric:
+    unit: str
+    count: int = 0
+    low: float = math.inf
+    high: float = -math.inf
+    total: float = 0.0
+    last: float = 0.0
+    last_ns: int = 0
+
+    def add(self, value: float, at_ns: int) -> None:
+        self.count += 1
+        self.low = min(self.low, value)
+        self.high = max(self.high, value)
+        self.total += value
+        if at_ns >= self.last_ns:
+            self.last, self.last_ns = value, at_ns
+
+
+@dataclass(slots=True)
+class _Station:
+    region: str
+    origin_region: str
+    severity: int = 0
+    first_ns: int = 0
+    last_ns: int = 0
+    point: tuple[float, float] | None = None
+    name: str = ""
+    station_type: str = ""
+    metrics: dict[str, _Metric] = field(default_factory=dict)
+
+
+def _observed_ns(env: pb.Envelope) -> int:
+    stamp = env.observed_at if env.HasField("observed_at") else env.sent_at
+    return int(stamp.seconds * 1_000_000_000 + stamp.nanos)
+
+
+def iso_period(seconds: float) -> str:
+    """An ISO 8601 duration for a period (PT15M, PT1H, PT90S)."""
+    whole = round(seconds)
+    if whole % 3600 == 0:
+        return f"PT{whole // 3600}H"
+    if whole % 60 == 0:
+        return f"PT{whole // 60}M"
+    return f"PT{whole}S"
+
+
+class StationSummaries:
+    """Follows the node's log for raw observations and appends a summary per station and period."""
+
+    def __init__(self, service: GatewayService, peer: Peer, *, period_s: float, registry: CollectorRegistry) -> None:
+        if period_s <= 0:
+            raise ValueError("the summary period must be positive")
+        self.service = service
+        self.peer = peer
+        self.period_ns = int(period_s * 1e9)
+        self.period = iso_period(period_s)
+        self.written = Counter("yiwang_summaries", "Station summaries appended to the log", registry=registry)
+        self._window = -1  # the period being summed up (append time // period)
+        self._stations: dict[tuple[str, str], _Station] = {}
+        self._position = 0  # where the open period starts in the log (the cursor to save when it closes)
+
+    async def run(self) -> None:
+        """Follows the log until cancelled, closing each period once it has passed."""
+        log_ = self.service.log
+        position = await log_.load_position(CURSOR) or log_.oldest_offset
+        self._position = position
+        while not log_.closed:
+            while position < log_.next_offset:
+                for stored in await log_.read(position, 1000):
+                    window = stored.appended_ns // self.period_ns
+                    if window != self._window:
+                        await self._close(stored.first_offset)
+                        self._window = window
+                    start = max(position, stored.first_offset) - stored.first_offset
+                    self._take(stored, start)
+                    position = stored.next_offset
+            now_window = time.time_ns() // self.period_ns
+            if self._window >= 0 and now_window > self._window:
+                await self._close(position)
+                self._window = now_window
+            wait = self.period_ns - time.time_ns() % self.period_ns
+            with contextlib.suppress(TimeoutError):
+                await log_.wait_beyond(position, timeout=wait / 1e9 + 0.05)
+
+    def _take(self, stored: StoredBatch, start: int) -> None:
+        width = RECORD.size
+        chosen = [i for i in range(start, stored.count) if stored.records[i * width] == pb.OBSERVATION]
+        if not chosen:
+            return
+        for delivery in gw.DeliveryBatch.FromString(stored.entries(0, stored.count, chosen)).deliveries:
+            self.add(delivery.envelope)
+
+    def add(self, env: pb.Envelope) -> None:
+        """Sums up one raw observation (summaries themselves are not summed up again)."""
+        if SUMMARY_ATTRIBUTE in env.attributes:
+            return
+        obs = env.observation
+        key = (env.origin.agency, obs.station_id)
+        station = self._stations.get(key)
+        if station is None:
+            station = self._stations[key] = _Station(env.region, env.origin.region)
+        observed = _observed_ns(env)
+        station.first_ns = min(station.first_ns, observed) if station.first_ns else observed
+        if observed >= station.last_ns:
+            station.last_ns = observed
+            station.region = env.region
+            if env.geometry.HasField("point"):
+                station.point = (env.geometry.point.lat, env.geometry.point.lon)
+        station.severity = max(station.severity, env.severity)
+        station.name = obs.station_name or station.name
+        station.station_type = obs.station_type or station.station_type
+        for m in obs.measurements:
+            if not math.isfinite(m.value):
+                continue
+            metric = station.metrics.get(m.metric)
+            if metric is None:
+                metric = station.metrics[m.metric] = _Metric(m.unit)
+            at = int(m.at.seconds * 1_000_000_000 + m.at.nanos) if m.HasField("at") else observed
+            metric.add(m.value, at)
+
+    def summaries(self, window: int, now_ns: int) -> list[pb.Envelope]:
+        """The summary envelopes of the stations seen in ``window``."""
+        out = []
+        node = self.service.node_id
+        start_ns = window * self.period_ns
+        for (agency, station_id), station in sorted(self._stations.items()):
+            env = pb.Envelope(
+                id=f"summary-{node}-{agency}-{station_id}-{start_ns // 1_000_000_000}"[:256],
+                kind=pb.OBSERVATION,
+                region=station.region,
+                status=pb.ACTUAL,
+                severity=station.severity,  # type: ignore[arg-type]
+                priority=2,
+            )
+            env.origin.agency = agency
+            env.origin.region = station.origin_region or station.region
+            env.origin.node = node
+            env.origin.system = SYSTEM
+            env.sent_at.FromNanoseconds(now_ns)
+            env.observed_at.FromNanoseconds(station.first_ns)
+            if station.point is not None:
+                env.geometry.point.lat, env.geometry.point.lon = station.point
+            env.attributes[SUMMARY_ATTRIBUTE] = self.period
+            env.attributes["yiwang.summary.received"] = f"{_iso(start_ns)}/{_iso(start_ns + self.period_ns)}"
+            env.attributes["yiwang.summary.observed"] = f"{_iso(station.first_ns)}/{_iso(station.last_ns)}"
+            obs = env.observation
+            obs.station_id = station_id
+            obs.station_name = station.name
+            obs.station_type = station.station_type
+            obs.interval = self.period
+            for name, metric in sorted(station.metrics.items()):
+                for suffix, value, unit in (
+                    ("count", float(metric.count), "1"),
+                    ("min", metric.low, metric.unit),
+                    ("max", metric.high, metric.unit),
+                    ("avg", metric.total / metric.count, metric.unit),
+                ):
+                    obs.measurements.add(metric=f"{name}-{suffix}", value=value, unit=unit, quality=pb.GOOD)
+                last = obs.measurements.add(metric=f"{name}-last", value=metric.last, unit=metric.unit)
+                last.quality = pb.GOOD
+                last.at.FromNanoseconds(metric.last_ns)
+            out.append(env)
+        return out
+
+    async def _close(self, upto: int) -> None:
+        """Appends the open period's summaries; the cursor then moves to ``upto``."""
+        if self._stations:
+            envelopes = self.summaries(self._window, time.time_ns())
+            for begin in range(0, len(envelopes), MAX_STATIONS_PER_BATCH):
+                request = gw.PublishRequest(envelopes=envelopes[begin : begin + MAX_STATIONS_PER_BATCH])
+                reply = await self.service.publish_batch(request.SerializeToString(), self.peer)
+                for result in reply.results:
+                    if result.outcome == gw.PublishResult.REJECTED:
+                        log.error("summary_refused", id=result.id, field=result.field, reason=result.reason)
+                    else:
+                        self.written.inc()
+            self._stations = {}
+        if upto != self._position:
+            await self.service.log.save_position(CURSOR, upto)
+            self._position = upto
+
+
+def _iso(ns: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ns / 1e9))
