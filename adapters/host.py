@@ -27,13 +27,15 @@ from gateway.client import GatewayClient
 from gateway.config import AdapterSection, NodeConfig
 from gateway.errors import ConfigError
 from gateway.pki import Identity, PkiError
+from gateway.routing import Routing
 from gateway.signing import Signer
 from gateway.tls import ClientTls
 
 log = structlog.get_logger("yiwang.adapters")
 
 DEFAULT_EXPORT_KINDS = {"cap": ["ALERT"], "gbt35965": ["ALERT"]}
-CONTENT_TYPES = {"cap": "application/cap+xml", "gbt35965": "application/xml"}
+CONTENT_TYPES = {"cap": "application/cap+xml", "gbt35965": "application/xml", "envelope-json": "application/jsonl"}
+SUFFIXES = {"envelope-json": ".jsonl"}  # of exported files; otherwise .FORMAT.xml
 
 
 @dataclass
@@ -49,8 +51,9 @@ class Hosted:
 
 
 class AdapterHost:
-    def __init__(self, config: NodeConfig, registry: Any, grpc_target: str) -> None:
+    def __init__(self, config: NodeConfig, registry: Any, grpc_target: str, routing: Routing | None = None) -> None:
         self.config = config
+        self.routing = routing  # for exports of what it flags for the national level
         self.metrics = AdapterMetrics(registry)
         self.letters = DeadLetters(config.data_dir / "dead-letters.sqlite")
         self.hosted: dict[str, Hosted] = {}
@@ -122,14 +125,22 @@ class AdapterHost:
         if section.sink.type == "file":
             if not section.sink.path:
                 raise ConfigError("an output folder is required", key=f"{key}.sink.path", source=src)
-            sink = FileSink(self.config.path(section.sink.path), f".{fmt}.xml")
+            sink = FileSink(self.config.path(section.sink.path), SUFFIXES.get(fmt, f".{fmt}.xml"))
         elif section.sink.type == "http-post":
             if not section.sink.url.startswith(("http://", "https://")):
                 raise ConfigError("an http(s) URL is required", key=f"{key}.sink.url", source=src)
             sink = PostSink(section.sink.url, CONTENT_TYPES.get(fmt, "application/octet-stream"))
         else:
             raise ConfigError("must be file or http-post", key=f"{key}.sink.type", source=src)
-        kinds = section.kinds or DEFAULT_EXPORT_KINDS.get(fmt, [])
+        select = None
+        if section.national:
+            if self.routing is None:
+                raise ConfigError("the national export needs the node's routing", key=f"{key}.national", source=src)
+            national = self.routing.national
+            select = lambda env: national(env).send  # noqa: E731
+        kinds = section.kinds or (
+            self.routing.national_kinds() if section.national and self.routing else DEFAULT_EXPORT_KINDS.get(fmt, [])
+        )
         try:
             kind_values = [pb.Kind.Value(k) for k in kinds]
         except ValueError as exc:
@@ -141,7 +152,15 @@ class AdapterHost:
             filter=gw.Filter(kinds=kind_values),  # type: ignore[arg-type]
         )
         runner_out = OutboundRunner(
-            name, fmt, codec, sink=sink, client=client, letters=self.letters, metrics=self.metrics, request=request
+            name,
+            fmt,
+            codec,
+            sink=sink,
+            client=client,
+            letters=self.letters,
+            metrics=self.metrics,
+            request=request,
+            select=select,
         )
         return Hosted(section, direction, fmt, health, runner_out.run, client)
 

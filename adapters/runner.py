@@ -283,6 +283,7 @@ class OutboundRunner:
         letters: DeadLetters,
         metrics: AdapterMetrics,
         request: gw.SubscribeRequest,
+        select: Callable[[pb.Envelope], bool] | None = None,
     ) -> None:
         self.name = name
         self.fmt = fmt
@@ -292,12 +293,15 @@ class OutboundRunner:
         self.letters = letters
         self.metrics = metrics
         self.request = request
+        self.select = select  # of the envelopes the subscription delivers, those to export (None: all)
 
     async def run(self) -> None:
         m, name = self.metrics, self.name
         async for batch in self.client.subscribe(self.request):
             for delivery in batch.deliveries:
                 env = delivery.envelope
+                if self.select is not None and not self.select(env):
+                    continue
                 m.received.labels(name).inc()
                 try:
                     data = self.codec.encode([env])

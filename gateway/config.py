@@ -110,6 +110,7 @@ class AdapterSection:
     sign_key: str = ""  # optional: sign what it publishes (Ed25519 key and certificate from `yiwang pki`)
     sign_cert: str = ""
     kinds: list[str] = field(default_factory=list)  # out: the kinds to export (empty: the plugin's own)
+    national: bool = False  # out: only what the routing flags for the national level (the national export)
     source: AdapterSourceSection = field(default_factory=AdapterSourceSection)
     sink: AdapterSinkSection = field(default_factory=AdapterSinkSection)
     config: dict[str, Any] = field(default_factory=dict)  # the plugin's own config, checked by it

@@ -181,7 +181,7 @@ class Node:
         if cfg.adapters:
             from adapters.host import AdapterHost, self_target  # noqa: PLC0415 - only nodes that run adapters load them
 
-            self.adapters = AdapterHost(cfg, self.metrics.registry, self_target(cfg, self.grpc_port))
+            self.adapters = AdapterHost(cfg, self.metrics.registry, self_target(cfg, self.grpc_port), routing)
         http_host, http_port = parse_address(cfg.listen.http, "listen.http", src)
         self.http = HttpSide(self)
         self.http_port = await self.http.start(

@@ -196,6 +196,11 @@ class Routing:
                 return Decision(send=True, rule=rule.name, why=rule.reason)
         return Decision(send=False, rule="", why="no national rule matches")
 
+    def national_kinds(self) -> list[str]:
+        """The kinds a national rule may flag (what the national export subscribes to)."""
+        kinds = {kind for rule in self.up if rule.reach is Reach.NATIONAL for kind in rule.kinds}
+        return sorted(pb.Kind.Name(kind) for kind in kinds)
+
     def to_child(self, env: pb.Envelope, child_region: str) -> Decision:
         """Whether ``env`` goes down to a child node of ``child_region``."""
         if OVERDUE_ATTRIBUTE in env.attributes:

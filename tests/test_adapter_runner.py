@@ -16,6 +16,7 @@ from xml.etree import ElementTree
 import aiohttp
 import pytest
 from aiohttp import web
+from google.protobuf import json_format
 from yiwang.v1 import envelope_pb2 as pb
 from yiwang.v1 import gateway_pb2 as gw
 
@@ -24,6 +25,7 @@ from gateway.client import GatewayClient
 from gateway.node import Node
 from gateway.pki import Authority, Role
 from gateway.tls import ClientTls
+from tests import factories
 from tests.conftest import NodeFactory, client_as, eventually, running_tls_node
 
 CAP_NS = "urn:oasis:names:tc:emergency:cap:1.2"
@@ -318,6 +320,41 @@ async def test_alerts_are_exported_as_cap_files(start_node: NodeFactory, tmp_pat
     assert CAP_NS.encode() in document
     assert node.adapters is not None
     assert node.adapters.health()["cap-out"]["direction"] == "out"
+
+
+async def test_the_national_export_takes_only_what_routing_flags_for_the_national_level(
+    start_node: NodeFactory, tmp_path: Path
+) -> None:
+    outbox = tmp_path / "national"
+    node = await start_node(
+        node={"id": "henan-province", "region": "410000"},
+        adapters=[
+            {
+                "name": "national",
+                "adapter": "canonical",
+                "direction": "out",
+                "national": True,
+                "sink": {"type": "file", "path": str(outbox)},
+            }
+        ],
+    )
+    async with GatewayClient(node.grpc_target, insecure=True) as client:
+        reply = await client.publish(
+            [
+                factories.incident(envelope_id="larger", grade=pb.GRADE_LARGER),
+                factories.incident(envelope_id="major", grade=pb.GRADE_MAJOR),
+                factories.alert(envelope_id="warning"),
+                factories.incident(envelope_id="extraordinary", grade=pb.GRADE_EXTRAORDINARY),
+            ]
+        )
+        assert all(r.outcome == gw.PublishResult.ACCEPTED for r in reply.results)
+    # The export follows the log in order: once the last one is written, the others were decided.
+    await eventually((outbox / "extraordinary.jsonl").exists)
+    written = sorted(p.name for p in outbox.iterdir())
+    assert written == ["extraordinary.jsonl", "major.jsonl"]
+    line = json.loads((outbox / "major.jsonl").read_text(encoding="utf-8"))
+    assert (line["id"], line["kind"], line["incident"]["grade"]) == ("major", "INCIDENT", "GRADE_MAJOR")
+    assert json_format.ParseDict(line, pb.Envelope()).incident.incident_id == "ZZ-JS-1"
 
 
 # -- the CLI ----------------------------------------------------------------------------------------------
