@@ -153,6 +153,9 @@ def overdue(db: sqlite3.Connection, now_ns: int) -> list[Overdue]:
     return [Overdue(k, s, o, d, t, r is not None) for k, s, o, d, t, r in rows]
 
 
+MAX_REFERENCED = 64  # reports an overdue alert references (the validator's limit of references)
+
+
 class ReportTracker:
     """Follows the node's log for incident reports, checks the deadlines, and raises what is overdue."""
 
@@ -306,7 +309,8 @@ class ReportTracker:
     async def _raise(self, late: list[Overdue], now_ns: int) -> None:
         request = gw.PublishRequest()
         for item in late:
-            request.envelopes.append(self._alert(item, now_ns))
+            reports = await self._in_thread(self._chain, item.subject) if item.kind != "link" else []
+            request.envelopes.append(self._alert(item, now_ns, reports))
         reply = await self.service.publish_batch(request.SerializeToString(), self.peer)
         raised = [
             item
@@ -328,7 +332,12 @@ class ReportTracker:
                 [(now_ns, o.kind, o.subject, o.offset) for o in raised],
             )
 
-    def _alert(self, item: Overdue, now_ns: int) -> pb.Envelope:
+    def _chain(self, incident_id: str) -> list[str]:
+        rows = self.db.execute("SELECT id FROM chain WHERE incident_id = ? ORDER BY offset", (incident_id,))
+        return [row[0] for row in rows]
+
+    def _alert(self, item: Overdue, now_ns: int, reports: list[str]) -> pb.Envelope:
+        """The alert for an overdue item; ``reports`` are the ids of the incident's reports so far."""
         service = self.service
         env = pb.Envelope(
             id=f"overdue-{service.node_id}-{item.kind}-{item.subject}-{item.offset}"[:200],
@@ -350,5 +359,9 @@ class ReportTracker:
         env.alert.scope = "Restricted"
         info = env.alert.infos.add(language="zh-CN", event=what, headline=f"{what}: {item.subject}"[:200])
         info.description = item.detail
+        if reports:
+            shown = reports[-MAX_REFERENCED:]  # the latest, when a long chain has more than an alert may name
+            env.references.extend(shown)
+            info.description += f"; reports so far: {', '.join(reports)}"[:4000]
         info.urgency, info.severity, info.certainty = "Immediate", "Severe", "Observed"
         return env

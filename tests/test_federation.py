@@ -286,23 +286,49 @@ async def test_warnings_go_down_to_the_counties_their_area_touches(network: Netw
     assert await hops_at(province, "across") == ["henan-province"]
 
 
-async def test_a_link_down_for_a_while_resumes_where_it_stopped(network: Network, pki: Authority) -> None:
+async def cut_and_restore(network: Network, pki: Authority, seconds: float) -> None:
+    """Stops the city between the county and the province for ``seconds`` while the county reports up
+    and the province warns down, then starts it again: each side gets everything the other
+    published, once, in the order it was published."""
     county, province = network.nodes["zhongyuan-county"], network.nodes["henan-province"]
-    async with client_as(pki, county, "zy-emergency") as client:
-        await client.publish([county_incident("before")])
+    up: list[str] = []
+    down: list[str] = []
+    async with client_as(pki, county, "zy-emergency") as reporter, client_as(pki, province, "henan-qxj") as warner:
+        await reporter.publish([county_incident("before")])
         await reaches(province, "before")
         await network.stop("zhengzhou-city")
-        for i in range(3):
-            reply = await client.publish([county_incident(f"during-{i}")])
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while not up or loop.time() < end:
+            up.append(f"up-{len(up)}")
+            reply = await reporter.publish([county_incident(up[-1])])
             assert reply.results[0].outcome == gw.PublishResult.ACCEPTED
+            down.append(f"down-{len(down)}")
+            reply = await warner.publish([provincial_alert(down[-1], "410100", ERQI_ZHONGYUAN_BORDER)])
+            assert reply.results[0].outcome == gw.PublishResult.ACCEPTED
+            await asyncio.sleep(min(0.5, seconds / 10))
     await network.start("zhengzhou-city", parent="henan-province")
-    for i in range(3):
-        assert await reaches(province, f"during-{i}") == ["zhongyuan-county", "zhengzhou-city", "henan-province"]
+    for node, ids in ((province, up), (county, down)):
+        assert await reaches(node, ids[-1], timeout=30) is not None
+        assert node.log is not None
+        found = await node.log.find(ids)
+        assert sorted(found) == sorted(ids), "lost on the way"
+        offsets = [batch.first_offset + index for batch, index in (found[i] for i in ids)]
+        assert offsets == sorted(offsets), "out of the order published"
+        assert len(set(offsets)) == len(ids)
+    assert await reaches(province, "up-0") == ["zhongyuan-county", "zhengzhou-city", "henan-province"]
+    assert await reaches(county, "down-0") == ["henan-province", "zhengzhou-city", "zhongyuan-county"]
     assert province.log is not None
-    found = await province.log.find(["before", "during-0", "during-1", "during-2"])
-    offsets = sorted(batch.first_offset + index for batch, index in found.values())
-    assert len(set(offsets)) == 4  # each stored once
-    assert province.log.stats().next_offset - 1 == 4  # and nothing else arrived twice
+    assert province.log.stats().next_offset - 1 == 1 + 2 * len(up)  # "before", the reports, the warnings
+
+
+async def test_a_link_down_for_a_while_resumes_where_it_stopped(network: Network, pki: Authority) -> None:
+    await cut_and_restore(network, pki, 1.0)
+
+
+@pytest.mark.soak
+async def test_a_link_down_for_minutes_resumes_where_it_stopped(network: Network, pki: Authority) -> None:
+    await cut_and_restore(network, pki, 180.0)
 
 
 async def test_only_a_gateway_of_a_direct_subregion_may_link(network: Network, pki: Authority) -> None:
@@ -409,6 +435,8 @@ async def test_a_report_not_passed_on_in_time_raises_an_alert_that_follows_it_up
     alert = await overdue_alert(county, "onward", "flood-7")
     assert alert.kind == pb.ALERT
     assert alert.alert.infos[0].event == "上报超时"
+    assert list(alert.references) == ["late-report"]  # the chain's reports, by id
+    assert "reports so far: late-report" in alert.alert.infos[0].description
     listed = await asyncio.to_thread(overdue_cli, network, "zhongyuan-county", "zhengzhou-city")
     assert [(o["kind"], o["subject"], o["alert_raised"]) for o in listed] == [("onward", "flood-7", True)]
     await network.start("zhengzhou-city", parent="henan-province")
@@ -436,6 +464,7 @@ async def test_an_open_incident_without_follow_up_is_overdue_at_the_level_above(
         await client.publish([first])
         alert = await overdue_alert(city, "follow_up", "collapse-3")
         assert alert.alert.infos[0].event == "续报超时"
+        assert list(alert.references) == ["first-report"]
         final = county_incident("final-report", pb.GRADE_GENERAL)
         final.incident.incident_id = "collapse-3"
         final.incident.stage = pb.STAGE_FINAL

@@ -1,9 +1,10 @@
-"""Federation between real node processes: a city node ``kill -9``-ed mid-stream and started again.
+"""Federation between real node processes: the issue's topology, and a city ``kill -9``-ed mid-stream.
 
 Each node runs as deployed (``python -m gateway.cli gateway --config FILE``), with its own
-certificate, data directory and fixed ports. A county department keeps reporting while the city
-between it and the province is killed and later restarted: every report reaches the province, once,
-in the order the county stored them.
+certificate, data directory and fixed ports. One province, two cities and three counties pass
+incidents up by grade and warnings down by area. A county department keeps reporting while the
+city between it and the province is killed and later restarted: every report reaches the
+province, once, in the order the county stored them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ from gateway.client import GatewayClient
 from gateway.pki import Authority
 from gateway.tls import ClientTls
 from tests.test_durability import GatewayProcess
-from tests.test_federation import Network, county_incident, pki  # noqa: F401 - pki is the module's PKI fixture
+from tests.test_federation import (  # noqa: F401 - pki is the module's PKI fixture
+    ERQI_ZHONGYUAN_BORDER,
+    Network,
+    county_incident,
+    pki,
+    provincial_alert,
+    square,
+)
 
 REPORTS = 300
 BATCH = 10
@@ -84,4 +92,79 @@ async def test_a_city_killed_mid_stream_loses_and_repeats_nothing(pki: Authority
         assert all(d.envelope.kind == pb.INCIDENT for d in reply.deliveries)
     finally:
         for node in [*nodes.values(), *([restarted] if restarted else [])]:
+            await node.cleanup()
+
+
+TOPOLOGY = {  # parents first, so that each child finds its parent listening
+    "henan-province": "",
+    "zhengzhou-city": "henan-province",
+    "luoyang-city": "henan-province",
+    "zhongyuan-county": "zhengzhou-city",
+    "erqi-county": "zhengzhou-city",
+    "laocheng-county": "luoyang-city",
+}
+
+
+async def holds(node: NodeProcess, ids: list[str], timeout: float = 30.0) -> None:
+    """Waits until the node holds every one of ``ids``."""
+    async with node.client() as reader:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while missing := (await reader.get(ids)).missing:
+            assert loop.time() < deadline, f"{sorted(missing)} never reached {node.config.stem}"
+            await asyncio.sleep(0.1)
+
+
+async def lacks(node: NodeProcess, ids: list[str]) -> list[str]:
+    """Which of ``ids`` the node does not hold."""
+    async with node.client() as reader:
+        return sorted((await reader.get(ids)).missing)
+
+
+async def test_six_node_processes_move_incidents_up_by_grade_and_warnings_down_by_area(
+    pki: Authority,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    net = Network(pki, tmp_path)
+    nodes = {name: NodeProcess(net.toml(name, parent), name, identity(pki, name)) for name, parent in TOPOLOGY.items()}
+    try:
+        for node in nodes.values():
+            await node.start()
+        county = nodes["zhongyuan-county"]
+        async with GatewayClient(county.target, tls=identity(pki, "zy-emergency")) as client:
+            reply = await client.publish(
+                [county_incident("general", pb.GRADE_GENERAL), county_incident("larger", pb.GRADE_LARGER)]
+            )
+        assert all(r.outcome == gw.PublishResult.ACCEPTED for r in reply.results)
+        await holds(nodes["zhengzhou-city"], ["general", "larger"])
+        await holds(nodes["henan-province"], ["larger"])
+
+        luoyang_old_town = square(34.6842, 112.4698, 0.002)
+        async with GatewayClient(nodes["henan-province"].target, tls=identity(pki, "henan-qxj")) as client:
+            reply = await client.publish(
+                [
+                    provincial_alert("zhengzhou-border", "410100", ERQI_ZHONGYUAN_BORDER),
+                    provincial_alert("luoyang-old-town", "410300", luoyang_old_town),
+                    provincial_alert("province-wide", "410000", None),  # last: every node gets it
+                ]
+            )
+        assert all(r.outcome == gw.PublishResult.ACCEPTED for r in reply.results)
+        reached = {
+            "zhengzhou-city": ["zhengzhou-border"],
+            "zhongyuan-county": ["zhengzhou-border"],
+            "erqi-county": ["zhengzhou-border"],
+            "luoyang-city": ["luoyang-old-town"],
+            "laocheng-county": ["luoyang-old-town"],
+        }
+        for name, warnings in reached.items():
+            # Each link sends in its log's order: once the province-wide warning is there, whatever
+            # the node was to get before it is there too, and nothing else will come.
+            await holds(nodes[name], [*warnings, "province-wide"])
+            others = sorted({"zhengzhou-border", "luoyang-old-town"} - set(warnings))
+            assert await lacks(nodes[name], others) == others, f"a warning reached {name} outside its area"
+        # The incidents went up only, and the general one no further than the city.
+        assert await lacks(nodes["henan-province"], ["general"]) == ["general"]
+        assert await lacks(nodes["erqi-county"], ["general", "larger"]) == ["general", "larger"]
+    finally:
+        for node in nodes.values():
             await node.cleanup()
