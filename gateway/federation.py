@@ -44,6 +44,7 @@ from gateway.routing import Routing, concerns
 from gateway.selection import RECORD
 from gateway.service import GatewayService, Peer
 from gateway.tls import ClientTls
+from gateway.wire import read_varint
 
 log = structlog.get_logger("yiwang.federation")
 
@@ -51,6 +52,8 @@ SERVICE: Final = "yiwang.v1.Federation"
 LINK_METHOD: Final = f"/{SERVICE}/Link"
 WINDOW: Final = 8  # batches sent and not yet acknowledged, per direction of a link
 MAX_BATCH_BYTES: Final = 4 << 20  # stays well inside the gRPC message limit
+MAX_RETRY_S: Final = 30.0  # the child's longest pause between attempts to link (before jitter)
+JITTER: Final = 0.5  # each pause is its nominal length times 1 ± this
 UP_CURSOR: Final = "federation/up"  # the link up's position in the child's log
 
 
@@ -212,22 +215,26 @@ class LinkEnd:
 
     # -- receiving ------------------------------------------------------------------------------
 
-    async def on_batch(self, request: gw.PublishRequest) -> None:
-        """Appends the other end's batch durably, then acknowledges it."""
+    async def on_batch(self, raw: bytes) -> None:
+        """Appends the other end's batch (an encoded PublishRequest) durably, then acknowledges it."""
         try:
-            admitted = await self.service.admit(request.SerializeToString(), self.peer, decide=self.accept)
+            admitted = await self.service.admit(raw, self.peer, decide=self.accept)
         except YiwangError as exc:  # the whole batch is refused: say so, and let the link move on
             refused = gw.PublishResult(
                 id="", outcome=gw.PublishResult.REJECTED, code=exc.grpc_code.value[0], field="batch", reason=str(exc)
             )
             log.warning("federation_batch_refused", link=self.label, reason=str(exc))
+            try:
+                request = gw.PublishRequest.FromString(raw)
+            except DecodeError:
+                raise FederationError(f"not a batch: {exc}") from None  # without its cursor, no answer
             self.metrics.received.labels(link=self.label, outcome="refused").inc(len(request.envelopes))
             await self.out.put(
                 fed.LinkMessage(ack=fed.LinkAck(cursor=request.batch_id, refused=[refused])).SerializeToString()
             )
             return
         reply = self.service.reply(admitted, await self.service.append(admitted))
-        ack = fed.LinkAck(cursor=request.batch_id)
+        ack = fed.LinkAck(cursor=admitted.batch_id)
         for result in reply.results:
             if result.outcome == gw.PublishResult.ACCEPTED:
                 ack.accepted += 1
@@ -244,17 +251,38 @@ class LinkEnd:
     async def receive(self, messages: AsyncIterator[bytes]) -> None:
         """Handles the other end's messages until it closes the stream."""
         async for raw in messages:
+            batch = batch_of(raw)
+            if batch is not None:
+                await self.on_batch(batch)  # admitted from its bytes: not parsed here, and not re-encoded
+                continue
             try:
                 message = fed.LinkMessage.FromString(raw)
             except DecodeError as exc:
                 raise FederationError(f"not a LinkMessage: {exc}") from None
             which = message.WhichOneof("body")
             if which == "batch":
-                await self.on_batch(message.batch)
+                await self.on_batch(message.batch.SerializeToString())
             elif which == "ack":
                 await self.on_ack(message.ack)
             else:
                 raise FederationError(f"unexpected {which or 'empty'} message on an open link")
+
+
+_BATCH_TAG: Final = 0x12  # LinkMessage.batch: field 2, length-delimited
+
+
+def batch_of(raw: bytes) -> bytes | None:
+    """The encoded PublishRequest of a LinkMessage that holds only a batch (as every sender writes
+    them), cut from its bytes; None for anything else, which is then parsed in full."""
+    if not raw or raw[0] != _BATCH_TAG:
+        return None
+    try:
+        size, start = read_varint(raw, 1)
+    except ValueError:
+        return None
+    if start + size != len(raw):
+        return None
+    return raw[start:]
 
 
 async def run_link(end: LinkEnd, messages: AsyncIterator[bytes], write: Callable[[bytes], Any]) -> None:
@@ -458,8 +486,8 @@ class ParentLink:
                 log.warning("federation_link_down", link=self.label, parent=self.config.address, error=str(exc))
             self.connected.clear()
             self.metrics.up.labels(link=self.label).set(0)
-            await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311 - jitter, not secrets
-            delay = min(delay * 2, 30.0)
+            await asyncio.sleep(delay * random.uniform(1 - JITTER, 1 + JITTER))  # noqa: S311 - jitter, not secrets
+            delay = min(delay * 2, MAX_RETRY_S)
 
     async def session(self) -> None:
         peer = await self.check_parent()

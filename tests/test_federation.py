@@ -16,7 +16,7 @@ from yiwang.v1 import envelope_pb2 as pb
 from yiwang.v1 import gateway_pb2 as gw
 
 from gateway.config import from_dict
-from gateway.federation import LINK_METHOD
+from gateway.federation import JITTER, LINK_METHOD, MAX_RETRY_S
 from gateway.node import Node
 from gateway.pki import Authority, Role
 from gateway.regions import default_table
@@ -308,8 +308,10 @@ async def cut_and_restore(network: Network, pki: Authority, seconds: float) -> N
             assert reply.results[0].outcome == gw.PublishResult.ACCEPTED
             await asyncio.sleep(min(0.5, seconds / 10))
     await network.start("zhengzhou-city", parent="henan-province")
+    # The county tries its parent again after a pause that grew while the city was away.
+    relinked = 10 + MAX_RETRY_S * (1 + JITTER)
     for node, ids in ((province, up), (county, down)):
-        assert await reaches(node, ids[-1], timeout=30) is not None
+        assert await reaches(node, ids[-1], timeout=relinked) is not None
         assert node.log is not None
         found = await node.log.find(ids)
         assert sorted(found) == sorted(ids), "lost on the way"
