@@ -148,6 +148,16 @@ class SummariesSection:
 
 
 @dataclass(frozen=True)
+class StationsSection:
+    """Monitoring stations that report to the node over TCP as to their data centre (gateway.stations)."""
+
+    registry: str = ""  # the station registry (TOML, see deploy/stations.toml); relative to the config file
+    listen: dict[str, str] = field(default_factory=dict)  # protocol (hj212, sl651) -> HOST:PORT
+    idle_timeout_s: float = 600.0  # a connection silent this long is closed
+    max_connections: int = 10_000  # per protocol
+
+
+@dataclass(frozen=True)
 class RoutingSection:
     file: str = ""  # rules over the shipped gateway/data/default-routing.toml (see gateway.routing)
 
@@ -177,6 +187,7 @@ class NodeConfig:
     routing: RoutingSection = field(default_factory=RoutingSection)
     reports: ReportsSection = field(default_factory=ReportsSection)
     summaries: SummariesSection = field(default_factory=SummariesSection)
+    stations: StationsSection = field(default_factory=StationsSection)
     source: str = field(default="", metadata={"internal": True})  # the file it was read from, not a key
 
     @property
@@ -356,6 +367,15 @@ def check(config: NodeConfig) -> NodeConfig:
             raise ConfigError("four positive numbers, for grades IV, III, II and I", key=f"reports.{key}", source=src)
     if reports.link_tolerance_minutes <= 0 or reports.check_interval_s <= 0:
         raise ConfigError("must be positive", key="reports.link_tolerance_minutes", source=src)
+    stations = config.stations
+    for protocol, address in stations.listen.items():
+        if protocol not in ("hj212", "sl651"):
+            raise ConfigError("one of hj212, sl651", key=f"stations.listen.{protocol}", source=src)
+        parse_address(address, f"stations.listen.{protocol}", src)
+    if stations.listen and not stations.registry:
+        raise ConfigError("stations need a registry of who may report", key="stations.registry", source=src)
+    if stations.idle_timeout_s <= 0 or stations.max_connections < 1:
+        raise ConfigError("must be positive", key="stations.idle_timeout_s", source=src)
     if config.summaries.period_minutes < 0:
         raise ConfigError("must be 0 (no summaries) or a positive number", key="summaries.period_minutes", source=src)
     parent = config.parent

@@ -40,6 +40,7 @@ from gateway.routing import Routing
 from gateway.service import SERVICE, GatewayService, Peer, ServiceLimits
 from gateway.signing import Verifier
 from gateway.sqlite_log import Retention, SqliteLog
+from gateway.stations import Batcher, StationMetrics, StationServer, load_registry, protocol_named
 from gateway.summaries import StationSummaries
 from gateway.tls import ClientTls, Revocations, ServerTls
 from gateway.validation import Limits, Validator
@@ -77,6 +78,9 @@ class Node:
         self.reports: ReportTracker | None = None
         self._reports_task: asyncio.Task[None] | None = None
         self._summaries_task: asyncio.Task[None] | None = None
+        self.station_servers: list[StationServer] = []
+        self.station_batcher: Batcher | None = None
+        self.station_ports: dict[str, int] = {}
         self._parent_task: asyncio.Task[None] | None = None
 
     @property
@@ -195,6 +199,8 @@ class Node:
         own_peer = self.service.peer_of(own)
         if cfg.mqtt.broker:
             await self._start_ingest(own_peer)
+        if cfg.stations.listen:
+            await self._start_stations(own_peer)
         parent_region = self.service.regions.parent(cfg.node.region) if cfg.parent.address else None
         self.reports = ReportTracker(
             self.service,
@@ -273,6 +279,32 @@ class Node:
         self._ingest_task = asyncio.create_task(connect_forever(connect, ingest.serve), name="edge-ingest")
         self._commands_task = asyncio.create_task(ingest.commands(), name="edge-commands")
 
+    async def _start_stations(self, peer: Peer) -> None:
+        """Listens for monitoring stations (HJ 212, SL 651) as their data centre."""
+        cfg = self.config
+        assert self.service is not None
+        service = self.service
+        registry = await asyncio.to_thread(
+            load_registry, cfg.path(cfg.stations.registry), service.regions, cfg.all_agencies
+        )
+        self.station_batcher = Batcher(lambda raw: service.publish_batch(raw, peer))
+        self.station_batcher.start()
+        metrics = StationMetrics(self.metrics.registry)
+        for name, address in cfg.stations.listen.items():
+            host, port = parse_address(address, f"stations.listen.{name}", cfg.source)
+            server = StationServer(
+                protocol_named(name),
+                registry.get(name, {}),
+                self.station_batcher,
+                metrics,
+                idle_timeout_s=cfg.stations.idle_timeout_s,
+                max_connections=cfg.stations.max_connections,
+            )
+            self.station_ports[name] = await server.start(host, port)
+            self.station_servers.append(server)
+            log.info("stations_listening", protocol=name, port=self.station_ports[name],
+                     stations=len(registry.get(name, {})))  # fmt: skip
+
     def _start_parent_link(self, routing: Routing, metrics: FederationMetrics) -> None:
         """Opens and keeps the link to the parent node (see gateway.federation)."""
         cfg = self.config
@@ -308,6 +340,12 @@ class Node:
                 log.info("crl_reloaded", newly_revoked=len(added), streams_cut=cut)
 
     async def stop(self) -> None:
+        for server in self.station_servers:
+            await server.stop()
+        self.station_servers = []
+        if self.station_batcher is not None:
+            await self.station_batcher.stop()
+            self.station_batcher = None
         if self._summaries_task is not None:
             self._summaries_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
