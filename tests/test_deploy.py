@@ -9,6 +9,8 @@ import pytest
 from adapters.plugin import discover
 from edge_agent.config import load_edge_config
 from gateway.config import load
+from gateway.regions import default_table
+from gateway.stations import load_registry
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
@@ -42,3 +44,10 @@ def test_the_edge_agent_example_loads() -> None:
     assert config.link == "cellular"
     assert config.max_outbox_bytes == 64 << 20
     assert load(DEPLOY / "node-province.toml").mqtt.broker.endswith(":8883")
+
+
+def test_the_county_examples_station_registry_loads() -> None:
+    config = load(DEPLOY / "node-county.toml")
+    registry = load_registry(config.path(config.stations.registry), default_table())
+    assert set(registry) == set(config.stations.listen) == {"hj212", "sl651"}
+    assert registry["sl651"]["0041101050"].limits["39"].high == 86.5
