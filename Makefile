@@ -48,6 +48,7 @@ bench: $(STAMP) apt
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/trust.py
 	$(BIN)/python bench/edge.py
+	$(BIN)/python bench/stations.py
 	$(BIN)/python bench/federation.py
 
 proto: $(STAMP)

@@ -87,8 +87,16 @@ def parse_time(text: str, field: str, header: Header | None = None) -> dt.dateti
     """A time as HJ 212 writes it (YYYYMMDDhhmmss, or with milliseconds: 17 digits), in Beijing time."""
     if len(text) not in (14, 17) or not text.isascii() or not text.isdigit():
         raise Hj212Error(f"{text[:40]!r} is not a time YYYYMMDDhhmmss[SSS]", field=field, header=header)
-    try:
-        moment = dt.datetime.strptime(text[:14], "%Y%m%d%H%M%S").replace(tzinfo=BEIJING)
+    try:  # by hand: datetime.strptime costs ten times as much, on every packet
+        moment = dt.datetime(
+            int(text[0:4]),
+            int(text[4:6]),
+            int(text[6:8]),
+            int(text[8:10]),
+            int(text[10:12]),
+            int(text[12:14]),
+            tzinfo=BEIJING,
+        )
     except ValueError:
         raise Hj212Error(f"{text!r} is not a valid date and time", field=field, header=header) from None
     return moment + dt.timedelta(milliseconds=int(text[14:] or 0))

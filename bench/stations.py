@@ -1,0 +1,273 @@
+"""Station benchmark: HJ 212 and SL 651 stations reporting to a node over TCP.
+
+Prints, in one run, for each protocol:
+  (a) connections held: N stations connect and each sends one upload (answered once durable), then
+      stay connected and silent; the node's resident memory before and after, per connection
+      (goal: 5,000 stations at once, under 50 KiB each);
+  (b) ingest: M stations send uploads as fast as their acknowledgements come back (a window of W
+      uploads each), every upload a distinct reading; acknowledgements/s over the window, each one
+      sent by the node only after the upload is in its durable log (fsync on; goal: at least
+      20,000 packets/s).
+
+The node runs as deployed (``python -m gateway.cli gateway``, plaintext on loopback) with a registry
+of the simulated stations; the stations run in another process (``--role stations``), their
+uploads built before the clock starts. Usage:
+
+    .venv/bin/python bench/stations.py [--connections 5000] [--stations 200] [--window 8]
+                                       [--seconds 10] [--only hj212,sl651] [--no-fsync]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from adapters.hj212.crc import crc_text
+from adapters.sl651.frame import ETX, Header, encode_frame
+from bench import throughput
+
+PASSWORD_HJ212 = "bench123"
+PASSWORD_SL651 = "1234"
+BASE = time.time() - 3 * 86400  # readings of three days ago: never ahead of the node's clock
+BEIJING = 8 * 3600
+
+
+def hj212_id(station: int) -> str:
+    return f"4101050{station:07d}"
+
+
+def sl651_id(station: int) -> str:
+    return f"00{station:08d}"
+
+
+def hj212_upload(station: int, n: int) -> bytes:
+    """Real-time data (2011) of minute ``n`` after BASE, asking for the data acknowledgement."""
+    at = time.gmtime(BASE + BEIJING + 60 * n)
+    stamp = time.strftime("%Y%m%d%H%M%S", at)
+    segment = (
+        f"QN={stamp}{n % 1000:03d};ST=22;CN=2011;PW={PASSWORD_HJ212};MN={hj212_id(station)};Flag=5;"
+        f"CP=&&DataTime={stamp};a34004-Rtd={20 + n % 50}.5,a34004-Flag=N;a34002-Rtd={40 + n % 70}.0,a34002-Flag=N&&"
+    ).encode()
+    return b"##" + f"{len(segment):04d}".encode() + segment + crc_text(segment) + b"\r\n"
+
+
+def sl651_upload(station: int, n: int) -> bytes:
+    """A timed report (32H), serial ``n``, water level at minute ``n`` after BASE."""
+    at = time.gmtime(BASE + BEIJING + 60 * n)
+    sent, observed = time.strftime("%y%m%d%H%M%S", at), time.strftime("%y%m%d%H%M", at)
+    level = f"{1000 + n % 9000:08d}"
+    body = bytes.fromhex(f"{n % 65536:04X}{sent}F1F1{sl651_id(station)}48F0F0{observed}3923{level}")
+    header = Header("hex", up=True, centre=0x01, station=sl651_id(station), password=PASSWORD_SL651,
+                    function=0x32, packet=None)  # fmt: skip
+    return encode_frame(header, body, ETX)
+
+
+UPLOADS: dict[str, Callable[[int, int], bytes]] = {"hj212": hj212_upload, "sl651": sl651_upload}
+
+
+def ack_count(protocol: str, data: bytearray) -> int:
+    """Takes the complete acknowledgements off the front of ``data``; returns how many."""
+    count = 0
+    if protocol == "hj212":
+        while (end := data.find(b"\r\n")) >= 0:
+            del data[: end + 2]
+            count += 1
+        return count
+    while len(data) >= 13:
+        size = 17 + (((data[11] & 0x0F) << 8) | data[12])
+        if len(data) < size:
+            break
+        del data[:size]
+        count += 1
+    return count
+
+
+# -- the stations' process ----------------------------------------------------------------------
+
+
+class Station(asyncio.Protocol):
+    def __init__(self, protocol: str, uploads: list[bytes], window: int, counts: list[int]) -> None:
+        self.protocol = protocol
+        self.uploads = uploads
+        self.window = window
+        self.counts = counts  # [acknowledged so far]
+        self.sent = 0
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.first = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.send(self.window)
+
+    def send(self, count: int) -> None:
+        assert self.transport is not None
+        end = min(self.sent + count, len(self.uploads))
+        if end > self.sent:
+            self.transport.write(b"".join(self.uploads[self.sent : end]))
+            self.sent = end
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        acked = ack_count(self.protocol, self.buffer)
+        if acked:
+            self.counts[0] += acked
+            if not self.first.done():
+                self.first.set_result(None)
+            self.send(acked)
+
+
+async def role_stations(protocol: str, port: int, first: int, count: int, window: int, per: int) -> None:
+    """Connects ``count`` stations; with ``per`` > 1 they send as fast as acknowledged, else once."""
+    upload = UPLOADS[protocol]
+    loop = asyncio.get_running_loop()
+    counts = [0]
+    stations = []
+    for i in range(first, first + count):
+        uploads = [upload(i, n) for n in range(per)]
+        stations.append(Station(protocol, uploads, window if per > 1 else 1, counts))
+    for station in stations:
+        await loop.create_connection(lambda s=station: s, "127.0.0.1", port)  # type: ignore[misc]
+    await asyncio.gather(*(s.first for s in stations))
+    print(json.dumps({"connected": count}), flush=True)
+    if per == 1:
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)  # held until told
+        return
+    start_count, start = counts[0], time.monotonic()
+    seconds = float(os.environ.get("YIWANG_BENCH_SECONDS", "10"))
+    await asyncio.sleep(seconds)
+    done, elapsed = counts[0] - start_count, time.monotonic() - start
+    print(json.dumps({"acknowledged": done, "seconds": elapsed}), flush=True)
+
+
+# -- the driver -----------------------------------------------------------------------------------
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def write_node(folder: Path, stations: int, fsync: bool) -> tuple[Path, dict[str, int]]:
+    ports = {"grpc": throughput.free_port(), "http": throughput.free_port()}
+    ports |= {name: throughput.free_port() for name in UPLOADS}
+    lines = []
+    for i in range(stations):
+        for protocol, ident, password, agency in (
+            ("hj212", hj212_id(i), PASSWORD_HJ212, "ecology_environment"),
+            ("sl651", sl651_id(i), PASSWORD_SL651, "water"),
+        ):
+            lines += [
+                "[[station]]",
+                f'protocol = "{protocol}"',
+                f'id = "{ident}"',
+                f'password = "{password}"',
+                'region = "410105"',
+                f'agency = "{agency}"',
+            ]
+    (folder / "stations.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    config = folder / "node.toml"
+    config.write_text(
+        f'[node]\nid = "bench"\nregion = "410100"\n'
+        f'[listen]\ngrpc = "127.0.0.1:{ports["grpc"]}"\nhttp = "127.0.0.1:{ports["http"]}"\n'
+        f'[log]\ndata_dir = "{folder / "data"}"\nfsync = {"true" if fsync else "false"}\nretention_hours = 1\n'
+        f"[tls]\ninsecure = true\n"
+        f'[stations]\nregistry = "{folder / "stations.toml"}"\nmax_connections = 20000\n'
+        f'listen = {{ hj212 = "127.0.0.1:{ports["hj212"]}", sl651 = "127.0.0.1:{ports["sl651"]}" }}\n',
+        encoding="utf-8",
+    )
+    return config, ports
+
+
+def spawn_stations(
+    protocol: str, port: int, first: int, count: int, window: int, per: int, seconds: float
+) -> subprocess.Popen[str]:
+    env = {**os.environ, "YIWANG_BENCH_SECONDS": str(seconds)}
+    args = ["--role", "stations", "--protocol", protocol, "--port", str(port), "--first", str(first),
+            "--count", str(count), "--window", str(window), "--per", str(per)]  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, __file__, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
+
+
+def read_json(proc: subprocess.Popen[str], timeout: float) -> dict[str, float]:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    line = proc.stdout.readline()
+    if not line or time.monotonic() > deadline:
+        raise RuntimeError(f"the stations' process ended without a result (exit {proc.poll()})")
+    return json.loads(line)  # type: ignore[no-any-return]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--connections", type=int, default=5000)
+    parser.add_argument("--stations", type=int, default=200)
+    parser.add_argument("--window", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--only", default="hj212,sl651")
+    parser.add_argument("--no-fsync", action="store_true")
+    parser.add_argument("--role", default="")
+    parser.add_argument("--protocol", default="hj212")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--first", type=int, default=0)
+    parser.add_argument("--count", type=int, default=0)
+    parser.add_argument("--per", type=int, default=1)
+    args = parser.parse_args()
+    if args.role == "stations":
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, args.count + 1024)), hard))
+        asyncio.run(role_stations(args.protocol, args.port, args.first, args.count, args.window, args.per))
+        return
+    print(f"yiwang station benchmark: {args.connections} connections held, {args.stations} stations "
+          f"sending with a window of {args.window}, {args.seconds:g} s", flush=True)  # fmt: skip
+    per = int(args.seconds * 40_000 / args.stations) + 200  # more than the window can take
+    for protocol in args.only.split(","):
+        with tempfile.TemporaryDirectory(prefix="yiwang-bench-stations-") as folder:
+            config, ports = write_node(Path(folder), args.connections + args.stations, not args.no_fsync)
+            node = subprocess.Popen(
+                [sys.executable, "-m", "gateway.cli", "gateway", "--config", str(config), "--log-level", "warning"]
+            )
+            try:
+                throughput.wait_port(ports[protocol], 60, node, "the node")
+                before = rss_kib(node.pid)
+                held = spawn_stations(protocol, ports[protocol], 0, args.connections, 1, 1, 0)
+                read_json(held, 600)
+                after = rss_kib(node.pid)
+                per_connection = (after - before) / args.connections
+                print(f"({protocol}) (a) {args.connections:,} stations connected, each answered once: node RSS "
+                      f"{before / 1024:,.0f} -> {after / 1024:,.0f} MiB, {per_connection:.1f} KiB per connection "
+                      f"(goal: under 50 KiB)", flush=True)  # fmt: skip
+                assert held.stdin is not None
+                held.stdin.write("\n")
+                held.stdin.close()
+                held.wait(60)
+                sending = spawn_stations(
+                    protocol, ports[protocol], args.connections, args.stations, args.window, per, args.seconds
+                )
+                read_json(sending, 600)
+                result = read_json(sending, args.seconds + 600)
+                sending.wait(60)
+                rate = result["acknowledged"] / result["seconds"]
+                print(f"({protocol}) (b) {args.stations} stations, window {args.window}: {rate:,.0f} uploads/s "
+                      f"acknowledged after the durable append (goal: at least 20,000/s)", flush=True)  # fmt: skip
+            finally:
+                throughput.stop(node)
+
+
+if __name__ == "__main__":
+    main()
