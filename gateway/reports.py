@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import sqlite3
 import time
 from collections.abc import Callable
@@ -182,6 +183,7 @@ class ReportTracker:
         # One thread owns the database: a cancelled caller never leaves it mid-statement for close().
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="yiwang-reports")
         self.db = self._thread.submit(open_db, path).result()
+        self._position: int | None = None  # the cursor, once loaded (this tracker is its only writer)
 
     def close(self) -> None:
         """Closes the database once the operations already started are done (blocking)."""
@@ -192,32 +194,42 @@ class ReportTracker:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
     async def run(self) -> None:
-        """Follows the log and checks the deadlines until cancelled."""
+        """Follows the log and checks the deadlines until cancelled: the log's new reports as they
+        are appended, the deadlines every ``check_interval_s`` (not at every append)."""
         log_ = self.service.log
+        loop = asyncio.get_running_loop()
+        checked = -math.inf
         while True:
             await self.follow()
-            await self.check()
+            if loop.time() - checked >= self.rules.check_interval_s:
+                await self.check()
+                checked = loop.time()
+            wait = max(0.0, checked + self.rules.check_interval_s - loop.time())
             with contextlib.suppress(TimeoutError):
-                await log_.wait_beyond(log_.next_offset, timeout=self.rules.check_interval_s)
+                await log_.wait_beyond(log_.next_offset, timeout=wait)
             if log_.closed:
                 return
 
     async def follow(self) -> None:
         """Takes in the incident reports appended since the cursor."""
         log_ = self.service.log
-        position = await log_.load_position(CURSOR) or log_.oldest_offset
+        if self._position is None:
+            self._position = await log_.load_position(CURSOR) or log_.oldest_offset
+        position = self._position
+        start_position = position
         while position < log_.next_offset:
             for stored in await log_.read(position, 1000):
                 start = max(position, stored.first_offset) - stored.first_offset
                 width = RECORD.size
                 chosen = [i for i in range(start, stored.count) if stored.records[i * width] == pb.INCIDENT]
-                reports: list[tuple[int, pb.Envelope]] = []
                 if chosen:
                     deliveries = gw.DeliveryBatch.FromString(stored.entries(0, stored.count, chosen)).deliveries
                     reports = [(d.offset, d.envelope) for d in deliveries]
-                await self._in_thread(self._take, reports, stored.appended_ns)
+                    await self._in_thread(self._take, reports, stored.appended_ns)
                 position = stored.next_offset
+        if position != start_position:
             await log_.save_position(CURSOR, position)
+            self._position = position
 
     def _take(self, reports: list[tuple[int, pb.Envelope]], appended_ns: int) -> None:
         with write_transaction(self.db):
