@@ -164,7 +164,11 @@ async def moved_past(node: Node, cursor: str, envelope_id: str) -> None:
 
 
 def county_incident(envelope_id: str, grade: pb.IncidentGrade = pb.GRADE_LARGER) -> pb.Envelope:
-    return factories.incident(envelope_id=envelope_id, region="410102", grade=grade)
+    """The initial report of an incident of its own (a report of the same incident with a higher
+    grade would take this one up with it)."""
+    env = factories.incident(envelope_id=envelope_id, region="410102", grade=grade)
+    env.incident.incident_id = f"incident-{envelope_id}"
+    return env
 
 
 def square(lat: float, lon: float, d: float) -> list[tuple[float, float]]:
