@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
+import time
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any, Protocol
 
 from yiwang.v1 import envelope_pb2 as pb
 
+from adapters.errors import AdapterError
 from gateway.config import fill_dataclass
 from gateway.errors import ConfigError
 from gateway.places import Places, default_places
@@ -45,6 +47,20 @@ class AdapterConfig:
     system: str = ""
 
 
+class ReportingCodec:
+    """A codec that reads many messages from one input: ``decode_report`` gives the envelopes and an
+    error per message it refused; ``decode`` fails only when nothing at all could be read."""
+
+    def decode_report(self, data: bytes) -> tuple[list[pb.Envelope], list[AdapterError]]:
+        raise NotImplementedError
+
+    def decode(self, data: bytes) -> list[pb.Envelope]:
+        envelopes, errors = self.decode_report(data)
+        if errors and not envelopes:
+            raise errors[0]
+        return envelopes
+
+
 class Codec(Protocol):
     """Sans-IO: bytes in, envelopes out (and back). Raises only AdapterError."""
 
@@ -60,6 +76,10 @@ class AdapterContext:
     regions: RegionTable = field(default_factory=default_table)
     places: Places = field(default_factory=default_places)
     now: Callable[[], float] | None = None  # POSIX seconds; None: time.time
+
+    def time(self) -> float:
+        """Now, in POSIX seconds, by the context's clock."""
+        return self.now() if self.now is not None else time.time()
 
 
 @dataclass(frozen=True)

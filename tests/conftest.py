@@ -178,3 +178,10 @@ async def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> No
         if loop.time() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.02)
+
+
+async def hang_up(writer: asyncio.StreamWriter) -> None:
+    """Closes a test's TCP connection and waits until it is closed (the peer may have closed it first)."""
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()

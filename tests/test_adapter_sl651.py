@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from yiwang.v1 import envelope_pb2 as pb
 
+from adapters.crc16 import crc16_modbus
 from adapters.errors import AdapterError
 from adapters.plugin import AdapterContext
 from adapters.sl651 import ADAPTER, MANIFEST, PROTOCOL, Sl651Codec, Sl651Config, Sl651Protocol, Sl651Session
@@ -37,7 +38,6 @@ from adapters.sl651.frame import (
     Frame,
     FrameError,
     Header,
-    crc16_modbus,
     decode_frame,
     encode_frame,
 )

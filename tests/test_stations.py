@@ -8,7 +8,6 @@ across segments, refusals that keep the messages around them, idle and connectio
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from gateway.errors import ConfigError
 from gateway.node import Node
 from gateway.regions import default_table
 from gateway.stations import Batcher, StationMetrics, StationServer, load_registry
-from tests.conftest import NodeFactory, eventually
+from tests.conftest import NodeFactory, eventually, hang_up
 
 REGISTRY = """
 [[station]]
@@ -107,12 +106,6 @@ class Gate:
     async def __call__(self, raw: bytes) -> gw.PublishReply:
         await self.open.wait()
         return await self.publish(raw)
-
-
-async def hang_up(writer: asyncio.StreamWriter) -> None:
-    writer.close()
-    with contextlib.suppress(ConnectionError):
-        await writer.wait_closed()
 
 
 @dataclass

@@ -8,7 +8,6 @@ is in the node's log, every reading is stored once, and the replies follow the m
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 from adapters.hj212.crc import crc_text
 from adapters.sl651.frame import ESC, ETX, Header, decode_frame, encode_frame
 from gateway.node import Node
-from tests.conftest import NodeFactory
+from tests.conftest import NodeFactory, hang_up
 
 MN = "41010500000001"
 SL651_STATION = "0041101050"
@@ -79,12 +78,6 @@ async def send_in_pieces(writer: asyncio.StreamWriter, data: bytes, rng: random.
         await writer.drain()
         at += step
         await asyncio.sleep(0)
-
-
-async def hang_up(writer: asyncio.StreamWriter) -> None:
-    writer.close()
-    with contextlib.suppress(ConnectionError):
-        await writer.wait_closed()
 
 
 async def station_run(

@@ -66,7 +66,7 @@ from adapters import safexml
 from adapters.cot import types
 from adapters.cot.framing import MAX_EVENT_BYTES, StreamDecoder, check_datagram
 from adapters.errors import AdapterError
-from adapters.plugin import AdapterConfig, AdapterContext, stable_id
+from adapters.plugin import AdapterConfig, AdapterContext, ReportingCodec, stable_id
 from gateway.errors import ConfigError, InvalidEnvelopeError
 from gateway.validation import Validator
 
@@ -461,20 +461,13 @@ def _check_canonical(env: pb.Envelope, context: AdapterContext, validator: Valid
 # -- the codec ----------------------------------------------------------------------------------
 
 
-class CotCodec:
+class CotCodec(ReportingCodec):
     """Sans-IO CoT codec: events in (a file, a stream capture or one datagram), events out."""
 
     def __init__(self, config: CotConfig, context: AdapterContext) -> None:
         self.config = config
         self.context = context
         self.validator = Validator(context.regions)
-
-    def decode(self, data: bytes) -> list[pb.Envelope]:
-        """The envelopes of every event in ``data``; the first error when none could be read."""
-        envelopes, errors = self.decode_report(data)
-        if errors and not envelopes:
-            raise errors[0]
-        return envelopes
 
     def decode_report(self, data: bytes) -> tuple[list[pb.Envelope], list[AdapterError]]:
         """The envelopes of the events in ``data`` (one or many, back to back) and an error for each

@@ -10,7 +10,6 @@ length, truncated, bad field); ``decode`` raises the first error only when nothi
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +19,7 @@ from yiwang.v1 import envelope_pb2 as pb
 from adapters.errors import AdapterError
 from adapters.hj212.frame import MAX_SEGMENT_BYTES
 from adapters.hj212.session import UNKNOWN_VERSION_POLICIES, Hj212Protocol
-from adapters.plugin import AdapterConfig, AdapterContext
+from adapters.plugin import AdapterConfig, AdapterContext, ReportingCodec
 from adapters.station_protocol import Message, Station
 from gateway.errors import ConfigError, InvalidEnvelopeError
 from gateway.validation import AGENCIES, Validator
@@ -49,7 +48,7 @@ class Hj212Config(AdapterConfig):
             raise ConfigError(f"must be one of {', '.join(UNKNOWN_VERSION_POLICIES)}", key="unknown_versions")
 
 
-class Hj212Codec:
+class Hj212Codec(ReportingCodec):
     """Decodes a stream of HJ 212 packets into envelopes the gateway admits."""
 
     def __init__(self, config: Hj212Config, context: AdapterContext) -> None:
@@ -62,18 +61,12 @@ class Hj212Codec:
         )
         self._validator = Validator(context.regions, agencies=AGENCIES | {config.agency})
 
-    def decode(self, data: bytes) -> list[pb.Envelope]:
-        envelopes, errors = self.decode_report(data)
-        if errors and not envelopes:
-            raise errors[0]
-        return envelopes
-
     def decode_report(self, data: bytes) -> tuple[list[pb.Envelope], list[AdapterError]]:
         if not self.config.region:
             raise AdapterError(
                 "the hj212 adapter needs a region for its stations (config region, or --region)", kind="config"
             )
-        now = self.context.now() if self.context.now is not None else time.time()
+        now = self.context.time()
         session = self.protocol.session()
         envelopes: list[pb.Envelope] = []
         errors: list[AdapterError] = []

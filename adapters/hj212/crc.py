@@ -8,19 +8,7 @@ digits, upper or lower case (devices send both).
 
 from __future__ import annotations
 
-
-def _table() -> tuple[int, ...]:
-    """The eight reflected 0xA001 steps for each possible low byte, computed once."""
-    rows = []
-    for byte in range(256):
-        value = byte
-        for _ in range(8):
-            value = (value >> 1) ^ 0xA001 if value & 1 else value >> 1
-        rows.append(value)
-    return tuple(rows)
-
-
-_STEPS = _table()
+from adapters.crc16 import STEPS
 
 
 def crc16(segment: bytes | bytearray | memoryview) -> int:
@@ -28,7 +16,7 @@ def crc16(segment: bytes | bytearray | memoryview) -> int:
     register = 0xFFFF
     for byte in segment:
         # (register >> 8) ^ byte fits in a byte, so the eight steps are one table look-up
-        register = _STEPS[(register >> 8) ^ byte]
+        register = STEPS[(register >> 8) ^ byte]
     return register
 
 

@@ -11,7 +11,6 @@ import csv
 import io
 import json
 import re
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -90,7 +89,7 @@ class MappingCodec:
         """The envelopes of the good records, and each problem of the others."""
         text = self._text(data)
         records = self._json_records(text) if self.format == "json" else self._csv_records(text)
-        now = self.context.now() if self.context.now is not None else time.time()
+        now = self.context.time()
         envelopes: list[pb.Envelope] = []
         errors: list[AdapterError] = []
         for record in records:

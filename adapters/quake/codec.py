@@ -40,7 +40,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
-import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -50,7 +49,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from yiwang.v1 import envelope_pb2 as pb
 
 from adapters.errors import AdapterError
-from adapters.plugin import AdapterConfig, AdapterContext, stable_id
+from adapters.plugin import AdapterConfig, AdapterContext, ReportingCodec, stable_id
 from adapters.quake import cenc, quakeml, usgs
 from adapters.quake.event import Item, QuakeEvent, Skipped, millis
 from adapters.quake.grading import UNGRADED, grade_of
@@ -96,7 +95,7 @@ class QuakeConfig(AdapterConfig):
             raise ConfigError("must be a code without white space", key="event_type")
 
 
-class QuakeCodec:
+class QuakeCodec(ReportingCodec):
     """Decodes one earthquake feed format into INCIDENT envelopes; remembers what it reported."""
 
     def __init__(
@@ -116,12 +115,6 @@ class QuakeCodec:
     def sibling(self, fmt: str) -> QuakeCodec:
         """A codec of another format that shares this one's memory (one event, one report chain)."""
         return QuakeCodec(fmt, self.config, self.context, self.memory)
-
-    def decode(self, data: bytes) -> list[pb.Envelope]:
-        envelopes, errors = self.decode_report(data)
-        if errors and not envelopes:
-            raise errors[0]
-        return envelopes
 
     def decode_report(self, data: bytes) -> tuple[list[pb.Envelope], list[AdapterError]]:
         """The envelopes of the new events and versions in ``data``, and an error per bad event.
@@ -277,7 +270,7 @@ class QuakeCodec:
         )
 
     def _now(self) -> float:
-        return self.context.now() if self.context.now is not None else time.time()
+        return self.context.time()
 
 
 def open_codec(fmt: str, config: Any, context: AdapterContext) -> QuakeCodec:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import time
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 from yiwang.v1 import envelope_pb2 as pb
 
 from adapters.errors import AdapterError
-from adapters.plugin import AdapterConfig, AdapterContext
+from adapters.plugin import AdapterConfig, AdapterContext, ReportingCodec
 from adapters.sl651.frame import FrameError, decode_frame
 from adapters.sl651.protocol import Sl651Protocol, Sl651Session
 from adapters.station_protocol import Message, Station
@@ -38,7 +37,7 @@ class Sl651Config(AdapterConfig):
     agency: str = "water"
 
 
-class Sl651Codec:
+class Sl651Codec(ReportingCodec):
     """Decodes a file of SL 651 frames into OBSERVATION envelopes."""
 
     def __init__(self, config: Sl651Config, context: AdapterContext) -> None:
@@ -48,18 +47,12 @@ class Sl651Codec:
         self.counts: Counter[str] = Counter()
         self._validator = Validator(context.regions, agencies=AGENCIES | {config.agency})
 
-    def decode(self, data: bytes) -> list[pb.Envelope]:
-        envelopes, errors = self.decode_report(data)
-        if errors and not envelopes:
-            raise errors[0]
-        return envelopes
-
     def decode_report(self, data: bytes) -> tuple[list[pb.Envelope], list[AdapterError]]:
         """The envelopes of the file's reports, and an error per refused frame."""
         if not self.config.region:
             raise AdapterError("the sl651 adapter needs a region for its stations (config region or --region)",
                                field="region", kind="missing")  # fmt: skip
-        now = self.context.now() if self.context.now is not None else time.time()
+        now = self.context.time()
         session = Sl651Protocol(clock=lambda: now).session()
         envelopes: list[pb.Envelope] = []
         errors: list[AdapterError] = []

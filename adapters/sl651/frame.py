@@ -33,6 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+from adapters.crc16 import crc16_modbus
 from adapters.errors import AdapterError
 
 HEX_START: Final = b"\x7e\x7e"
@@ -67,27 +68,6 @@ GARBAGE_REPORT_BYTES: Final = 4096
 
 Mode = Literal["hex", "ascii"]
 _HEX_DIGITS: Final = frozenset(b"0123456789ABCDEFabcdef")
-
-
-def _crc_table() -> tuple[int, ...]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-        table.append(crc)
-    return tuple(table)
-
-
-_CRC_TABLE: Final = _crc_table()
-
-
-def crc16_modbus(data: bytes | bytearray | memoryview, crc: int = 0xFFFF) -> int:
-    """CRC-16/MODBUS (polynomial 8005H reflected, initial FFFFH), as SL 651-2014 checks frames."""
-    table = _CRC_TABLE
-    for byte in data:
-        crc = (crc >> 8) ^ table[(crc ^ byte) & 0xFF]
-    return crc
 
 
 @dataclass(frozen=True, slots=True)
