@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import re
 import tomllib
 import types
@@ -158,6 +159,24 @@ class StationsSection:
 
 
 @dataclass(frozen=True)
+class TakSection:
+    """The node as a TAK server: CoT from TAK clients in, the jurisdiction's picture out (gateway.tak)."""
+
+    listen: str = ""  # HOST:PORT for TAK clients over TCP, CoT in and out (8087 is TAK's port); empty: none
+    udp: str = ""  # HOST:PORT for CoT datagrams in, one event each (4242 is TAK's port); empty: none
+    tls: bool = False  # TCP with mutual TLS: the node's certificate, clients' certificates of the network's CA
+    region: str = ""  # the region given to what comes in (CoT carries none); default: node.region
+    agency: str = "fire_rescue"  # the agency that speaks for what comes in
+    status: str = "actual"  # of what comes in: actual, or exercise for a drill's TAK network
+    idle_timeout_s: float = 600.0  # a client that sends nothing, not even a ping, this long is closed
+    max_connections: int = 10_000
+    max_event_bytes: int = 256 << 10  # largest CoT event taken
+    max_queue_bytes: int | str = "4MiB"  # live events a client may fall behind before it is disconnected
+    picture_hours: float = 24.0  # how far back in the log the picture sent to new clients starts
+    max_picture: int = 10_000  # most events (CoT uids) in that picture
+
+
+@dataclass(frozen=True)
 class RoutingSection:
     file: str = ""  # rules over the shipped gateway/data/default-routing.toml (see gateway.routing)
 
@@ -188,6 +207,7 @@ class NodeConfig:
     reports: ReportsSection = field(default_factory=ReportsSection)
     summaries: SummariesSection = field(default_factory=SummariesSection)
     stations: StationsSection = field(default_factory=StationsSection)
+    tak: TakSection = field(default_factory=TakSection)
     source: str = field(default="", metadata={"internal": True})  # the file it was read from, not a key
 
     @property
@@ -376,6 +396,7 @@ def check(config: NodeConfig) -> NodeConfig:
         raise ConfigError("stations need a registry of who may report", key="stations.registry", source=src)
     if stations.idle_timeout_s <= 0 or stations.max_connections < 1:
         raise ConfigError("must be positive", key="stations.idle_timeout_s", source=src)
+    _check_tak(config)
     if config.summaries.period_minutes < 0:
         raise ConfigError("must be 0 (no summaries) or a positive number", key="summaries.period_minutes", source=src)
     parent = config.parent
@@ -394,6 +415,41 @@ def check(config: NodeConfig) -> NodeConfig:
                 source=src,
             )
     return config
+
+
+def _check_tak(config: NodeConfig) -> None:
+    src, tak = config.source, config.tak
+    if tak.listen:
+        parse_address(tak.listen, "tak.listen", src)
+    if tak.udp:
+        parse_address(tak.udp, "tak.udp", src)
+    if tak.tls and config.tls.insecure:
+        raise ConfigError("TLS for TAK clients needs the node's own tls.ca, cert and key", key="tak.tls", source=src)
+    if tak.region:
+        if not is_well_formed(tak.region) or tak.region not in default_table():
+            raise ConfigError(f"{tak.region!r} is not a known GB/T 2260 region code", key="tak.region", source=src)
+        if not default_table().is_within(tak.region, config.node.region):
+            raise ConfigError(
+                f"{tak.region} is not within the node's region {config.node.region}: TAK clients would not see "
+                "their own events",
+                key="tak.region",
+                source=src,
+            )
+    if tak.agency not in config.all_agencies:
+        raise ConfigError(f"unknown agency code {tak.agency!r}", key="tak.agency", source=src)
+    if tak.status not in ("actual", "exercise"):
+        raise ConfigError("must be actual or exercise", key="tak.status", source=src)
+    for key in ("idle_timeout_s", "picture_hours"):
+        value = getattr(tak, key)
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError("must be a positive number", key=f"tak.{key}", source=src)
+    for key in ("max_connections", "max_picture"):
+        if getattr(tak, key) < 1:
+            raise ConfigError("must be at least 1", key=f"tak.{key}", source=src)
+    if tak.max_event_bytes < 64:
+        raise ConfigError("must be at least 64 (no CoT event is smaller)", key="tak.max_event_bytes", source=src)
+    if parse_size(tak.max_queue_bytes, "tak.max_queue_bytes", src) < tak.max_event_bytes:
+        raise ConfigError("must be at least tak.max_event_bytes", key="tak.max_queue_bytes", source=src)
 
 
 def _loopback_only(address: str, address_key: str, key: str, what: str, src: str) -> None:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from adapters.host import AdapterHost
     from gateway.edge_ingest import EdgeIngest
     from gateway.edge_ledger import EdgeLedger
+    from gateway.tak import TakServer
 from gateway.metrics import NodeMetrics
 from gateway.pki import Identity, PkiError
 from gateway.policy import Policy
@@ -81,6 +82,8 @@ class Node:
         self.station_servers: list[StationServer] = []
         self.station_batcher: Batcher | None = None
         self.station_ports: dict[str, int] = {}
+        self.tak: TakServer | None = None
+        self.tak_ports: dict[str, int] = {}  # "tcp" and "udp": the bound ports of [tak] (useful with port 0)
         self._parent_task: asyncio.Task[None] | None = None
 
     @property
@@ -201,6 +204,8 @@ class Node:
             await self._start_ingest(own_peer)
         if cfg.stations.listen:
             await self._start_stations(own_peer)
+        if cfg.tak.listen or cfg.tak.udp:
+            await self._start_tak(own_peer)
         parent_region = self.service.regions.parent(cfg.node.region) if cfg.parent.address else None
         self.reports = ReportTracker(
             self.service,
@@ -305,6 +310,61 @@ class Node:
             log.info("stations_listening", protocol=name, port=self.station_ports[name],
                      stations=len(registry.get(name, {})))  # fmt: skip
 
+    async def _start_tak(self, peer: Peer) -> None:
+        """Serves TAK clients: CoT in over TCP and UDP, the jurisdiction's picture out (see gateway.tak)."""
+        from adapters.cot import CotConfig  # noqa: PLC0415 - only nodes that serve TAK clients load the codec
+        from adapters.plugin import AdapterContext  # noqa: PLC0415
+        from gateway.places import default_places  # noqa: PLC0415
+        from gateway.tak import TakMetrics, TakServer, TakSettings  # noqa: PLC0415
+
+        cfg, tak = self.config, self.config.tak
+        assert self.service is not None
+        service = self.service
+        cot = CotConfig(
+            agency=tak.agency,
+            region=tak.region or cfg.node.region,
+            status=tak.status,
+            max_event_bytes=tak.max_event_bytes,
+        )
+        settings = TakSettings(
+            cot=cot,
+            jurisdiction=cfg.node.region,
+            idle_timeout_s=tak.idle_timeout_s,
+            max_connections=tak.max_connections,
+            max_queue_bytes=parse_size(tak.max_queue_bytes, "tak.max_queue_bytes", cfg.source),
+            picture_hours=tak.picture_hours,
+            max_picture=tak.max_picture,
+        )
+        places = await asyncio.to_thread(default_places)
+        tls = None
+        if tak.tls:
+            tls = ServerTls(cfg.path(cfg.tls.ca), cfg.path(cfg.tls.cert), cfg.path(cfg.tls.key)).ssl_context()
+        self.tak = TakServer(
+            settings,
+            service.log,
+            lambda raw: service.publish_batch(raw, peer),
+            TakMetrics(self.metrics.registry),
+            validator=service.validator,
+            context=AdapterContext(regions=service.regions, places=places),
+            tls=tls,
+            authenticate=service.peer_of if tls is not None else None,
+        )
+        tcp = parse_address(tak.listen, "tak.listen", cfg.source) if tak.listen else None
+        udp = parse_address(tak.udp, "tak.udp", cfg.source) if tak.udp else None
+        self.tak_ports = await self.tak.start(tcp, udp)
+        taken = f"what they send is taken as region {cot.region}, agency {cot.agency}"
+        shown = f"they are sent the picture of region {cfg.node.region}"
+        plain = [name.upper() for name in self.tak_ports if name == "udp" or tls is None]
+        if plain:
+            log.warning(
+                "tak_listening",
+                message=f"TAK clients over {' and '.join(plain)} send in plaintext, without identities: "
+                f"{taken}; {shown}",
+                **self.tak_ports,
+            )
+        else:
+            log.info("tak_listening", message=f"TAK clients over mutual TLS: {taken}; {shown}", **self.tak_ports)
+
     def _start_parent_link(self, routing: Routing, metrics: FederationMetrics) -> None:
         """Opens and keeps the link to the parent node (see gateway.federation)."""
         cfg = self.config
@@ -335,11 +395,16 @@ class Node:
             added = await asyncio.to_thread(self.revocations.reload)
             if added and self.service is not None:
                 cut = self.service.cut_revoked(added)
+                if self.tak is not None:
+                    cut += self.tak.cut_revoked(added)
                 if self.audit is not None:
                     self.audit.record("crl_reloaded", newly_revoked=sorted(f"{s:x}" for s in added), streams_cut=cut)
                 log.info("crl_reloaded", newly_revoked=len(added), streams_cut=cut)
 
     async def stop(self) -> None:
+        if self.tak is not None:
+            await self.tak.stop()
+            self.tak = None
         for server in self.station_servers:
             await server.stop()
         self.station_servers = []

@@ -141,7 +141,10 @@ def test_unknown_top_level_key_names_the_key_and_the_file(tmp_path: Path) -> Non
     error = info.value
     assert (error.key, error.source) == ("bogus", str(path))
     assert str(error).startswith(f"file {path}, key 'bogus': unknown key")
-    known = "adapters, agencies, limits, listen, log, mqtt, node, parent, policy, reports, routing, stations, summaries"
+    known = (
+        "adapters, agencies, limits, listen, log, mqtt, node, parent, policy, reports, routing, stations, "
+        "summaries, tak"
+    )
     assert known in str(error)
 
 
