@@ -257,6 +257,12 @@ class _Reply:
     message: Message | None = None
 
 
+def peer_name(transport: asyncio.BaseTransport) -> str:
+    """HOST:PORT of the other end of a connection, for the logs."""
+    peer = transport.get_extra_info("peername")
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+
+
 class StationConnection(asyncio.Protocol):
     """One station's TCP connection: its protocol session and its replies in order."""
 
@@ -274,8 +280,7 @@ class StationConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.peer = peer_name(transport)
         self.server.opened(self)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -68,7 +68,7 @@ from gateway.errors import UnauthenticatedError
 from gateway.log import Log, StoredBatch
 from gateway.selection import Selector
 from gateway.service import Peer
-from gateway.stations import Batcher, Publish
+from gateway.stations import Batcher, Publish, peer_name
 from gateway.validation import Validator
 
 log = structlog.get_logger("yiwang.tak")
@@ -192,8 +192,7 @@ class TakConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.peer = peer_name(transport)
         self.server.opened(self)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -130,7 +130,20 @@ def parse_report(function: int, body: bytes, *, ascii_mode: bool = False) -> Rep
     return _HexBody(function, body).parse()
 
 
-class _HexBody:
+class _Readings:
+    """What a body's elements gave: the readings, and the elements sent as missing (all FFH)."""
+
+    readings: list[Reading]
+    missing: dict[str, None]
+
+    def _add(self, code: str, value: float | None, at: dt.datetime) -> None:
+        if value is None:
+            self.missing[code] = None
+        else:
+            self.readings.append(Reading(code, value, at))
+
+
+class _HexBody(_Readings):
     def __init__(self, function: int, body: bytes) -> None:
         self.function = function
         self.body = body
@@ -243,14 +256,8 @@ class _HexBody:
             missing = number == (1 << (8 * width)) - 1
             self._add(code, None if missing else number / scale, observed + FIVE_MINUTES * k)
 
-    def _add(self, code: str, value: float | None, at: dt.datetime) -> None:
-        if value is None:
-            self.missing[code] = None
-        else:
-            self.readings.append(Reading(code, value, at))
 
-
-class _AsciiBody:
+class _AsciiBody(_Readings):
     def __init__(self, function: int, body: bytes) -> None:
         self.function = function
         try:
@@ -350,9 +357,3 @@ class _AsciiBody:
             number = int(text[k * width : (k + 1) * width], 16)
             missing = number == (1 << (4 * width)) - 1
             self._add(code, None if missing else number / scale, observed + FIVE_MINUTES * k)
-
-    def _add(self, code: str, value: float | None, at: dt.datetime) -> None:
-        if value is None:
-            self.missing[code] = None
-        else:
-            self.readings.append(Reading(code, value, at))
