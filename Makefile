@@ -49,6 +49,7 @@ bench: $(STAMP) apt
 	$(BIN)/python bench/trust.py
 	$(BIN)/python bench/edge.py
 	$(BIN)/python bench/stations.py
+	$(BIN)/python bench/cot.py
 	$(BIN)/python bench/federation.py
 
 proto: $(STAMP)
