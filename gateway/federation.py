@@ -128,7 +128,7 @@ class LinkEnd:
                     return
                 continue
             for stored in await log_.read(position, self.batch):
-                start = max(position, stored.first_offset) - stored.first_offset
+                start = stored.index_at(position)
                 chosen: list[int] = []
                 size = 0
                 records, width, kinds = stored.records, RECORD.size, self.kinds

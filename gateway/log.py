@@ -10,8 +10,12 @@ from __future__ import annotations
 import abc
 import sys
 from array import array
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
+
+from yiwang.v1 import gateway_pb2 as gw
+
+from gateway.selection import RECORD
 
 
 @dataclass(slots=True)
@@ -75,6 +79,19 @@ class StoredBatch:
     def entry(self, index: int) -> bytes:
         start, end = self.span(index)
         return self.data[start:end]
+
+    def index_at(self, offset: int) -> int:
+        """The index of the entry at log offset ``offset``; 0 when the batch begins after it."""
+        return max(offset, self.first_offset) - self.first_offset
+
+    def of_kind(self, kind: int, start: int = 0) -> list[int]:
+        """The indexes, from ``start`` on, of the entries of one kind (a record's first byte is its kind)."""
+        records, width = self.records, RECORD.size
+        return [i for i in range(start, self.count) if records[i * width] == kind]
+
+    def deliveries(self, indexes: list[int]) -> Sequence[gw.Delivery]:
+        """The entries at ``indexes``, decoded."""
+        return gw.DeliveryBatch.FromString(self.entries(0, self.count, indexes)).deliveries
 
     def entries(self, start: int, stop: int, indexes: list[int] | None = None) -> bytes:
         """The encoded Delivery entries ``start <= i < stop`` (only those in ``indexes`` if given)."""

@@ -39,7 +39,6 @@ from gateway.config import ReportsSection
 from gateway.federation import UP_CURSOR
 from gateway.regions import Level
 from gateway.routing import OVERDUE_ATTRIBUTE, Routing
-from gateway.selection import RECORD
 from gateway.service import GatewayService, Peer
 from gateway.stores import open_store, write_transaction
 
@@ -219,12 +218,9 @@ class ReportTracker:
         start_position = position
         while position < log_.next_offset:
             for stored in await log_.read(position, 1000):
-                start = max(position, stored.first_offset) - stored.first_offset
-                width = RECORD.size
-                chosen = [i for i in range(start, stored.count) if stored.records[i * width] == pb.INCIDENT]
+                chosen = stored.of_kind(pb.INCIDENT, stored.index_at(position))
                 if chosen:
-                    deliveries = gw.DeliveryBatch.FromString(stored.entries(0, stored.count, chosen)).deliveries
-                    reports = [(d.offset, d.envelope) for d in deliveries]
+                    reports = [(d.offset, d.envelope) for d in stored.deliveries(chosen)]
                     await self._in_thread(self._take, reports, stored.appended_ns)
                 position = stored.next_offset
         if position != start_position:

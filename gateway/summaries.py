@@ -31,7 +31,6 @@ from yiwang.v1 import gateway_pb2 as gw
 
 from gateway.log import StoredBatch
 from gateway.routing import SUMMARY_ATTRIBUTE
-from gateway.selection import RECORD
 from gateway.service import GatewayService, Peer
 
 log = structlog.get_logger("yiwang.summaries")
@@ -115,8 +114,7 @@ class StationSummaries:
                     if window != self._window:
                         await self._close(stored.first_offset)
                         self._window = window
-                    start = max(position, stored.first_offset) - stored.first_offset
-                    self._take(stored, start)
+                    self._take(stored, stored.index_at(position))
                     position = stored.next_offset
             now_window = time.time_ns() // self.period_ns
             if self._window >= 0 and now_window > self._window:
@@ -127,12 +125,10 @@ class StationSummaries:
                 await log_.wait_beyond(position, timeout=wait / 1e9 + 0.05)
 
     def _take(self, stored: StoredBatch, start: int) -> None:
-        width = RECORD.size
-        chosen = [i for i in range(start, stored.count) if stored.records[i * width] == pb.OBSERVATION]
-        if not chosen:
-            return
-        for delivery in gw.DeliveryBatch.FromString(stored.entries(0, stored.count, chosen)).deliveries:
-            self.add(delivery.envelope)
+        chosen = stored.of_kind(pb.OBSERVATION, start)
+        if chosen:
+            for delivery in stored.deliveries(chosen):
+                self.add(delivery.envelope)
 
     def add(self, env: pb.Envelope) -> None:
         """Sums up one raw observation (summaries themselves are not summed up again)."""

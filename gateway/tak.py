@@ -549,7 +549,7 @@ class TakServer:
                 if not batches:
                     break
                 for stored in batches:
-                    self._take(stored, max(position, stored.first_offset) - stored.first_offset)
+                    self._take(stored, stored.index_at(position))
                     position = stored.next_offset
             position = max(position, log_.oldest_offset)
             await log_.wait_beyond(position)
@@ -572,7 +572,7 @@ class TakServer:
             return
         out: list[bytes] = []
         now_ns = time.time_ns()
-        for delivery in gw.DeliveryBatch.FromString(stored.entries(0, stored.count, indexes)).deliveries:
+        for delivery in stored.deliveries(indexes):
             out += self._events_of(delivery.envelope, now_ns)
         if not out:
             return
