@@ -47,6 +47,20 @@ class AdapterConfig:
     system: str = ""
 
 
+_C = typing.TypeVar("_C", bound=AdapterConfig)
+
+
+def config_as(cls: type[_C], config: Any) -> _C:
+    """``config`` as the adapter's own config class: a base ``AdapterConfig`` is widened, keeping the
+    fields it sets and the class's defaults for the others."""
+    if isinstance(config, cls):
+        return config
+    if not isinstance(config, AdapterConfig):
+        raise ConfigError(f"expected {cls.__name__}, got {type(config).__name__}")
+    base = {f.name: getattr(config, f.name) for f in dataclasses.fields(AdapterConfig) if getattr(config, f.name)}
+    return cls(**base)
+
+
 class ReportingCodec:
     """A codec that reads many messages from one input: ``decode_report`` gives the envelopes and an
     error per message it refused; ``decode`` fails only when nothing at all could be read."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import random
 import socket
 import subprocess
 import threading
@@ -185,3 +186,14 @@ async def hang_up(writer: asyncio.StreamWriter) -> None:
     writer.close()
     with contextlib.suppress(ConnectionError):
         await writer.wait_closed()
+
+
+async def send_in_pieces(writer: asyncio.StreamWriter, data: bytes, rng: random.Random, most: int) -> None:
+    """Writes ``data`` in pieces of 1 to ``most`` bytes, letting the other end read between them."""
+    at = 0
+    while at < len(data):
+        step = rng.randint(1, most)
+        writer.write(data[at : at + step])
+        await writer.drain()
+        at += step
+        await asyncio.sleep(0)

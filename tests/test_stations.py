@@ -24,7 +24,7 @@ from gateway.errors import ConfigError
 from gateway.node import Node
 from gateway.regions import default_table
 from gateway.stations import Batcher, StationMetrics, StationServer, load_registry
-from tests.conftest import NodeFactory, eventually, hang_up
+from tests.conftest import NodeFactory, eventually, hang_up, send_in_pieces
 
 REGISTRY = """
 [[station]]
@@ -169,13 +169,7 @@ async def test_messages_split_at_any_point_are_all_stored_and_answered_in_order(
     values = [f"{n}.25" for n in range(60)]
     stream = b"".join(f"S1,secret,{v}\n".encode() for v in values)
     reader, writer = await harness.connect()
-    at = 0
-    while at < len(stream):
-        step = rng.randint(1, 17)
-        writer.write(stream[at : at + step])
-        await writer.drain()
-        at += step
-        await asyncio.sleep(0)
+    await send_in_pieces(writer, stream, rng, 17)
     for value in values:
         assert await asyncio.wait_for(reader.readline(), 10) == f"ACK S1-{value}\n".encode()
     for value in values:

@@ -15,7 +15,7 @@ from pathlib import Path
 from adapters.hj212.crc import crc_text
 from adapters.sl651.frame import ESC, ETX, Header, decode_frame, encode_frame
 from gateway.node import Node
-from tests.conftest import NodeFactory, hang_up
+from tests.conftest import NodeFactory, hang_up, send_in_pieces
 
 MN = "41010500000001"
 SL651_STATION = "0041101050"
@@ -70,16 +70,6 @@ async def stored_count(node: Node) -> int:
     return node.log.stats().next_offset - 1
 
 
-async def send_in_pieces(writer: asyncio.StreamWriter, data: bytes, rng: random.Random) -> None:
-    at = 0
-    while at < len(data):
-        step = rng.randint(1, 40)
-        writer.write(data[at : at + step])
-        await writer.drain()
-        at += step
-        await asyncio.sleep(0)
-
-
 async def station_run(
     node: Node,
     port: int,
@@ -92,7 +82,7 @@ async def station_run(
     before = await stored_count(node)
     for upto in (COUNT // 2, COUNT):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        sender = asyncio.create_task(send_in_pieces(writer, b"".join(messages[:upto]), rng))
+        sender = asyncio.create_task(send_in_pieces(writer, b"".join(messages[:upto]), rng, 40))
         for n in range(upto):
             reply = await read_reply(reader)
             check_reply(reply, n)

@@ -9,7 +9,6 @@ length, truncated, bad field); ``decode`` raises the first error only when nothi
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +18,7 @@ from yiwang.v1 import envelope_pb2 as pb
 from adapters.errors import AdapterError
 from adapters.hj212.frame import MAX_SEGMENT_BYTES
 from adapters.hj212.session import UNKNOWN_VERSION_POLICIES, Hj212Protocol
-from adapters.plugin import AdapterConfig, AdapterContext, ReportingCodec
+from adapters.plugin import AdapterConfig, AdapterContext, ReportingCodec, config_as
 from adapters.station_protocol import Message, Station
 from gateway.errors import ConfigError, InvalidEnvelopeError
 from gateway.validation import AGENCIES, Validator
@@ -101,9 +100,5 @@ def open_codec(fmt: str, config: Any, context: AdapterContext) -> Hj212Codec:
     """The ``Adapter.codec`` factory."""
     if fmt != FORMAT:
         raise ConfigError(f"the hj212 adapter has no format {fmt!r} ({FORMAT})")
-    if not isinstance(config, Hj212Config):
-        if not isinstance(config, AdapterConfig):
-            raise ConfigError(f"expected an Hj212Config, got {type(config).__name__}")
-        base = {f.name: getattr(config, f.name) for f in dataclasses.fields(AdapterConfig) if getattr(config, f.name)}
-        config = Hj212Config(**base)
+    config = config_as(Hj212Config, config)
     return Hj212Codec(config, context)

@@ -49,7 +49,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from yiwang.v1 import envelope_pb2 as pb
 
 from adapters.errors import AdapterError
-from adapters.plugin import AdapterConfig, AdapterContext, ReportingCodec, stable_id
+from adapters.plugin import AdapterConfig, AdapterContext, ReportingCodec, config_as, stable_id
 from adapters.quake import cenc, quakeml, usgs
 from adapters.quake.event import Item, QuakeEvent, Skipped, millis
 from adapters.quake.grading import UNGRADED, grade_of
@@ -275,11 +275,7 @@ class QuakeCodec(ReportingCodec):
 
 def open_codec(fmt: str, config: Any, context: AdapterContext) -> QuakeCodec:
     """The ``Adapter.codec`` factory: a fresh codec (with its own memory) for ``fmt``."""
-    if not isinstance(config, QuakeConfig):
-        if not isinstance(config, AdapterConfig):
-            raise ConfigError(f"expected a QuakeConfig, got {type(config).__name__}")
-        base = {f.name: getattr(config, f.name) for f in dataclasses.fields(AdapterConfig) if getattr(config, f.name)}
-        config = QuakeConfig(**base)
+    config = config_as(QuakeConfig, config)
     return QuakeCodec(fmt, config, context)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from yiwang.v1 import envelope_pb2 as pb
 
 from adapters.errors import AdapterError
-from adapters.plugin import AdapterConfig, AdapterContext, ReportingCodec
+from adapters.plugin import AdapterConfig, AdapterContext, ReportingCodec, config_as
 from adapters.sl651.frame import FrameError, decode_frame
 from adapters.sl651.protocol import Sl651Protocol, Sl651Session
 from adapters.station_protocol import Message, Station
@@ -142,9 +142,5 @@ def open_codec(fmt: str, config: Any, context: AdapterContext) -> Sl651Codec:
     """The ``Adapter.codec`` factory."""
     if fmt != FORMAT:
         raise ConfigError(f"the sl651 adapter has no format {fmt!r} ({FORMAT})")
-    if not isinstance(config, Sl651Config):
-        if not isinstance(config, AdapterConfig):
-            raise ConfigError(f"expected an Sl651Config, got {type(config).__name__}")
-        base = {f.name: getattr(config, f.name) for f in dataclasses.fields(AdapterConfig) if getattr(config, f.name)}
-        config = Sl651Config(**base)
+    config = config_as(Sl651Config, config)
     return Sl651Codec(config, context)
