@@ -253,7 +253,6 @@ class _Reply:
     data: bytes
     close: bool = False
     waiting: asyncio.Future[list[gw.PublishResult]] | None = None
-    refusal: bytes = b""  # sent instead of ``data`` if the envelopes were refused
     message: Message | None = None
 
 
@@ -400,10 +399,7 @@ class StationServer:
             connection.add(_Reply(exchange.reply_now))
         if exchange.envelopes:
             waiting = self.batcher.submit(exchange.envelopes)
-            refusal = connection.session.refusal(message, AdapterError("not stored", kind="stored"))
-            connection.add(
-                _Reply(exchange.reply_when_durable, exchange.close, waiting, refusal=refusal, message=message)
-            )
+            connection.add(_Reply(exchange.reply_when_durable, exchange.close, waiting, message=message))
         else:
             self.metrics.messages.labels(name, "answered").inc()
             if exchange.reply_when_durable or exchange.close:
@@ -417,7 +413,7 @@ class StationServer:
             error = reply.waiting.exception() if not reply.waiting.cancelled() else None
             self.metrics.messages.labels(name, "failed").inc()
             log.error("station_append_failed", protocol=name, peer=connection.peer, error=repr(error))
-            return reply.refusal
+            return self._not_stored(connection, reply)
         results = reply.waiting.result()
         refused = [r for r in results if r.outcome == gw.PublishResult.REJECTED]
         self.metrics.envelopes.labels(name).inc(len(results) - len(refused))
@@ -427,9 +423,14 @@ class StationServer:
                 self.metrics.refused.labels(name, "rejected").inc()
                 log.warning("station_envelope_refused", protocol=name, peer=connection.peer, id=result.id,
                             field=result.field, reason=result.reason)  # fmt: skip
-            return reply.refusal
+            return self._not_stored(connection, reply)
         self.metrics.messages.labels(name, "stored").inc()
         return reply.data
+
+    @staticmethod
+    def _not_stored(connection: StationConnection, reply: _Reply) -> bytes:
+        """The protocol's refusal of a message whose envelopes did not reach the log (built only then)."""
+        return connection.session.refusal(reply.message, AdapterError("not stored", kind="stored"))
 
     def refuse(self, connection: StationConnection, message: Message | None, error: AdapterError) -> None:
         self.metrics.messages.labels(self.protocol.name, "refused").inc()
