@@ -179,15 +179,16 @@ class _Waiting:
 class Batcher:
     """Appends the envelopes of many messages together; each message learns its own results."""
 
-    def __init__(self, publish: Publish) -> None:
+    def __init__(self, publish: Publish, name: str = "station-batcher") -> None:
         self.publish = publish
+        self.name = name  # of its task
         self._waiting: list[_Waiting] = []
         self._count = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="station-batcher")
+        self._task = asyncio.create_task(self._run(), name=self.name)
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -326,13 +326,6 @@ class TakDatagrams(asyncio.DatagramProtocol):
 # -- the server -----------------------------------------------------------------------------------
 
 
-class TakBatcher(Batcher):
-    """The station server's batching, under its own task name."""
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="tak-batcher")
-
-
 @dataclass(frozen=True)
 class TakSettings:
     """What the server needs besides the node's service (from ``[tak]``, see gateway.config)."""
@@ -365,7 +358,7 @@ class TakServer:
         self.settings = settings
         self.config = settings.cot
         self.log = log_
-        self.batcher = TakBatcher(publish)
+        self.batcher = Batcher(publish, name="tak-batcher")
         self.metrics = metrics
         self.validator = validator
         self.context = context
