@@ -4,7 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 # Debian packages the tests use: openssl and Mosquitto (they check our certificates the way other tools will).
-APT_PACKAGES := openssl mosquitto mosquitto-clients
+# chromium: the browser the web command picture's tests drive (through Playwright, never its own download).
+APT_PACKAGES := openssl mosquitto mosquitto-clients chromium
+# The command picture's browser library (ECharts) comes from the npm registry, pinned in package-lock.json.
+NPM_STAMP := node_modules/.installed-stamp
 
 .PHONY: install apt demo test lint typecheck unit soak bench proto clean
 
@@ -24,9 +27,15 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) $(NPM_STAMP)
 
-demo: $(STAMP)
+# npm itself comes from Debian only when the machine has none (a Node.js from elsewhere brings its own).
+$(NPM_STAMP): package.json package-lock.json
+	@command -v npm >/dev/null 2>&1 || { apt-get update && apt-get install -y npm; }
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $(NPM_STAMP)
+
+demo: $(STAMP) $(NPM_STAMP)
 	$(BIN)/yiwang demo
 
 lint: $(STAMP)
@@ -36,15 +45,15 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP) apt
+unit: $(STAMP) $(NPM_STAMP) apt
 	$(BIN)/pytest -m "not soak"
 
 test: lint typecheck unit
 
-soak: $(STAMP) apt
+soak: $(STAMP) $(NPM_STAMP) apt
 	$(BIN)/pytest -m soak
 
-bench: $(STAMP) apt
+bench: $(STAMP) $(NPM_STAMP) apt
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/trust.py
 	$(BIN)/python bench/edge.py
@@ -56,4 +65,4 @@ proto: $(STAMP)
 	$(BIN)/python proto/generate.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis yiwang-data
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis yiwang-data
