@@ -37,6 +37,7 @@ from yiwang.v1 import gateway_pb2 as gw
 
 from gateway.config import ParentSection, parse_address
 from gateway.errors import YiwangError
+from gateway.log import StoredBatch
 from gateway.pki import Identity, PkiError, Role
 from gateway.policy import Decision
 from gateway.regions import level_of
@@ -44,7 +45,7 @@ from gateway.routing import Routing, concerns
 from gateway.selection import RECORD
 from gateway.service import GatewayService, Peer
 from gateway.tls import ClientTls
-from gateway.wire import read_varint
+from gateway.wire import delivery_envelope, length_delimited, read_varint, varint
 
 log = structlog.get_logger("yiwang.federation")
 
@@ -96,6 +97,7 @@ class LinkEnd:
         batch: int,
         metrics: FederationMetrics,
         chain: Callable[[str, int], Awaitable[list[str]]] | None = None,
+        by_record: Callable[[int, int], bool | None] | None = None,
     ) -> None:
         self.service = service
         self.chain = chain  # the earlier reports of an incident (gateway.reports), for a link up
@@ -105,6 +107,9 @@ class LinkEnd:
         self.cursor = cursor
         self.kinds = kinds
         self.routes = routes
+        # routing decided from the kind and severity of the selection record, where that settles it
+        self.by_record = by_record
+        self._peer_bytes = peer_node.encode()
         self.accept = accept
         self.batch = batch
         self.metrics = metrics
@@ -139,27 +144,38 @@ class LinkEnd:
                     begin, end = stored.span(index)
                     size += end - begin
                     if len(chosen) >= self.batch or size >= MAX_BATCH_BYTES:
-                        await self._send(stored.entries(0, stored.count, chosen), stored.first_offset + index + 1)
+                        await self._send(stored, chosen, stored.first_offset + index + 1)
                         chosen, size = [], 0
                 position = stored.next_offset
-                await self._send(stored.entries(0, stored.count, chosen) if chosen else b"", position)
+                await self._send(stored, chosen, position)
 
     def came_from_peer(self, env: pb.Envelope) -> bool:
         """Whether the envelope went through the other end of this link (a hop record names it): it is
         never sent back there."""
         return any(hop.node == self.peer_node for hop in env.provenance.hops)
 
-    async def _send(self, entries: bytes, upto: int) -> None:
-        request = gw.PublishRequest(batch_id=upto)
-        if entries:
-            for delivery in gw.DeliveryBatch.FromString(entries).deliveries:
+    async def _send(self, stored: StoredBatch, chosen: list[int], upto: int) -> None:
+        """Sends the entries at ``chosen`` that routing sends over this link, as the bytes they are
+        stored as (each envelope's own encoding, hop records included: nothing is re-encoded)."""
+        batch = _Outgoing(upto)
+        if chosen:
+            records, width = stored.records, RECORD.size
+            for index, delivery in zip(chosen, stored.deliveries(chosen), strict=True):
+                at = index * width
+                verdict = self.by_record(records[at], records[at + 1]) if self.by_record is not None else None
+                if verdict is False:
+                    continue
                 env = delivery.envelope
-                if self.came_from_peer(env) or not self.routes(env):
+                raw = delivery_envelope(stored.entry(index)) or env.SerializeToString()
+                # a hop record names every node the envelope went through: no name, no hop
+                if self._peer_bytes in raw and self.came_from_peer(env):
+                    continue
+                if verdict is None and not self.routes(env):
                     continue
                 if env.kind == pb.INCIDENT and self.chain is not None:
-                    await self._add_earlier_reports(request, env, delivery.offset)
-                self._add(request, env)
-        if not request.envelopes:
+                    await self._add_earlier_reports(batch, env, delivery.offset)
+                self._add(batch, env, raw)
+        if not batch.envelopes:
             if self._pending:
                 self._pending.append((upto, False))
             else:
@@ -167,20 +183,20 @@ class LinkEnd:
             return
         await self._room.acquire()
         self._pending.append((upto, True))
-        self.metrics.sent.labels(link=self.label).inc(len(request.envelopes))
-        await self.out.put(fed.LinkMessage(batch=request).SerializeToString())
+        self.metrics.sent.labels(link=self.label).inc(len(batch.envelopes))
+        await self.out.put(batch.message())
 
-    def _add(self, request: gw.PublishRequest, env: pb.Envelope) -> None:
+    def _add(self, batch: _Outgoing, env: pb.Envelope, raw: bytes) -> None:
         """Adds an envelope to a batch, with the signing certificate its signature names (once per link)."""
         sha256 = env.provenance.signature.certificate_sha256
         if sha256 and sha256 not in self._certificates_sent and self.service.certificates is not None:
             der = self.service.certificates.get(sha256)
             if der is not None:
-                request.certificates.append(der)
+                batch.certificates.append(der)
                 self._certificates_sent.add(sha256)
-        request.envelopes.append(env)
+        batch.envelopes.append(raw)
 
-    async def _add_earlier_reports(self, request: gw.PublishRequest, env: pb.Envelope, offset: int) -> None:
+    async def _add_earlier_reports(self, batch: _Outgoing, env: pb.Envelope, offset: int) -> None:
         """A follow-up that goes up (its grade was raised) takes the incident's earlier reports along,
         those that routing kept here before: the level above gets the whole chain at once."""
         assert self.chain is not None
@@ -192,10 +208,11 @@ class LinkEnd:
             if earlier_id not in found:
                 continue  # past retention
             stored, index = found[earlier_id]
-            earlier = gw.DeliveryBatch.FromString(stored.entry(index)).deliveries[0].envelope
+            entry = stored.entry(index)
+            earlier = gw.DeliveryBatch.FromString(entry).deliveries[0].envelope
             if self.routes(earlier) or self.came_from_peer(earlier):
                 continue  # it went (or goes) up by itself, or came from there
-            self._add(request, earlier)
+            self._add(batch, earlier, delivery_envelope(entry) or earlier.SerializeToString())
 
     async def on_ack(self, ack: fed.LinkAck) -> None:
         """The other end has a batch durably: the cursor moves past it (and past skipped ranges after it)."""
@@ -269,6 +286,26 @@ class LinkEnd:
 
 
 _BATCH_TAG: Final = 0x12  # LinkMessage.batch: field 2, length-delimited
+_ENVELOPES_TAG: Final = b"\x0a"  # PublishRequest.envelopes: field 1, length-delimited
+_BATCH_ID_TAG: Final = b"\x10"  # PublishRequest.batch_id: field 2, varint
+_CERTIFICATES_TAG: Final = b"\x1a"  # PublishRequest.certificates: field 3, length-delimited
+
+
+class _Outgoing:
+    """A batch for the other end, assembled from encoded envelopes: a LinkMessage holding a
+    PublishRequest (envelopes = 1, batch_id = 2, certificates = 3), written out by hand."""
+
+    def __init__(self, upto: int) -> None:
+        self.upto = upto
+        self.envelopes: list[bytes] = []
+        self.certificates: list[bytes] = []
+
+    def message(self) -> bytes:
+        parts = [length_delimited(_ENVELOPES_TAG, raw) for raw in self.envelopes]
+        parts.append(_BATCH_ID_TAG + varint(self.upto))
+        parts += (length_delimited(_CERTIFICATES_TAG, der) for der in self.certificates)
+        request = b"".join(parts)
+        return bytes((_BATCH_TAG,)) + varint(len(request)) + request
 
 
 def batch_of(raw: bytes) -> bytes | None:
@@ -519,6 +556,7 @@ class ParentLink:
                 cursor=UP_CURSOR,
                 kinds=routing.up_kinds,
                 routes=lambda env: routing.sends_up(env, parent_level),
+                by_record=routing.up_by_record(parent_level),
                 accept=self.accept,
                 batch=self.config.batch,
                 metrics=self.metrics,

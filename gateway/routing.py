@@ -175,6 +175,26 @@ class Routing:
         rank = _LEVEL_RANK[parent_level]
         return any(rule.reach >= rank and rule.takes(env) for rule in self.up)
 
+    def up_by_record(self, parent_level: Level) -> Callable[[int, int], bool | None]:
+        """``sends_up`` decided from an envelope's kind and severity alone (both in its selection
+        record): True or False where those settle it, None where a rule looks further (grade,
+        threshold crossing, summary) and the envelope must be read."""
+        rank = _LEVEL_RANK[parent_level]
+        rules = [rule for rule in self.up if rule.reach >= rank]
+
+        def decide(kind: int, severity: int) -> bool | None:
+            undecided = False
+            for rule in rules:
+                if kind not in rule.kinds or severity < rule.min_severity:
+                    continue
+                if rule.min_grade or rule.alarms_only or rule.summaries_only:
+                    undecided = True
+                else:
+                    return True
+            return None if undecided else False
+
+        return decide
+
     def to_parent(self, env: pb.Envelope, parent_level: Level) -> Decision:
         """Whether ``env`` goes up to a parent of ``parent_level``."""
         rank = _LEVEL_RANK[parent_level]

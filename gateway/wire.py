@@ -115,5 +115,32 @@ def field_spans(data: bytes, field: int) -> list[tuple[int, int]] | None:
     return spans if position == size else None
 
 
+def delivery_envelope(entry: bytes) -> bytes | None:
+    """The encoded Envelope inside one stored entry (a ``Delivery`` as field 1 of a DeliveryBatch,
+    the form ``encode_deliveries`` writes); None if the bytes are not such an entry."""
+    if not entry or entry[0] != TAG_DELIVERIES[0]:
+        return None
+    try:
+        size, start = read_varint(entry, 1)
+    except ValueError:
+        return None
+    if start + size != len(entry):
+        return None
+    try:  # the layout encode_deliveries writes: offset, then the envelope
+        if entry[start] == TAG_OFFSET[0]:
+            _, at = read_varint(entry, start + 1)
+            if entry[at] == TAG_ENVELOPE[0]:
+                length, at = read_varint(entry, at + 1)
+                if at + length <= len(entry):
+                    return entry[at : at + length]
+    except (ValueError, IndexError):
+        return None
+    spans = field_spans(entry[start:], 2)  # any other order of the Delivery's fields
+    if not spans or len(spans) != 1:
+        return None
+    begin, end = spans[0]
+    return entry[start + begin : start + end]
+
+
 def next_offset_field(next_offset: int) -> bytes:
     return TAG_NEXT_OFFSET + varint(next_offset)

@@ -180,3 +180,33 @@ def test_the_quick_answer_agrees_with_the_explained_one(routing: Routing, level:
     ]
     for env in samples:
         assert routing.sends_up(env, level) is routing.to_parent(env, level).send, env.id
+
+
+@pytest.mark.parametrize("level", [Level.CITY, Level.PROVINCE])
+def test_the_answer_from_the_record_agrees_wherever_it_answers(routing: Routing, level: Level) -> None:
+    by_record = routing.up_by_record(level)
+    alarm = factories.observation(region="410102")
+    alarm.attributes["edge.alarm"] = "water_level"
+    grades = (pb.GRADE_GENERAL, pb.GRADE_LARGER, pb.GRADE_MAJOR, pb.GRADE_EXTRAORDINARY)
+    samples = [incident(grade) for grade in grades] + [
+        factories.observation(region="410102"),
+        alarm,
+        pb.Envelope(id="h", kind=pb.HEARTBEAT, region="410102"),
+    ]
+    for severity in (pb.SEVERITY_UNSPECIFIED, pb.BLUE, pb.RED):
+        warning = factories.alert(region="410102")
+        warning.severity = severity
+        samples.append(warning)
+    answered = 0
+    for env in samples:
+        verdict = by_record(env.kind, env.severity)
+        if verdict is not None:
+            answered += 1
+            assert verdict is routing.sends_up(env, level), env.id
+    assert answered  # warnings go up by kind alone: the record settles them
+    # a rule that only looks at kind and severity settles everything it takes
+    everything = Routing.load(None)
+    everything.up = [r for r in everything.up if r.name == "warnings-up"]
+    assert everything.up, "the shipped rules send warnings up"
+    assert everything.up_by_record(level)(pb.ALERT, pb.BLUE) is True
+    assert everything.up_by_record(level)(pb.INCIDENT, pb.BLUE) is False

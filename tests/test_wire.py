@@ -11,7 +11,15 @@ from yiwang.v1 import gateway_pb2 as gw
 
 from gateway.log import StoredBatch
 from gateway.selection import RECORD, record_of
-from gateway.wire import encode_deliveries, field_spans, hop_suffix, next_offset_field, timestamp, varint
+from gateway.wire import (
+    delivery_envelope,
+    encode_deliveries,
+    field_spans,
+    hop_suffix,
+    next_offset_field,
+    timestamp,
+    varint,
+)
 from tests import factories
 
 APPENDED_NS = 1_750_000_000_123_456_789
@@ -249,3 +257,33 @@ def test_field_spans_never_overrun_malformed_bytes(data: bytes) -> None:
     spans = field_spans(data, 1)
     if spans is not None:
         assert all(0 <= a <= b <= len(data) for a, b in spans)
+
+
+def test_the_envelope_of_an_entry_is_cut_from_its_bytes() -> None:
+    envs = envelopes()
+    suffix = hop_suffix(NODE, RECEIVED_NS)
+    data, ends = encode_deliveries(300, [e.SerializeToString() for e in envs], suffix, APPENDED_NS)
+    stored = StoredBatch(300, APPENDED_NS, bytes(RECORD.size * len(envs)), ends, data)
+    for index, env in enumerate(envs):
+        assert delivery_envelope(stored.entry(index)) == env.SerializeToString() + suffix
+    # a Delivery whose fields come in another order (any protobuf encoder may write that)
+    first = envs[0].SerializeToString()
+    delivery = (
+        (
+            b"\x1a"
+            + varint(len(appended_at(APPENDED_NS).SerializeToString()))
+            + appended_at(APPENDED_NS).SerializeToString()
+        )
+        + (b"\x12" + varint(len(first)) + first)
+        + b"\x08\x07"
+    )
+    assert delivery_envelope(b"\x0a" + varint(len(delivery)) + delivery) == first
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [b"", b"\x12\x00", b"\x0a\x05\x08\x01", b"\x0a\x04\x08\x01\x12\x09", b"\x0a\x02\x08\x01", b"\x0a\x80"],
+    ids=["empty", "not-field-1", "longer-than-said", "envelope-past-the-end", "no-envelope", "truncated-length"],
+)
+def test_what_is_not_an_entry_has_no_envelope(entry: bytes) -> None:
+    assert delivery_envelope(entry) is None
