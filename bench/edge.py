@@ -21,7 +21,12 @@ gateway.cli gateway``) and the agents (``--role agents``, pre-generated readings
 ``edge_agent.simulate.burst`` put into the outboxes as fast as they take them). Usage:
 
     .venv/bin/python bench/edge.py [--seconds 10] [--terminals 16] [--profile lan] [--agent-procs 1]
-                                   [--only a,b,c] [--no-fsync]
+                                   [--only a,b,c] [--no-fsync] [--mode series|readings]
+                                   [--rate 1000] [--block 10000]
+
+(b) by default has each terminal sample a high-rate sensor (``edge_agent.simulate.SampledSensor``)
+and submit blocks with ``EdgeAgent.submit_series`` (one outbox row and one series entry per block);
+``--mode readings`` puts single readings instead, for the one-reading-per-put figure.
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ from edge_agent.cli import connector, run_until_stopped, until_signalled
 from edge_agent.links import SATELLITE, Budget, LinkProfile, profile
 from edge_agent.model import Metric, Reading, Sequenced
 from edge_agent.outbox import Outbox
-from edge_agent.simulate import HOUR_MS, SimulatedTerminal, burst, fleet
+from edge_agent.simulate import HOUR_MS, SampledSensor, SimulatedTerminal, burst, fleet
 from gateway import logsetup
 
 HERE = Path(__file__).resolve()
@@ -306,6 +311,31 @@ async def feed(
         stats.cycles += 1
 
 
+async def feed_series(
+    agent: EdgeAgent, outbox: Outbox, sensor: SampledSensor, block: int, backlog: int, stats: AgentsStats
+) -> None:
+    """Submits blocks of ``block`` samples of the terminal's high-rate sensor (one outbox transaction
+    each) as fast as the agent takes them, pausing while the outbox holds more than ``backlog``
+    readings. One block's values are generated up front and replayed later and later in time, so
+    the figure measures the path, not the generator."""
+    start_ms = sensor.terminal.start_ms
+    at_ms, values = sensor.block(start_ms, block)
+    offsets = at_ms - start_ms
+    step_ms = sensor.next_start(start_ms, block) - start_ms
+    since_check = 0
+    while True:
+        began = time.perf_counter()
+        await agent.submit_series(sensor.metric.index, offsets + start_ms, values)
+        stats.put_seconds += time.perf_counter() - began
+        stats.put += block
+        stats.puts += 1
+        start_ms += step_ms
+        since_check += block
+        if backlog and since_check >= backlog // 4:
+            since_check = 0
+            await below_backlog(outbox, backlog)
+
+
 async def below_backlog(outbox: Outbox, backlog: int) -> None:
     """Returns once the outbox holds at most ``backlog`` readings (polled: the outbox has no event for it)."""
     while (await asyncio.to_thread(outbox.stats)).total_readings > backlog:  # noqa: ASYNC110
@@ -324,10 +354,15 @@ async def role_agents(args: argparse.Namespace) -> None:
     generated = time.perf_counter()
     # Photo chunks (P3 bulk, 1 KiB each) are left out: the figure counts small readings, as the
     # anchor's messages are small (the node stores chunks in base64 pieces, see gateway.edge_ingest).
-    readings = [[r for r in rs if not r.blob] for rs in burst(terminals, args.per_terminal)]
-    latest = max(r.at_ms for rs in readings for r in rs)
-    if latest > now_ms:
-        raise SystemExit(f"--per-terminal {args.per_terminal} reaches into the future; use fewer")
+    samplers = {t.name: SampledSensor(t, rate_hz=args.rate, seed=i) for i, t in enumerate(terminals)}
+    backlog = args.backlog or (50 * args.block if args.mode == "series" else 20_000)
+    if args.mode == "series":
+        readings: list[list[Reading]] = [[] for _ in terminals]
+    else:
+        readings = [[r for r in rs if not r.blob] for rs in burst(terminals, args.per_terminal)]
+        latest = max(r.at_ms for rs in readings for r in rs)
+        if latest > now_ms:
+            raise SystemExit(f"--per-terminal {args.per_terminal} reaches into the future; use fewer")
     generated = time.perf_counter() - generated
     data = Path(args.data)
     stats = AgentsStats()
@@ -344,12 +379,15 @@ async def role_agents(args: argparse.Namespace) -> None:
                 outbox=outbox,
                 link=link,
                 budget=Budget(link, outbox),
-                catalogue=terminal.catalogue(),
+                catalogue=samplers[terminal.name].catalogue(),
                 connect=connector(host, int(port), cn, None),
                 interval_s=60.0,
             )
             agents.append(agent)
-            work += [agent.run(), feed(agent, outbox, own, args.put, args.backlog, stats)]
+            if args.mode == "series":
+                work += [agent.run(), feed_series(agent, outbox, samplers[terminal.name], args.block, backlog, stats)]
+            else:
+                work += [agent.run(), feed(agent, outbox, own, args.put, backlog, stats)]
         print(
             json.dumps({"ready": True, "terminals": [t.name for t in terminals], "generate_s": generated}), flush=True
         )
@@ -468,6 +506,12 @@ def run_edge(args: argparse.Namespace) -> Window:
                         str(args.per_terminal),
                         "--put",
                         str(args.put),
+                        "--mode",
+                        args.mode,
+                        "--block",
+                        str(args.block),
+                        "--rate",
+                        str(args.rate),
                         "--backlog",
                         str(args.backlog),
                         "--data",
@@ -569,7 +613,7 @@ def pack_like_the_agent(agent: EdgeAgent, pending: list[Sequenced]) -> Iterator[
     prefix that fits the link (EdgeAgent._pack), and offers the rest again."""
     while pending:
         taken = pending[: agent._estimate]
-        payload, chosen = agent._pack(taken, historical=False, drops=())
+        payload, chosen, _ = agent._pack(taken, [], historical=False, drops=())
         yield payload
         pending = pending[len(chosen) :]
 
@@ -641,9 +685,13 @@ def anchor_payload() -> bytes:
 def print_edge(args: argparse.Namespace, window: Window, anchor_rate: float | None) -> None:
     rate = window.readings / window.seconds if window.seconds else 0.0
     spread = f"{min(window.per_second):,.0f}-{max(window.per_second):,.0f}" if window.per_second else "-"
+    if args.mode == "series":
+        how = f"each sampling at {args.rate:g} Hz, blocks of {args.block} samples per put (one outbox row)"
+    else:
+        how = f"{args.put} single readings per put"
     print(
         f"(b) edge    {args.terminals} terminals ({args.profile}, {args.agent_procs} agent process(es), "
-        f"{args.put} readings per put) -> agents -> mosquitto -> node ingest -> log "
+        f"{how}) -> agents -> mosquitto -> node ingest -> log "
         f"(fsync {'off' if args.no_fsync else 'on'}):\n"
         f"      {rate:>10,.0f} readings/s stored over {window.seconds:.1f} s "
         f"(per second {spread}; first readings after {window.started_s:.1f} s, then {args.warmup:g} s warm-up)"
@@ -672,6 +720,9 @@ def print_edge(args: argparse.Namespace, window: Window, anchor_rate: float | No
     )
     total = sum(window.cpu.values())
     parts = ", ".join(f"{name} {seconds:.1f}" for name, seconds in window.cpu.items())
+    if window.readings:
+        per_reading = ", ".join(f"{name} {seconds / window.readings * 1e6:.2f}" for name, seconds in window.cpu.items())
+        print(f"    CPU µs per stored reading: {per_reading}; total {total / window.readings * 1e6:.2f}")
     print(
         f"    CPU seconds in the window: {parts}; total {total:.1f} of {window.seconds * (os.cpu_count() or 1):.1f} "
         f"available ({(rate / (total / window.seconds)) if total else 0:,.0f} readings per CPU second)"
@@ -713,7 +764,20 @@ def main() -> None:
     parser.add_argument("--agent-procs", type=int, default=1, help="processes the terminals' agents are spread over")
     parser.add_argument("--per-terminal", type=int, default=20_000, help="readings generated per terminal")
     parser.add_argument("--put", type=int, default=200, help="readings per outbox transaction")
-    parser.add_argument("--backlog", type=int, default=20_000, help="pause putting while an outbox holds more")
+    parser.add_argument(
+        "--backlog",
+        type=int,
+        default=0,
+        help="pause putting while an outbox holds more (0: 20,000 readings, 50 blocks)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=["series", "readings"],
+        default="series",
+        help="(b): terminals sample at --rate and submit blocks (series), or put single readings (readings)",
+    )
+    parser.add_argument("--rate", type=float, default=1000.0, help="(b) series: samples per second per terminal")
+    parser.add_argument("--block", type=int, default=10_000, help="(b) series: samples per block (one put)")
     parser.add_argument("--workers", type=int, default=-1, help="the node's admission_workers (-1: its default)")
     parser.add_argument("--no-fsync", action="store_true", help="the node's log commits without fsync")
     parser.add_argument("--sat-terminals", type=int, default=20)

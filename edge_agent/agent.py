@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +28,7 @@ from edge_agent.model import (
     AckState,
     Batch,
     Birth,
+    Chunk,
     Command,
     CommandReply,
     DropReport,
@@ -36,13 +38,14 @@ from edge_agent.model import (
     Sequenced,
 )
 from edge_agent.mqtt import MqttClient, Will, connect_forever
-from edge_agent.outbox import Outbox
+from edge_agent.outbox import MAX_CHUNK_POINTS, Outbox
 
 log = structlog.get_logger("yiwang.edge")
 
 MAX_BATCH_READINGS = 5_000
 MAX_IN_FLIGHT = 8  # batches sent and not yet acknowledged by the gateway; P0 may go beyond
 SHRINK = 0.7  # when a batch comes out too big for the link, try again with this share of it
+CHUNK_HEADROOM = 512  # bytes of a message kept for the batch's head, drop reports and a few readings
 
 
 @dataclass
@@ -51,6 +54,17 @@ class InFlight:
     ranges: list[tuple[int, int]]
     sent: float  # loop time
     drops: tuple[DropReport, ...]
+
+
+def merge_ranges(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted, disjoint inclusive ranges, touching ones joined."""
+    out: list[tuple[int, int]] = []
+    for first, last in sorted(ranges):
+        if out and first <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(last, out[-1][1]))
+        else:
+            out.append((first, last))
+    return out
 
 
 def ranges_of(seqs: Sequence[int]) -> list[tuple[int, int]]:
@@ -98,6 +112,11 @@ class EdgeAgent:
         self._in_flight: dict[int, InFlight] = {}
         self._next_batch = 0
         self._estimate = max(1, min(MAX_BATCH_READINGS, link.max_message_bytes // 8))
+        # A chunk fits a message uncompressed, so it can always go; a batch packs several when they compress.
+        self._chunk_points = max(
+            1, min(MAX_CHUNK_POINTS, (link.max_message_bytes - CHUNK_HEADROOM) // wire.SERIES_POINT_SIZE)
+        )
+        self._series_estimate = self._chunk_points  # series readings per batch
 
     # -- readings in --------------------------------------------------------------------------------
 
@@ -107,6 +126,21 @@ class EdgeAgent:
         if stored:
             if any(item.reading.priority == Priority.P0 for item in stored):
                 self._urgent = True
+            if self._waiting_since is None:
+                self._waiting_since = asyncio.get_running_loop().time()
+            self._wake.set()
+        return stored
+
+    async def submit_series(
+        self, metric: int, at_ms: object, values: object, priority: Priority = Priority.P2
+    ) -> list[Chunk]:
+        """Stores a sampled block of one metric (``at_ms`` and ``values``: sequences or numpy arrays
+        of one length) in the outbox as chunks sized to the link, durable on return, and wakes the
+        sender. Series are P2 or P3; P0 and P1 readings go through ``submit`` one by one."""
+        stored = await asyncio.to_thread(
+            functools.partial(self.outbox.put_series, metric, at_ms, values, priority, chunk_points=self._chunk_points)
+        )
+        if stored:
             if self._waiting_since is None:
                 self._waiting_since = asyncio.get_running_loop().time()
             self._wake.set()
@@ -176,6 +210,11 @@ class EdgeAgent:
                 timeout = max(0.01, self._waiting_since + timeout - now)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=min(timeout, self.ack_timeout_s))
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # Python 3.11's wait_for can swallow a cancellation that arrives as the wake-up
+                # does; carrying on would keep whoever stops the agent waiting for ever
+                raise asyncio.CancelledError
 
     def _due(self, now: float) -> bool:
         if self._urgent:
@@ -203,29 +242,30 @@ class EdgeAgent:
 
     async def _send_once(self, client: MqttClient, *, historical: bool) -> bool:
         """Takes, packs and publishes one batch; False if there was nothing to send (or no budget)."""
-        taken = await asyncio.to_thread(
-            self.outbox.take, self._estimate, historical=historical, live_window_s=self.link.live_window_s
-        )
-        if not taken:
+        taken, chunks = await asyncio.to_thread(self._take, historical)
+        if not taken and not chunks:
             return False
+        session = taken[0].session if taken else chunks[0].session
         drops = tuple(self.outbox.drops())
-        payload, batch_readings = self._pack(taken, historical, drops)
-        if len(batch_readings) < len(taken):  # the rest goes in a later batch
-            rest = [r.seq for r in taken[len(batch_readings) :]]
-            self.outbox.requeue(taken[0].session, ranges_of(rest))
+        payload, batch_readings, batch_chunks = self._pack(taken, chunks, historical, drops)
+        rest = ranges_of([r.seq for r in taken[len(batch_readings) :]])
+        rest += [(chunk.first_seq, chunk.last_seq) for chunk in chunks[len(batch_chunks) :]]
+        if rest:  # the rest goes in a later batch
+            self.outbox.requeue(session, rest)
+        sent = merge_ranges(
+            [*ranges_of([r.seq for r in batch_readings]), *((c.first_seq, c.last_seq) for c in batch_chunks)]
+        )
         now = self.clock()
-        urgent = min(r.reading.priority for r in batch_readings)
+        urgent = min([*(r.reading.priority for r in batch_readings), *(c.priority for c in batch_chunks)])
         if not self.budget.allows(len(payload), now, priority=urgent):
             # the link's budget is spent: only P0 goes; the outbox's class policies deal with the rest
-            self.outbox.requeue(taken[0].session, ranges_of([r.seq for r in batch_readings]))
+            self.outbox.requeue(session, sent)
             log.info("edge_budget_spent", terminal=self.cn, remaining=self.budget.remaining(now))
             return False
         key = self._next_batch
         self._next_batch += 1
         loop = asyncio.get_running_loop()
-        self._in_flight[key] = InFlight(
-            taken[0].session, ranges_of([r.seq for r in batch_readings]), loop.time(), drops
-        )
+        self._in_flight[key] = InFlight(session, sent, loop.time(), drops)
         leaf = "hist" if historical else "live"
         try:
             await client.publish(wire.topic(self.cn, leaf), payload, qos=1)
@@ -239,22 +279,46 @@ class EdgeAgent:
         self.bytes_sent += len(payload)
         return True
 
+    def _take(self, historical: bool) -> tuple[list[Sequenced], list[Chunk]]:
+        """Single readings and chunks for one batch, of one session (P0 readings come first in take)."""
+        live_window_s = self.link.live_window_s
+        taken = self.outbox.take(self._estimate, historical=historical, live_window_s=live_window_s)
+        session = taken[0].session if taken else None
+        chunks = self.outbox.take_chunks(
+            self._series_estimate, historical=historical, live_window_s=live_window_s, session=session
+        )
+        return taken, chunks
+
     def _pack(
-        self, taken: list[Sequenced], historical: bool, drops: tuple[DropReport, ...]
-    ) -> tuple[bytes, list[Sequenced]]:
-        """The largest prefix of ``taken`` whose batch fits the link's message size."""
-        count = len(taken)
+        self, taken: list[Sequenced], chunks: list[Chunk], historical: bool, drops: tuple[DropReport, ...]
+    ) -> tuple[bytes, list[Sequenced], list[Chunk]]:
+        """The largest prefixes of ``taken`` and ``chunks`` whose batch fits the link's message size:
+        chunks give way first, then readings (one chunk, or one reading, always goes)."""
+        count, chunk_count = len(taken), len(chunks)
+        session = taken[0].session if taken else chunks[0].session
         while True:
             chosen = taken[:count]
-            batch = Batch(self.name, chosen[0].session, tuple(chosen), historical=historical, drops=drops)
-            payload = wire.encode_batch(batch, compress=self.link.compress)
-            if len(payload) <= self.link.max_message_bytes or count == 1:
-                if count == len(taken) and len(payload) < self.link.max_message_bytes // 2:
+            batch = Batch(self.name, session, tuple(chosen), historical=historical, drops=drops)
+            entries = [chunk.body for chunk in chunks[:chunk_count]]
+            payload = wire.encode_batch(batch, compress=self.link.compress, series_entries=entries)
+            if len(payload) <= self.link.max_message_bytes or count + chunk_count <= 1:
+                roomy = len(payload) < self.link.max_message_bytes // 2
+                if count and count == len(taken) and roomy:
                     self._estimate = min(MAX_BATCH_READINGS, max(self._estimate, count) * 2)
-                else:
+                elif count:
                     self._estimate = max(1, count)
-                return payload, chosen
-            count = max(1, int(count * SHRINK))
+                points = sum(chunk.count for chunk in chunks[:chunk_count])
+                if chunk_count and chunk_count == len(chunks) and roomy:
+                    self._series_estimate = min(wire.MAX_SERIES_POINTS, max(self._series_estimate, points) * 2)
+                elif chunk_count:
+                    self._series_estimate = max(self._chunk_points, points)
+                return payload, chosen, chunks[:chunk_count]
+            if chunk_count > 1 or (chunk_count == 1 and count == 0):
+                chunk_count = max(1, int(chunk_count * SHRINK)) if chunk_count > 1 else 0
+            elif chunk_count == 1 and count:
+                count = int(count * SHRINK)
+            else:
+                count = max(1, int(count * SHRINK))
 
     async def _heartbeats(self, client: MqttClient) -> None:
         while True:

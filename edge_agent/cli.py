@@ -21,7 +21,7 @@ from edge_agent.links import Budget, profile
 from edge_agent.model import Metric, Priority, Reading
 from edge_agent.mqtt import MqttClient, Will
 from edge_agent.outbox import Outbox
-from edge_agent.simulate import SimulatedTerminal, TerminalKind, fleet
+from edge_agent.simulate import SampledSensor, SimulatedTerminal, TerminalKind, fleet
 from gateway.config import parse_address
 from gateway.errors import ConfigError
 from gateway.pki import Authority, Identity, Role
@@ -51,6 +51,21 @@ async def feed_simulated(agent: EdgeAgent, terminal: SimulatedTerminal, speedup:
         readings = terminal.advance(now_sim)
         if readings:
             await agent.submit(readings)
+        await asyncio.sleep(tick_s)
+
+
+async def feed_sampled(agent: EdgeAgent, sensor: SampledSensor, speedup: float, tick_s: float = 1.0) -> None:
+    """Samples a terminal's high-rate sensor with the clock and submits each tick's samples as one
+    block (``EdgeAgent.submit_series``: one outbox row, however many samples)."""
+    started_real = time.time()
+    next_ms = sensor.terminal.start_ms
+    while True:
+        now_sim = sensor.terminal.start_ms + int((time.time() - started_real) * speedup * 1000)
+        points = int((now_sim - next_ms) * sensor.rate_hz / 1000)
+        if points > 0:
+            at_ms, values = sensor.block(next_ms, points)
+            await agent.submit_series(sensor.metric.index, at_ms, values)
+            next_ms = sensor.next_start(next_ms, points)
         await asyncio.sleep(tick_s)
 
 
@@ -153,6 +168,9 @@ async def simulate(args: argparse.Namespace) -> None:
     terminals = fleet(args.terminals, region=args.region, seed=args.seed, start_ms=start_ms, profile=args.profile)
     authority = Authority(Path(args.pki)) if args.pki else None
     agents: list[tuple[EdgeAgent, SimulatedTerminal]] = []
+    sensors = {
+        t.name: SampledSensor(t, rate_hz=args.sample_hz, seed=args.seed) for t in terminals if args.sample_hz > 0
+    }
     outboxes: list[Outbox] = []
     link = profile(args.profile)
     for terminal in terminals:
@@ -174,7 +192,7 @@ async def simulate(args: argparse.Namespace) -> None:
             outbox=outbox,
             link=link,
             budget=Budget(link, outbox),
-            catalogue=terminal.catalogue(),
+            catalogue=sensors[terminal.name].catalogue() if sensors else terminal.catalogue(),
             connect=connector(host, port, cn, tls),
             interval_s=60.0,
         )
@@ -187,6 +205,8 @@ async def simulate(args: argparse.Namespace) -> None:
     work: list[Coroutine[Any, Any, None]] = []
     for agent, terminal in agents:
         work += [agent.run(), feed_simulated(agent, terminal, args.speedup)]
+        if sensors:
+            work.append(feed_sampled(agent, sensors[terminal.name], args.speedup))
     try:
         await run_until_stopped(work, asyncio.sleep(args.duration) if args.duration else until_signalled())
     finally:
@@ -227,4 +247,11 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     q.add_argument("--data", default="edge-data", metavar="DIR", help="where the terminals' outboxes live")
     q.add_argument("--speedup", type=float, default=1.0, help="simulated seconds per second")
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument(
+        "--sample-hz",
+        type=float,
+        default=0.0,
+        metavar="HZ",
+        help="also sample a high-rate sensor per terminal at HZ and submit it in blocks (series); 0: off",
+    )
     q.add_argument("--duration", type=float, default=0, metavar="S", help="stop after S seconds")

@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 
 class Priority(enum.IntEnum):
@@ -95,6 +100,48 @@ class Birth:
     agent: str = ""  # agent software and version
 
 
+#: Classes a sampled block (a series) may have: routine telemetry and bulk. P0 and P1 readings
+#: stay single, so an alarm is never held inside a block and "latest per key" stays per reading.
+SERIES_PRIORITIES = (Priority.P2, Priority.P3)
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """A sampled block of one metric: ``len(values)`` readings numbered ``first_seq`` on, point i
+    measured at ``at_ms[i]``. The arrays are numpy arrays (int64 and float64), never per-point objects."""
+
+    metric: int
+    priority: Priority
+    first_seq: int
+    at_ms: npt.NDArray[np.int64]
+    values: npt.NDArray[np.float64]
+
+    @property
+    def count(self) -> int:
+        return len(self.values)
+
+    @property
+    def last_seq(self) -> int:
+        return self.first_seq + len(self.values) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A stored series as the outbox hands it out: its numbers and its wire encoding (``body``,
+    a series entry of the batch format), so a batch is built by concatenation."""
+
+    session: int
+    first_seq: int
+    count: int
+    priority: Priority
+    metric: int
+    body: bytes
+
+    @property
+    def last_seq(self) -> int:
+        return self.first_seq + self.count - 1
+
+
 @dataclass(frozen=True, slots=True)
 class Batch:
     """Readings of one session, packed for one MQTT message."""
@@ -104,6 +151,12 @@ class Batch:
     readings: tuple[Sequenced, ...]
     historical: bool = False  # backlog, sent on its own topic so live data is never stuck behind it
     drops: tuple[DropReport, ...] = ()
+    series: tuple[Series, ...] = ()  # sampled blocks (batch format version 2)
+
+    @property
+    def count(self) -> int:
+        """Readings in the batch, single ones and series points together."""
+        return len(self.readings) + sum(len(block.values) for block in self.series)
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,15 @@ it starts). Readings in flight (taken and neither acknowledged nor requeued) are
 either: they may be on the wire, and the gateway may confirm them. Every drop is counted by
 (class, reason) in the same transaction as the delete, until it is reported upstream.
 
+Series. A terminal's sampled block of one metric (``put_series``) is stored as ONE row of the
+``chunks`` table, holding its series entry of the wire format (so building a batch is
+concatenation), and takes a range of seq numbers in the same sequence space as single readings:
+its key is ``session << 40 | first_seq`` and it holds ``count`` readings. Only P2 and P3 blocks are
+chunks (P0 and P1 stay single readings: an alarm is never held inside a block, and "latest per key"
+is per reading). Chunks are handled as wholes: taken, acknowledged (once an ack covers their whole
+range), requeued, dropped by the class policies (P2 past its TTL and oldest first, P3 newest
+first, in key order together with the class's single readings) and counted in readings.
+
 Sending order (``take``): P0 first, oldest first, then the other classes together, oldest first.
 "Live" readings are those of the current session put less than ``live_window_s`` ago; everything
 else (older, or from earlier sessions) is "historical", so a backlog never holds up fresh data.
@@ -48,13 +57,14 @@ from typing import Any, Final
 
 import structlog
 
-from edge_agent.model import DropReason, DropReport, Priority, Reading, Sequenced
+from edge_agent import wire
+from edge_agent.model import SERIES_PRIORITIES, Chunk, DropReason, DropReport, Priority, Reading, Sequenced
 from gateway.errors import YiwangError
 from gateway.stores import write_transaction
 
 log = structlog.get_logger("yiwang.edge.outbox")
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2  # 2 added the chunks table; a version 1 file is upgraded on open
 SESSION_SHIFT: Final = 40  # bits of a row key that hold the seq; 2**40 readings per session
 _SEQ_END: Final = 1 << SESSION_SHIFT
 _SEQ_MASK: Final = _SEQ_END - 1
@@ -95,7 +105,20 @@ CREATE TABLE IF NOT EXISTS drops (
     PRIMARY KEY (priority, reason)
 );
 CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS chunks (
+    id INTEGER PRIMARY KEY,  -- session << 40 | first seq
+    count INTEGER NOT NULL,  -- readings it holds: seqs first .. first + count - 1
+    put_ms INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    priority INTEGER NOT NULL,  -- 2 or 3
+    metric INTEGER NOT NULL,
+    first_at_ms INTEGER NOT NULL,
+    last_at_ms INTEGER NOT NULL,
+    body BLOB NOT NULL  -- the series entry of the wire's batch format
+);
 """
+_CHUNK_OVERHEAD: Final = 48  # bytes a chunk costs besides its body (its row's numbers)
+MAX_CHUNK_POINTS: Final = 65_536  # readings in one chunk (the gateway's limit per series)
 _READING_COLUMNS = "id, metric, at_ms, value, priority, lat, lon, text, blob, key"
 _INSERT = "INSERT INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _COUNT_DROP = (
@@ -208,6 +231,11 @@ class _Spans:
         self.ends.clear()
 
 
+def chunk_key(chunk: Chunk) -> int:
+    """The row key of a chunk: its session and first seq."""
+    return chunk.session << SESSION_SHIFT | chunk.first_seq
+
+
 def _session_keys(session: int, ranges: Sequence[tuple[int, int]]) -> Iterator[tuple[int, int]]:
     """Row key ranges for inclusive seq ranges of a session; checks them."""
     if session < 1:
@@ -248,11 +276,13 @@ class Outbox:
         self._in_flight = (_Spans(), _Spans())  # indexed by _URGENT / _OTHERS; not persisted on purpose
         self._compact_at = _SPANS_BEFORE_COMPACTING
         self._over_bound = False
+        self._chunks_in_flight: dict[int, int] = {}  # key -> readings, of chunks taken and not answered
         for priority, count, size in connection.execute(
             "SELECT priority, count(*), coalesce(sum(size), 0) FROM readings GROUP BY priority"
+            " UNION ALL SELECT priority, sum(count), coalesce(sum(size), 0) FROM chunks GROUP BY priority"
         ):
-            self._counts[priority] = count
-            self._bytes[priority] = size
+            self._counts[priority] += count
+            self._bytes[priority] += size
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -295,8 +325,8 @@ class Outbox:
             db.executescript(_SCHEMA)
             with write_transaction(db):
                 version = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-                if version is None:
-                    db.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+                if version is None or version[0] == 1:  # version 1 lacked only the chunks table, made above
+                    db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
                 elif version[0] != SCHEMA_VERSION:
                     raise OutboxError(f"{path}: outbox schema {version[0]}, this version reads {SCHEMA_VERSION}")
                 row = db.execute("SELECT value FROM meta WHERE key = 'session'").fetchone()
@@ -417,6 +447,94 @@ class Outbox:
                 if row[0] not in dropped_keys
             ]
 
+    def put_series(
+        self,
+        metric: int,
+        at_ms: object,
+        values: object,
+        priority: Priority = Priority.P2,
+        *,
+        chunk_points: int = MAX_CHUNK_POINTS,
+    ) -> list[Chunk]:
+        """Stores a sampled block of one metric durably, as chunks of at most ``chunk_points``
+        readings (one transaction); returns the chunks kept, in order.
+
+        ``at_ms`` and ``values`` are sequences or numpy arrays of one length; ``priority`` is P2 or
+        P3. A P3 block that does not fit loses its newest chunks first (they never get numbers);
+        chunks missing from the result were dropped by their class policy and counted in readings.
+        """
+        if priority not in SERIES_PRIORITIES:
+            raise OutboxError(f"priority {priority!r}: series are P2 or P3 (P0 and P1 readings go one by one)")
+        if not 1 <= chunk_points <= MAX_CHUNK_POINTS:
+            raise OutboxError(f"chunk_points {chunk_points}: must be 1..{MAX_CHUNK_POINTS}")
+        try:
+            times, numbers = wire.series_arrays(at_ms, values)
+        except wire.WireError as exc:
+            raise OutboxError(str(exc)) from None
+        count = len(numbers)
+        level = int(priority)
+        with self._lock:
+            db = self._connection()
+            if self._next_seq + count > _SEQ_MASK:
+                raise OutboxError(f"session {self.session} has used all its sequence numbers; reopen the outbox")
+            put_ms = max(int(self._clock() * 1000), self._last_put_ms)
+            rows: list[tuple[Any, ...]] = []
+            seq = self._next_seq
+            try:
+                for start in range(0, count, chunk_points):
+                    piece_times, piece_values = (
+                        times[start : start + chunk_points],
+                        numbers[start : start + chunk_points],
+                    )
+                    body = wire.encode_series(metric, level, seq, piece_times, piece_values)
+                    size = _CHUNK_OVERHEAD + len(body)
+                    rows.append(
+                        (
+                            self._base | seq,
+                            len(piece_values),
+                            put_ms,
+                            size,
+                            level,
+                            metric,
+                            int(piece_times[0]),
+                            int(piece_times[-1]),
+                            body,
+                        )
+                    )
+                    seq += len(piece_values)
+            except wire.WireError as exc:
+                raise OutboxError(str(exc)) from None
+            counts, sizes = list(self._counts), list(self._bytes)
+            drops: dict[tuple[Priority, DropReason], int] = {}
+            excess = sum(sizes) + sum(row[3] for row in rows) - self.max_bytes
+            if excess > 0 and priority == Priority.P3:  # the newest bulk gives way first: this block's tail
+                refused = 0
+                while rows and excess > 0:
+                    row = rows.pop()
+                    excess -= row[3]
+                    refused += row[1]
+                drops[Priority.P3, DropReason.OUTBOX_FULL] = refused
+            for row in rows:
+                counts[level] += row[1]
+                sizes[level] += row[3]
+            dropped: set[int] = set()
+            with write_transaction(db):
+                db.executemany("INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                if excess > 0:
+                    dropped = self._make_room(db, excess=excess, now_ms=put_ms, counts=counts, sizes=sizes, drops=drops)
+                for (drop_priority, reason), dropped_count in drops.items():
+                    db.execute(_COUNT_DROP, (int(drop_priority), str(reason), dropped_count))
+            self._counts, self._bytes = counts, sizes
+            if rows:
+                self._next_seq = (rows[-1][0] & _SEQ_MASK) + rows[-1][1]
+                self._last_put_ms = put_ms
+            self._note_bound()
+            return [
+                Chunk(self.session, row[0] & _SEQ_MASK, row[1], priority, metric, row[8])
+                for row in rows
+                if row[0] not in dropped
+            ]
+
     def _refuse_newest_bulk(
         self, readings: Sequence[Reading], rows: list[tuple[Any, ...]], excess: int, put_ms: int
     ) -> tuple[Sequence[Reading], list[tuple[Any, ...]], int]:
@@ -453,37 +571,57 @@ class Outbox:
         expired_before = now_ms - int(self.p2_ttl_s * 1000)
         dropped: set[int] = set()
 
-        def drop(candidates: Generator[tuple[int, int]], priority: Priority, reason: DropReason) -> None:
+        chunks_in_flight = self._chunks_in_flight
+
+        def drop(candidates: Generator[tuple[int, int, int]], priority: Priority, reason: DropReason) -> None:
             nonlocal excess
             chosen: list[tuple[int]] = []
-            for key, size in candidates:
+            chosen_chunks: list[tuple[int]] = []
+            readings = 0
+            for key, size, chunk_count in candidates:
                 if excess <= 0:
                     break
-                if others.covers(key):
-                    continue
-                chosen.append((key,))
+                if chunk_count:
+                    if key in chunks_in_flight:
+                        continue
+                    chosen_chunks.append((key,))
+                    readings += chunk_count
+                else:
+                    if others.covers(key):
+                        continue
+                    chosen.append((key,))
+                    readings += 1
                 excess -= size
                 sizes[priority] -= size
             candidates.close()  # finishes the candidates' query before their rows are deleted
             if chosen:
                 db.executemany("DELETE FROM readings WHERE id = ?", chosen)
-                counts[priority] -= len(chosen)
-                drops[priority, reason] = drops.get((priority, reason), 0) + len(chosen)
+            if chosen_chunks:
+                db.executemany("DELETE FROM chunks WHERE id = ?", chosen_chunks)
+            if readings:
+                counts[priority] -= readings
+                drops[priority, reason] = drops.get((priority, reason), 0) + readings
                 dropped.update(key for (key,) in chosen)
+                dropped.update(key for (key,) in chosen_chunks)
 
-        def stored(priority: Priority, order: str) -> Generator[tuple[int, int]]:
+        def stored(priority: Priority, order: str) -> Generator[tuple[int, int, int]]:
+            # single readings (count 0 marks them) and chunks of the class, in one key order
             yield from db.execute(
-                f"SELECT id, size FROM readings WHERE priority = ? ORDER BY id {order}",  # noqa: S608 - ASC or DESC
-                (int(priority),),
+                "SELECT id, size, 0 FROM readings WHERE priority = ?"  # noqa: S608 - ASC or DESC
+                f" UNION ALL SELECT id, size, count FROM chunks WHERE priority = ? ORDER BY id {order}",
+                (int(priority), int(priority)),
             )
 
-        def expired() -> Generator[tuple[int, int]]:
-            for key, size, put_ms in db.execute("SELECT id, size, put_ms FROM readings WHERE priority = 2 ORDER BY id"):
+        def expired() -> Generator[tuple[int, int, int]]:
+            for key, size, chunk_count, put_ms in db.execute(
+                "SELECT id, size, 0, put_ms FROM readings WHERE priority = 2"
+                " UNION ALL SELECT id, size, count, put_ms FROM chunks WHERE priority = 2 ORDER BY id"
+            ):
                 if put_ms >= expired_before:
                     return
-                yield key, size
+                yield key, size, chunk_count
 
-        def superseded() -> Generator[tuple[int, int]]:
+        def superseded() -> Generator[tuple[int, int, int]]:
             for key, size, reading_key, metric in db.execute(
                 "SELECT id, size, key, metric FROM readings WHERE priority = 1 ORDER BY id"
             ):
@@ -493,7 +631,7 @@ class Outbox:
                     (reading_key, -1 if reading_key else metric, key),
                 ).fetchone()
                 if newer is not None:
-                    yield key, size
+                    yield key, size, 0
 
         if counts[Priority.P3]:
             drop(stored(Priority.P3, "DESC"), Priority.P3, DropReason.OUTBOX_FULL)
@@ -549,6 +687,58 @@ class Outbox:
             taken: list[Sequenced] = []
             for group in groups:
                 self._take_group(db, group, low=low, high=high, limit=limit, taken=taken)
+            return taken
+
+    def take_chunks(
+        self, max_readings: int, *, historical: bool, live_window_s: float, session: int | None = None
+    ) -> list[Chunk]:
+        """Marks stored chunks in flight and returns them, oldest first, until they hold
+        ``max_readings`` readings (at least one chunk when any is eligible): all of one session
+        (``session``, else the session of the first eligible chunk); live or historical ones as asked,
+        by the same rule as ``take``."""
+        with self._lock:
+            db = self._connection()
+            if max_readings <= 0:
+                return []
+            cutoff_ms = int(self._clock() * 1000) - int(live_window_s * 1000)
+            where = "(id < ? OR put_ms <= ?)" if historical else "id >= ? AND put_ms > ?"
+            low, high = 0, 1 << 62
+            if session is not None:
+                low, high = session << SESSION_SHIFT, session << SESSION_SHIFT | _SEQ_MASK
+            chosen: list[int] = []
+            readings = 0
+            after = low - 1
+            while readings < max_readings:
+                # numbers first: the bodies of chunks already in flight are not read again
+                rows = db.execute(
+                    f"SELECT id, count FROM chunks WHERE {where}"  # noqa: S608 - fixed texts
+                    " AND id > ? AND id <= ? ORDER BY id LIMIT 64",
+                    (self._base, cutoff_ms, after, high),
+                ).fetchall()
+                if not rows:
+                    break
+                for key, count in rows:
+                    after = key
+                    if key in self._chunks_in_flight:
+                        continue
+                    if not chosen:  # the first one chosen fixes the session
+                        high = min(high, (key >> SESSION_SHIFT) << SESSION_SHIFT | _SEQ_MASK)
+                    elif key > high:
+                        break
+                    if chosen and readings + count > max_readings:
+                        readings = max_readings
+                        break
+                    chosen.append(key)
+                    readings += count
+                    if readings >= max_readings:
+                        break
+            taken: list[Chunk] = []
+            for key in chosen:
+                count, priority, metric, body = db.execute(
+                    "SELECT count, priority, metric, body FROM chunks WHERE id = ?", (key,)
+                ).fetchone()
+                taken.append(Chunk(key >> SESSION_SHIFT, key & _SEQ_MASK, count, _PRIORITIES[priority], metric, body))
+                self._chunks_in_flight[key] = count
             return taken
 
     def _live_boundary(self, db: sqlite3.Connection, cutoff_ms: int) -> int:
@@ -619,6 +809,7 @@ class Outbox:
             keys = list(_session_keys(session, ranges))
             counts, sizes = list(self._counts), list(self._bytes)
             deleted = 0
+            acknowledged_chunks: list[int] = []
             with write_transaction(db):
                 for low, high in keys:
                     for priority, count, size in db.execute(
@@ -628,7 +819,20 @@ class Outbox:
                         counts[priority] -= count
                         sizes[priority] -= size
                     deleted += db.execute("DELETE FROM readings WHERE id BETWEEN ? AND ?", (low, high)).rowcount
+                    # a chunk leaves only when the ack covers its whole range
+                    done = db.execute(
+                        "SELECT id, count, priority, size FROM chunks WHERE id BETWEEN ? AND ? AND id + count - 1 <= ?",
+                        (low, high, high),
+                    ).fetchall()
+                    for key, count, priority, size in done:
+                        counts[priority] -= count
+                        sizes[priority] -= size
+                        deleted += count
+                        acknowledged_chunks.append(key)
+                    db.executemany("DELETE FROM chunks WHERE id = ?", [(key,) for key, *_ in done])
             self._counts, self._bytes = counts, sizes
+            for key in acknowledged_chunks:
+                self._chunks_in_flight.pop(key, None)
             for low, high in keys:
                 for spans in self._in_flight:
                     spans.remove(low, high)
@@ -646,6 +850,11 @@ class Outbox:
                 for group, spans in enumerate(self._in_flight):
                     requeued += self._count_in(db, group, spans.pieces(low, high))
                     spans.remove(low, high)
+                # a chunk any part of whose range is asked for goes again whole
+                for key, count in list(self._chunks_in_flight.items()):
+                    if key <= high and key + count - 1 >= low:
+                        del self._chunks_in_flight[key]
+                        requeued += count
             self._compact_in_flight(db)
             return requeued
 
@@ -679,19 +888,22 @@ class Outbox:
             requeued = self._in_flight_count(db)
             for spans in self._in_flight:
                 spans.clear()
+            self._chunks_in_flight.clear()
             return requeued
 
     def discard(self, session: int, ranges: Sequence[tuple[int, int]], reason: DropReason) -> int:
         """Drops stored readings of ``session`` in the seq ``ranges`` that the agent gives up on
         (e.g. bulk the link's budget will never carry), counting them with ``reason``.
 
-        P0 readings and readings in flight are kept. Returns how many were dropped.
+        P0 readings and readings in flight are kept; a chunk whose range meets ``ranges`` goes
+        whole. Returns how many readings were dropped.
         """
         with self._lock:
             db = self._connection()
             others = self._in_flight[_OTHERS]
             counts, sizes = list(self._counts), list(self._bytes)
             chosen: list[tuple[int]] = []
+            chosen_chunks: list[tuple[int]] = []
             drops = [0, 0, 0, 0]
             with write_transaction(db):
                 for low, high in _session_keys(session, ranges):
@@ -703,13 +915,24 @@ class Outbox:
                             drops[priority] += 1
                             counts[priority] -= 1
                             sizes[priority] -= size
+                    # chunks go whole when their range meets the discarded one
+                    for key, count, priority, size in db.execute(
+                        "SELECT id, count, priority, size FROM chunks WHERE id <= ? AND id + count - 1 >= ?",
+                        (high, low),
+                    ).fetchall():
+                        if key not in self._chunks_in_flight:
+                            chosen_chunks.append((key,))
+                            drops[priority] += count
+                            counts[priority] -= count
+                            sizes[priority] -= size
                 db.executemany("DELETE FROM readings WHERE id = ?", chosen)
+                db.executemany("DELETE FROM chunks WHERE id = ?", chosen_chunks)
                 for priority, count in enumerate(drops):
                     if count:
                         db.execute(_COUNT_DROP, (priority, str(reason), count))
             self._counts, self._bytes = counts, sizes
             self._note_bound()
-            return len(chosen)
+            return sum(drops)
 
     # -- drop reports and state -----------------------------------------------------------------
 
@@ -756,7 +979,9 @@ class Outbox:
             )
 
     def _in_flight_count(self, db: sqlite3.Connection) -> int:
-        return sum(self._count_in(db, group, spans.pieces(0, 1 << 62)) for group, spans in enumerate(self._in_flight))
+        return sum(self._chunks_in_flight.values()) + sum(
+            self._count_in(db, group, spans.pieces(0, 1 << 62)) for group, spans in enumerate(self._in_flight)
+        )
 
     @staticmethod
     def _count_in(db: sqlite3.Connection, group: int, pieces: Iterator[tuple[int, int]]) -> int:

@@ -22,6 +22,9 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
 from edge_agent.model import Birth, Metric, MetricKind, Priority, Reading
 from gateway.places import default_places
 from gateway.regions import Level, default_table, level_of
@@ -658,3 +661,60 @@ def burst(
             cycle += 1
         out.append(readings)
     return out
+
+
+# -- high-rate sampling -------------------------------------------------------------------------------
+
+#: The high-rate metric a sampling terminal adds to its catalogue, per kind: what it samples and its unit.
+SAMPLED_METRICS: dict[TerminalKind, tuple[str, str, str]] = {
+    TerminalKind.LANDSLIDE_MONITOR: ("vibration", "mm/s", "微震监测 振动速度"),
+    TerminalKind.RIVER_STATION: ("level_radar", "m", "雷达水位计 高频水位"),
+    TerminalKind.RAIN_GAUGE: ("rain_intensity", "mm/h", "雨强传感器"),
+}
+_SAMPLED_DEFAULT = ("accel", "m/s2", "振动加速度")
+
+
+class SampledSensor:
+    """One sensor of a terminal sampled at a high rate (a landslide monitor's micro-seismic
+    geophone, a river station's radar gauge), delivered in blocks of numpy arrays for
+    ``EdgeAgent.submit_series``: the agent stores each block as one outbox row, never one per point.
+
+    Sans-IO like the terminals: the caller says where each block starts. Values are a slow swell
+    with the storm, a few-hertz oscillation and Gaussian noise, quantised like the instrument.
+    """
+
+    def __init__(self, terminal: SimulatedTerminal, *, rate_hz: float, seed: int = 0) -> None:
+        if not rate_hz > 0:
+            raise ValueError(f"rate_hz must be positive, got {rate_hz}")
+        self.terminal = terminal
+        self.rate_hz = rate_hz
+        code, unit, name = SAMPLED_METRICS.get(terminal.kind, _SAMPLED_DEFAULT)
+        self.metric = Metric(
+            len(terminal.catalogue()),
+            code,
+            unit=unit,
+            station_id=terminal.station_id,
+            name=f"{terminal.name} {name}",
+            priority=Priority.P2,
+        )
+        self._rng = np.random.default_rng(seed * 7919 + zlib.crc32(terminal.name.encode()))
+        self._period_ms = 1000.0 / rate_hz
+
+    def catalogue(self) -> tuple[Metric, ...]:
+        """The terminal's catalogue with the sampled metric added at the end."""
+        return (*self.terminal.catalogue(), self.metric)
+
+    def block(self, start_ms: int, points: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        """``points`` samples from ``start_ms`` on: their times (ms) and values."""
+        if points < 1:
+            raise ValueError(f"a block holds at least one point, got {points}")
+        offsets = np.arange(points, dtype=np.float64) * self._period_ms
+        at_ms = start_ms + np.floor(offsets).astype(np.int64)
+        swell = 1.0 + 0.5 * math.sin(start_ms / HOUR_MS)
+        seconds = (at_ms - self.terminal.start_ms) / 1000.0
+        values = swell * np.sin(2 * math.pi * 3.0 * seconds) + self._rng.normal(0.0, 0.05, points)
+        return at_ms, np.round(values, 2)
+
+    def next_start(self, start_ms: int, points: int) -> int:
+        """Where the block after one of ``points`` samples from ``start_ms`` starts."""
+        return start_ms + math.floor(points * self._period_ms)

@@ -33,6 +33,23 @@ Batch format, version 1 (all integers little-endian)::
                    length, bytes), key (uvarint length, UTF-8)
       nothing may follow.
 
+Batch format, version 2: version 1 with a series section after the extras (a batch without
+series is still written as version 1, byte for byte, so a gateway that reads only version 1 keeps
+working with terminals that never submit series)::
+
+      series       uvarint number of series (at most 4096), each a sampled block of one metric
+                   taking a range of seq numbers of its own (no reading or other series of the
+                   batch may share one):
+                   metric        uvarint, index into the terminal's catalogue (< 65536)
+                   priority      uint8, 2 or 3 (P0 and P1 readings are never packed in series)
+                   first_seq     uvarint; the series holds seqs first_seq .. first_seq + count - 1
+                   count         uvarint, at least 1; all series together at most 1,000,000
+                   start_at_ms   zigzag varint, the first point's time, |start_at_ms| < 2**62
+                   at_deltas     count - 1 int32, byte-shuffled: each point's time minus the
+                                 previous point's
+                   values        count float64, byte-shuffled, finite
+      nothing may follow.
+
 Offsets in ``WireError`` count from the start of the message as it would be uncompressed (the
 4-byte prefix, then the body), so they point at the same field whether or not it was compressed.
 """
@@ -45,15 +62,18 @@ import re
 import struct
 import zlib
 from base64 import b64decode
+from bisect import bisect_right
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import accumulate, repeat
+from itertools import accumulate, pairwise, repeat
 from itertools import compress as select
 from operator import attrgetter, sub
 from typing import Any, Final, NoReturn
 
 import grpc
+import numpy as np
+import numpy.typing as npt
 
 from edge_agent.model import (
     Ack,
@@ -69,6 +89,7 @@ from edge_agent.model import (
     Priority,
     Reading,
     Sequenced,
+    Series,
 )
 from gateway.errors import YiwangError
 
@@ -98,7 +119,9 @@ def _rebuild_wire_error(reason: str, offset: int | None, field: str) -> WireErro
 # --------------------------------------------------------------------------------------------
 
 MAGIC: Final = b"YW"
-VERSION: Final = 1
+VERSION: Final = 1  # batches of single readings only
+SERIES_VERSION: Final = 2  # batches with a series section
+_VERSIONS: Final = (VERSION, SERIES_VERSION)
 PREFIX_SIZE: Final = 4
 FLAG_COMPRESSED: Final = 0x01
 FLAG_HISTORICAL: Final = 0x02
@@ -120,6 +143,11 @@ MAX_TERMINAL_BYTES: Final = 255
 MAX_TEXT_BYTES: Final = 65_535  # a reading's text and key
 MAX_BLOB_BYTES: Final = 1024 * 1024  # a bulk chunk
 MAX_DROP_REPORTS: Final = 16  # one per (priority, reason)
+MAX_SERIES: Final = 4096  # series per batch
+MAX_SERIES_POINTS: Final = 1_000_000  # points of all series of a batch together
+SERIES_START_LIMIT: Final = 1 << 62  # keeps start plus a million int32 deltas inside 64 bits
+SERIES_POINT_SIZE: Final = 4 + 8  # bytes a point takes in a series entry: a time delta and a value
+_SERIES_PRIORITIES: Final = (Priority.P2, Priority.P3)
 UINT64_LIMIT: Final = 1 << 64
 INT64_MIN: Final = -(1 << 63)
 INT64_LIMIT: Final = 1 << 63
@@ -187,9 +215,11 @@ _READING_EXTRAS: Final = attrgetter("lat", "lon", "text", "blob", "key")
 _NO_EXTRAS: Final = (None, None, "", b"", "")
 
 
-def encode_batch(batch: Batch, *, compress: bool = True) -> bytes:
+def encode_batch(batch: Batch, *, compress: bool = True, series_entries: Sequence[bytes] = ()) -> bytes:
     """The bytes of a batch; compressed when asked and when that makes it smaller.
 
+    ``series_entries`` are series already encoded (``encode_series``, as the outbox stores them);
+    they follow ``batch.series``. With any series the batch is version 2, else version 1.
     Refuses (``WireError`` naming the reading and field) what the format cannot carry exactly:
     non-finite values, readings of another session, numbers out of their range.
     """
@@ -230,18 +260,114 @@ def encode_batch(batch: Batch, *, compress: bool = True) -> bytes:
     except struct.error:
         _refuse_reading(metrics, lambda metric: not _fits(metric, 0, 1 << 16), "reading.metric", "not in 0..65535")
     flags, extras = _flags_of(readings, priorities)
-    body = b"".join((head, number_columns, metric_column, flags, _pack_column("d", 8, values), extras))
+    parts: list[bytes | bytearray] = [head, number_columns, metric_column, flags, _pack_column("d", 8, values), extras]
+    version = VERSION
+    if batch.series or series_entries:
+        version = SERIES_VERSION
+        entries = len(batch.series) + len(series_entries)
+        if entries > MAX_SERIES:
+            raise WireError(f"{entries} series, at most {MAX_SERIES}", field="series")
+        section = bytearray()
+        _put_uvarint(section, entries)
+        parts.append(bytes(section))
+        for index, block in enumerate(batch.series):
+            parts.append(
+                encode_series(block.metric, block.priority, block.first_seq, block.at_ms, block.values, index=index)
+            )
+        parts.extend(series_entries)
+    body = b"".join(parts)
 
     prefix_flags = (FLAG_HISTORICAL if batch.historical else 0) | (FLAG_WIDE if wide else 0)
     if compress:
         packer = zlib.compressobj(_COMPRESS_LEVEL, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, BATCH_ZDICT)
         packed = packer.compress(body) + packer.flush()
         if len(packed) < len(body):
-            return bytes((*MAGIC, VERSION, prefix_flags | FLAG_COMPRESSED)) + packed
-    return bytes((*MAGIC, VERSION, prefix_flags)) + body
+            return bytes((*MAGIC, version, prefix_flags | FLAG_COMPRESSED)) + packed
+    return bytes((*MAGIC, version, prefix_flags)) + body
 
 
-def decode_batch(data: bytes, *, max_readings: int = MAX_READINGS, max_bytes: int = MAX_BATCH_BYTES) -> Batch:
+def series_arrays(
+    at_ms: object, values: object, *, field: str = "series"
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """``at_ms`` and ``values`` (sequences or numpy arrays) as int64 and float64 arrays of one length,
+    checked as the batch format needs them; ``WireError`` names the field and the point."""
+    try:
+        times = np.asarray(at_ms)
+        numbers = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise WireError(f"not arrays of numbers ({exc})", field=field) from None
+    if times.ndim != 1 or numbers.ndim != 1:
+        raise WireError("at_ms and values must be one-dimensional", field=field)
+    if len(times) != len(numbers):
+        raise WireError(f"{len(times)} times for {len(numbers)} values", field=field)
+    if not len(numbers):
+        raise WireError("no points", field=field)
+    if times.dtype.kind not in "iu":
+        raise WireError(f"times must be integers (milliseconds), not {times.dtype}", field=f"{field}.at_ms")
+    if times.dtype.kind == "u" and times.max() >= INT64_LIMIT:
+        raise WireError("a time is past the 64-bit range", field=f"{field}.at_ms")
+    times = times.astype(np.int64, copy=False)
+    finite = np.isfinite(numbers)
+    if not finite.all():
+        index = int(np.argmin(finite))
+        raise WireError(f"{numbers[index]} is not a finite number", field=f"{field}.values[{index}]")
+    return times, numbers
+
+
+def encode_series(
+    metric: int, priority: int, first_seq: int, at_ms: object, values: object, *, index: int = 0
+) -> bytes:
+    """One series entry of the batch format (version 2); see the module's documentation."""
+    field = f"series[{index}]"
+    times, numbers = series_arrays(at_ms, values, field=field)
+    if not _fits(metric, 0, 1 << 16):
+        raise WireError(f"{metric!r} is not in 0..65535", field=f"{field}.metric")
+    if priority not in _SERIES_PRIORITIES:
+        raise WireError(f"{priority!r}: series carry only P2 and P3", field=f"{field}.priority")
+    count = len(numbers)
+    if not _fits(first_seq, 1, UINT64_LIMIT - count + 1):
+        raise WireError(f"{first_seq!r}: the series' seqs do not fit 1..2**64-1", field=f"{field}.first_seq")
+    start = int(times[0])
+    if not -SERIES_START_LIMIT < start < SERIES_START_LIMIT:
+        raise WireError(f"{start} is out of the series' time range", field=f"{field}.at_ms[0]")
+    deltas = np.diff(times)
+    if len(deltas) and (deltas.min() < -(1 << 31) or deltas.max() >= 1 << 31):
+        wild = (deltas < -(1 << 31)) | (deltas >= 1 << 31)
+        point = int(np.argmax(wild)) + 1
+        raise WireError(
+            "jumps by 2**31 ms or more from the point before; submit it apart", field=f"{field}.at_ms[{point}]"
+        )
+    head = bytearray()
+    _put_uvarint(head, metric)
+    head.append(int(priority))
+    _put_uvarint(head, first_seq)
+    _put_uvarint(head, count)
+    _put_uvarint(head, (start << 1) ^ (start >> 63))
+    return b"".join((head, _shuffle(deltas.astype("<i4")), _shuffle(numbers.astype("<f8", copy=False))))
+
+
+def _shuffle(column: npt.NDArray[Any]) -> bytes:
+    """The bytes of a column grouped by position within an item (all first bytes, then all second ...)."""
+    if len(column) < 2:
+        return column.tobytes()
+    return np.ascontiguousarray(column.view(np.uint8).reshape(len(column), column.itemsize).T).tobytes()
+
+
+def _unshuffle(raw: bytes, dtype: str, count: int) -> npt.NDArray[Any]:
+    size = np.dtype(dtype).itemsize
+    if count < 2:
+        return np.frombuffer(raw, dtype=dtype, count=count).copy()
+    grouped = np.frombuffer(raw, dtype=np.uint8, count=size * count).reshape(size, count)
+    return np.ascontiguousarray(grouped.T).view(dtype).reshape(count)
+
+
+def decode_batch(
+    data: bytes,
+    *,
+    max_readings: int = MAX_READINGS,
+    max_bytes: int = MAX_BATCH_BYTES,
+    max_points: int = MAX_SERIES_POINTS,
+) -> Batch:
     """The batch ``data`` holds, checked throughout; ``WireError`` names what is wrong and where.
 
     ``max_bytes`` bounds the message as it would be uncompressed, so a small hostile message
@@ -251,8 +377,12 @@ def decode_batch(data: bytes, *, max_readings: int = MAX_READINGS, max_bytes: in
         raise WireError(f"{len(data)} bytes, shorter than the {PREFIX_SIZE}-byte prefix", offset=0, field="prefix")
     if data[:2] != MAGIC:
         raise WireError(f"magic {bytes(data[:2])!r}, not {MAGIC!r}", offset=0, field="magic")
-    if data[2] != VERSION:
-        raise WireError(f"version {data[2]} is not supported (this side reads {VERSION})", offset=2, field="version")
+    if data[2] not in _VERSIONS:
+        raise WireError(
+            f"version {data[2]} is not supported (this side reads {VERSION} and {SERIES_VERSION})",
+            offset=2,
+            field="version",
+        )
     prefix_flags = data[3]
     if prefix_flags & ~_KNOWN_FLAGS:
         raise WireError(f"unknown flag bits 0x{prefix_flags & ~_KNOWN_FLAGS:02x}", offset=3, field="flags")
@@ -261,8 +391,10 @@ def decode_batch(data: bytes, *, max_readings: int = MAX_READINGS, max_bytes: in
     body = data[PREFIX_SIZE:]
     if prefix_flags & FLAG_COMPRESSED:
         body = _inflate(body, max_bytes - PREFIX_SIZE)
-    return _BodyReader(bytes(body), max_readings).batch(
-        historical=bool(prefix_flags & FLAG_HISTORICAL), wide=bool(prefix_flags & FLAG_WIDE)
+    return _BodyReader(bytes(body), max_readings, max_points).batch(
+        historical=bool(prefix_flags & FLAG_HISTORICAL),
+        wide=bool(prefix_flags & FLAG_WIDE),
+        with_series=data[2] == SERIES_VERSION,
     )
 
 
@@ -291,10 +423,11 @@ def _inflate(packed: bytes, limit: int) -> bytes:
 class _BodyReader:
     """Reads a batch body front to back; every error names the field and its offset."""
 
-    def __init__(self, body: bytes, max_readings: int) -> None:
+    def __init__(self, body: bytes, max_readings: int, max_points: int = MAX_SERIES_POINTS) -> None:
         self.body = body
         self.position = 0
         self.max_readings = max_readings
+        self.max_points = max_points
 
     def error(self, reason: str, field: str, at: int | None = None) -> WireError:
         return WireError(reason, offset=PREFIX_SIZE + (self.position if at is None else at), field=field)
@@ -331,7 +464,7 @@ class _BodyReader:
         except UnicodeDecodeError as exc:
             raise self.error(f"not UTF-8 ({exc.reason})", field, start) from None
 
-    def batch(self, *, historical: bool, wide: bool) -> Batch:
+    def batch(self, *, historical: bool, wide: bool, with_series: bool = False) -> Batch:
         terminal = self.text(MAX_TERMINAL_BYTES, "terminal")
         session = self.uvarint("session")
         base_seq_at = self.position
@@ -388,6 +521,7 @@ class _BodyReader:
         if count and max(flags) > _PRIORITY_BITS:
             for index in select(range(count), map(_EXTRA_BITS.__and__, flags)):
                 readings[index] = self.extras(readings[index], flags[index], index)
+        series = self.series_section(seqs) if with_series else ()
         if self.position != len(self.body):
             raise self.error(f"{len(self.body) - self.position} bytes follow the last field", "trailing")
         return Batch(
@@ -396,7 +530,82 @@ class _BodyReader:
             readings=tuple(map(Sequenced, repeat(session), seqs, readings)),
             historical=historical,
             drops=drops,
+            series=series,
         )
+
+    def series_section(self, seqs: list[int]) -> tuple[Series, ...]:
+        count_at = self.position
+        count = self.uvarint("series.count")
+        if count > MAX_SERIES:
+            raise self.error(f"{count} series, at most {MAX_SERIES}", "series.count", count_at)
+        blocks: list[Series] = []
+        points = 0
+        for index in range(count):
+            block = self.series(index, self.max_points - points)
+            points += block.count
+            blocks.append(block)
+        # Seq ranges must be disjoint, or one reading could be stored twice under one number.
+        spans = sorted((block.first_seq, block.last_seq, index) for index, block in enumerate(blocks))
+        for (_, last, _), (first, _, index) in pairwise(spans):
+            if first <= last:
+                raise self.error(
+                    f"series {index}'s seqs overlap another series'", f"series[{index}].first_seq", count_at
+                )
+        if seqs and spans:
+            firsts = [first for first, _, _ in spans]
+            for seq in seqs:
+                at = bisect_right(firsts, seq) - 1
+                if at >= 0 and spans[at][1] >= seq:
+                    raise self.error(
+                        f"seq {seq} is both a reading's and series {spans[at][2]}'s",
+                        f"series[{spans[at][2]}].first_seq",
+                        count_at,
+                    )
+        return tuple(blocks)
+
+    def series(self, index: int, points_left: int) -> Series:
+        field = f"series[{index}]"
+        metric = self.uvarint(f"{field}.metric", 1 << 16)
+        priority_at = self.position
+        priority = self.take(1, f"{field}.priority")[0]
+        if priority not in _SERIES_PRIORITIES:
+            raise self.error(f"priority {priority}: series carry only P2 and P3", f"{field}.priority", priority_at)
+        first_at = self.position
+        first_seq = self.uvarint(f"{field}.first_seq")
+        count_at = self.position
+        count = self.uvarint(f"{field}.count")
+        if count < 1:
+            raise self.error("a series has at least one point", f"{field}.count", count_at)
+        if count > points_left:
+            raise self.error(
+                f"{count} points take the batch past {self.max_points} series points", f"{field}.count", count_at
+            )
+        if first_seq < 1 or first_seq + count > UINT64_LIMIT:
+            raise self.error(
+                f"seqs {first_seq}.. (count {count}) do not fit 1..2**64-1", f"{field}.first_seq", first_at
+            )
+        start_at = self.position
+        zigzag = self.uvarint(f"{field}.start_at_ms")
+        start = (zigzag >> 1) ^ -(zigzag & 1)
+        if not -SERIES_START_LIMIT < start < SERIES_START_LIMIT:
+            raise self.error(f"{start} is out of the series' time range", f"{field}.start_at_ms", start_at)
+        needed = count * SERIES_POINT_SIZE - 4
+        if needed > len(self.body) - self.position:
+            raise self.error(
+                f"{count} points need {needed} bytes, {len(self.body) - self.position} left", f"{field}.count", count_at
+            )
+        deltas = _unshuffle(self.take(4 * (count - 1), f"{field}.at_deltas"), "<i4", count - 1)
+        values_at = self.position
+        values = _unshuffle(self.take(8 * count, f"{field}.values"), "<f8", count)
+        finite = np.isfinite(values)
+        if not finite.all():
+            point = int(np.argmin(finite))
+            raise self.error(f"point {point}'s value {values[point]} is not finite", f"{field}.values", values_at)
+        at_ms = np.empty(count, dtype=np.int64)
+        at_ms[0] = start
+        np.cumsum(deltas, dtype=np.int64, out=at_ms[1:])
+        at_ms[1:] += start
+        return Series(metric, _PRIORITIES[priority], first_seq, at_ms, values.astype(np.float64, copy=False))
 
     def drops(self) -> tuple[DropReport, ...]:
         count_at = self.position

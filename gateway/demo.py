@@ -8,6 +8,7 @@ by the tests and by the benchmarks.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import time
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from yiwang.v1 import envelope_pb2 as pb
 
 from gateway.ids import uuid7
+from gateway.observations import measurements, point_count
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,8 @@ class Station:
     agency: str
     metrics: tuple[tuple[str, str, float], ...]  # (code, unit, base value)
 
+
+DESCRIBED_POINTS = 8  # points of an observation shown in its line; a long series is summed up by its count
 
 STATIONS = (
     Station("41100050", "花园口", "410105", 34.9100, 113.6600, "water", (("39", "m", 91.2), ("20", "mm", 0.0))),
@@ -279,7 +283,10 @@ def describe(env: pb.Envelope, region_name: str) -> str:
     head = f"{kind:<11} {region_name}({env.region}) {env.origin.agency:<19}"
     payload = env.WhichOneof("payload")
     if payload == "observation":
-        readings = ", ".join(f"{m.metric}={m.value:g}{m.unit}" for m in env.observation.measurements)
+        shown = list(itertools.islice(measurements(env.observation), DESCRIBED_POINTS + 1))
+        readings = ", ".join(f"{m.metric}={m.value:g}{m.unit}" for m in shown[:DESCRIBED_POINTS])
+        if len(shown) > DESCRIBED_POINTS:
+            readings += f", ... ({point_count(env.observation)} points)"
         return f"{head} {env.observation.station_name}: {readings}"
     if payload == "alert":
         return f"{head} [{pb.Severity.Name(env.severity)}] {env.alert.infos[0].headline}"

@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import numpy.typing as npt
 import structlog
 from prometheus_client import Counter, Gauge
 from yiwang.v1 import envelope_pb2 as pb
@@ -28,8 +30,19 @@ from yiwang.v1 import gateway_pb2 as gw
 
 from adapters.deadletter import DeadLetters
 from edge_agent import wire
-from edge_agent.model import Ack, AckState, Batch, Birth, Command, CommandReply, Metric, MetricKind, Sequenced
-from gateway.edge_ledger import EdgeLedger, Range, format_ranges, merge, parse_ranges, ranges_of
+from edge_agent.model import (
+    Ack,
+    AckState,
+    Batch,
+    Birth,
+    Command,
+    CommandReply,
+    Metric,
+    MetricKind,
+    Sequenced,
+    Series,
+)
+from gateway.edge_ledger import EdgeLedger, Range, RangeSet, format_ranges, merge, parse_ranges, ranges_of
 from gateway.errors import YiwangError
 
 if TYPE_CHECKING:
@@ -42,6 +55,99 @@ UPLINK = ("live", "hist", "birth", "death", "hb", "cmdack")
 OUTGOING_LIMIT = 10_000  # downlink messages (acks, commands) waiting for the connection
 BLOB_PIECE = 4000  # characters of base64 per attribute (the canonical model allows 4096)
 MAX_MEASUREMENTS = 1000  # per observation envelope (the canonical model allows 1024)
+
+
+MAX_ENVELOPE_POINTS = 50_000  # series points per envelope: within the model's 100,000 and its 1 MiB
+MAX_SERIES_ENTRIES = 256  # series per envelope (the canonical model's limit)
+WORST_POINT_BYTES = 18  # a series point at most: a double and a 10-byte varint time delta
+ENVELOPE_HEADROOM = 16 * 1024  # bytes of an envelope left for its other fields (ids, attributes, names)
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesPiece:
+    """The part first..last (seqs, inclusive) of a received series: views of its arrays, no copies."""
+
+    block: Series
+    first: int
+    last: int
+
+    @property
+    def count(self) -> int:
+        return self.last - self.first + 1
+
+    def _slice(self) -> slice:
+        start = self.first - self.block.first_seq
+        return slice(start, start + self.count)
+
+    def at_ms(self) -> npt.NDArray[np.int64]:
+        return self.block.at_ms[self._slice()]
+
+    def values(self) -> npt.NDArray[np.float64]:
+        return self.block.values[self._slice()]
+
+    def first_at_ms(self) -> int:
+        return int(self.at_ms().min())
+
+    def split(self, size: int) -> list[SeriesPiece]:
+        return [
+            SeriesPiece(self.block, first, min(first + size - 1, self.last))
+            for first in range(self.first, self.last + 1, size)
+        ]
+
+    def series(self) -> Series:
+        return Series(self.block.metric, self.block.priority, self.first, self.at_ms(), self.values())
+
+
+def _varints(numbers: npt.NDArray[np.uint64]) -> bytes:
+    """Protobuf varints of unsigned 64-bit numbers, whole arrays at a time."""
+    if not len(numbers) or int(numbers.max()) < 0x80:
+        return numbers.astype(np.uint8).tobytes()
+    lengths = np.ones(len(numbers), dtype=np.int64)
+    for k in range(1, 10):
+        lengths += numbers >= np.uint64(1 << (7 * k))
+    groups = np.empty((len(numbers), 10), dtype=np.uint8)
+    for k in range(10):
+        more = (k < lengths - 1).astype(np.uint8) << 7
+        groups[:, k] = ((numbers >> np.uint64(7 * k)) & np.uint64(0x7F)).astype(np.uint8) | more
+    return groups[np.arange(10) < lengths[:, None]].tobytes()
+
+
+def _key(field: int, wire_type: int) -> bytes:
+    return bytes([field << 3 | wire_type])
+
+
+def _varint(number: int) -> bytes:
+    """One protobuf varint (a length, or an int64 as its two's complement), without numpy's set-up cost."""
+    number &= (1 << 64) - 1
+    out = bytearray()
+    while number > 0x7F:
+        out.append(number & 0x7F | 0x80)
+        number >>= 7
+    out.append(number)
+    return bytes(out)
+
+
+_length = _varint
+
+
+def series_message(metric: str, unit: str, at_ms: npt.NDArray[np.int64], values: npt.NDArray[np.float64]) -> bytes:
+    """The encoded ``pb.Series`` of points (all GOOD), written from the arrays directly: parsing it
+    is C work, where filling the repeated fields from Python would touch every point."""
+    deltas = np.zeros(len(at_ms), dtype=np.int64)
+    np.subtract(at_ms[1:], at_ms[:-1], out=deltas[1:])
+    zigzag = ((deltas << 1) ^ (deltas >> 63)).view(np.uint64)
+    packed_deltas = _varints(zigzag)
+    packed_values = np.ascontiguousarray(values, dtype="<f8").tobytes()
+    metric_raw, unit_raw = metric.encode(), unit.encode()
+    parts = [_key(1, 2), _length(len(metric_raw)), metric_raw]
+    if unit_raw:
+        parts += [_key(2, 2), _length(len(unit_raw)), unit_raw]
+    start = int(at_ms[0])
+    if start:
+        parts += [_key(3, 0), _varint(start)]
+    parts += [_key(4, 2), _length(len(packed_deltas)), packed_deltas]
+    parts += [_key(5, 2), _length(len(packed_values)), packed_values]
+    return b"".join(parts)
 
 
 @dataclass
@@ -202,30 +308,50 @@ class EdgeIngest:
             self.metrics.drops.labels(f"P{int(drop.priority)}", str(drop.reason)).inc(drop.count)
         if terminal.state != "online":
             await self._liveness(terminal, "online")
-        fresh_seqs = set(self.ledger.new(terminal.cn, batch.session, (r.seq for r in batch.readings)))
-        fresh = [r for r in batch.readings if r.seq in fresh_seqs]
-        self.metrics.duplicates.inc(len(batch.readings) - len(fresh))
-        if fresh:
+        have = self.ledger.stored(terminal.cn, batch.session)
+        fresh = [r for r in batch.readings if r.seq not in have]
+        # A series' range is new, stored, or partly stored: only its new parts go on (array slices).
+        fresh_pieces = [
+            SeriesPiece(block, first, last)
+            for block in batch.series
+            for first, last in have.missing(block.first_seq, block.last_seq)
+        ]
+        received = len(batch.readings) + sum(block.count for block in batch.series)
+        fresh_count = len(fresh) + sum(piece.count for piece in fresh_pieces)
+        self.metrics.duplicates.inc(received - fresh_count)
+        if fresh_count:
             envelopes = self._envelopes(terminal, batch.session, fresh)
+            if fresh_pieces:
+                envelopes += self._series_envelopes(terminal, batch.session, fresh_pieces)
+                envelopes.sort(key=lambda env: env.priority)  # P0 first, as _envelopes orders its own
             request = gw.PublishRequest(envelopes=envelopes)
             reply = await self.service.publish_batch(request.SerializeToString(), self.peer)
-            stored: list[int] = []
-            refused: list[int] = []
+            stored: list[Range] = []
+            refused: list[Range] = []
             reasons: list[str] = []
             for env, result in zip(envelopes, reply.results, strict=True):
-                seqs = [
-                    seq for first, last in parse_ranges(env.attributes["edge.seq"]) for seq in range(first, last + 1)
-                ]
+                ranges = parse_ranges(env.attributes["edge.seq"])
                 if result.outcome == gw.PublishResult.REJECTED:
-                    refused += seqs
+                    refused += ranges
                     reasons.append(f"{result.field}: {result.reason}")
                 else:
-                    stored += seqs
+                    stored += ranges
             if refused:
                 # a verdict, not an outage: kept in the dead-letter store, and acknowledged like the rest
-                self.metrics.refused.labels("rejected").inc(len(refused))
-                log.warning("edge_readings_refused", terminal=terminal.cn, readings=len(refused), reason=reasons[0])
-                kept = Batch(terminal.name, batch.session, tuple(r for r in fresh if r.seq in set(refused)))
+                refused_set = RangeSet(refused)
+                refused_count = sum(last - first + 1 for first, last in refused)
+                self.metrics.refused.labels("rejected").inc(refused_count)
+                log.warning("edge_readings_refused", terminal=terminal.cn, readings=refused_count, reason=reasons[0])
+                kept = Batch(
+                    terminal.name,
+                    batch.session,
+                    tuple(r for r in fresh if r.seq in refused_set),
+                    series=tuple(
+                        piece.series()
+                        for piece in fresh_pieces
+                        if piece.first in refused_set and piece.last in refused_set
+                    ),
+                )
                 await asyncio.to_thread(
                     functools.partial(
                         self.letters.add,
@@ -240,13 +366,16 @@ class EdgeIngest:
             offsets = [r.offset for r in reply.results if r.outcome != gw.PublishResult.REJECTED]
             await asyncio.to_thread(
                 self.ledger.record,
-                [(terminal.cn, batch.session, ranges_of(stored + refused))],
+                [(terminal.cn, batch.session, merge(stored + refused))],
                 max(offsets, default=0) + 1,
             )
-            self.metrics.readings.inc(len(stored))
-            terminal.readings += len(stored)
+            stored_count = sum(last - first + 1 for first, last in stored)
+            self.metrics.readings.inc(stored_count)
+            terminal.readings += stored_count
         terminal.session = max(terminal.session, batch.session)
-        await self._acknowledge(terminal, batch.session, ranges_of(r.seq for r in batch.readings if r.seq))
+        received_ranges = ranges_of(r.seq for r in batch.readings if r.seq)
+        received_ranges += [(block.first_seq, block.last_seq) for block in batch.series]
+        await self._acknowledge(terminal, batch.session, received_ranges)
 
     async def _acknowledge(self, terminal: Terminal, session: int, received: list[Range]) -> None:
         have = self.ledger.stored(terminal.cn, session)
@@ -343,6 +472,54 @@ class EdgeIngest:
         out.sort(key=lambda env: env.priority)  # P0 first: an alarm never waits behind a batch of routine readings
         return out
 
+    def _series_envelopes(self, terminal: Terminal, session: int, pieces: Sequence[SeriesPiece]) -> list[pb.Envelope]:
+        """One OBSERVATION envelope per batch and station (more when it would pass the canonical
+        model's limits) holding the pieces as packed Series, built from the arrays at C speed."""
+        now_ns = time.time_ns()
+        # Within the node's own limits, whatever its config: a point takes at most 18 bytes (a
+        # double and a 10-byte varint), and some room is left for the envelope's other fields.
+        limits = self.service.validator.limits
+        most_points = max(
+            1,
+            min(
+                MAX_ENVELOPE_POINTS,
+                limits.max_series_points,
+                limits.max_points_per_series,
+                (limits.max_envelope_bytes - ENVELOPE_HEADROOM) // WORST_POINT_BYTES,
+            ),
+        )
+        most_series = max(1, min(MAX_SERIES_ENTRIES, limits.max_series))
+        by_station: dict[str, list[tuple[SeriesPiece, Metric]]] = {}
+        for piece in pieces:
+            index = piece.block.metric
+            metric = terminal.catalogue.get(index) or Metric(index, f"m{index}")
+            for part in piece.split(most_points):
+                by_station.setdefault(metric.station_id or terminal.name, []).append((part, metric))
+        out = []
+        for station, parts in by_station.items():
+            groups: list[list[tuple[SeriesPiece, Metric]]] = [[]]
+            points = 0
+            for part, metric in parts:
+                if groups[-1] and (points + part.count > most_points or len(groups[-1]) >= most_series):
+                    groups.append([])
+                    points = 0
+                groups[-1].append((part, metric))
+                points += part.count
+            for group in groups:
+                ranges = merge((part.first, part.last) for part, _ in group)
+                env = self._base(terminal, session, [], now_ns, f"series-{station}", ranges=ranges)
+                env.kind = pb.OBSERVATION
+                env.priority = min(int(part.block.priority) for part, _ in group)
+                env.observed_at.FromMilliseconds(min(part.first_at_ms() for part, _ in group))
+                env.observation.station_id = station
+                env.observation.device_id = terminal.name
+                for part, metric in group:
+                    env.observation.series.add().MergeFromString(
+                        series_message(metric.code or f"m{metric.index}", metric.unit, part.at_ms(), part.values())
+                    )
+                out.append(env)
+        return out
+
     def _from(self, terminal: Terminal, envelope_id: str) -> pb.Envelope:
         """An envelope the terminal is the origin of, entered through this node."""
         env = pb.Envelope(id=envelope_id, region=terminal.region, status=pb.ACTUAL)
@@ -353,8 +530,18 @@ class EdgeIngest:
         env.sent_at.GetCurrentTime()
         return env
 
-    def _base(self, terminal: Terminal, session: int, seqs: list[int], now_ns: int, what: str) -> pb.Envelope:
-        ranges = ranges_of(seqs)
+    def _base(
+        self,
+        terminal: Terminal,
+        session: int,
+        seqs: list[int],
+        now_ns: int,
+        what: str,
+        *,
+        ranges: list[Range] | None = None,
+    ) -> pb.Envelope:
+        if ranges is None:
+            ranges = ranges_of(seqs)
         text = format_ranges(ranges)
         span = text.replace(",", ".") if len(text) <= 48 else hashlib.sha256(text.encode()).hexdigest()[:32]
         env = self._from(terminal, f"edge-{terminal.region}-{terminal.agency}-{terminal.name}-{session}-{span}-{what}")
@@ -460,6 +647,7 @@ class EdgeIngest:
         position = log_.next_offset  # commands issued from now on; earlier ones were for earlier sessions
         while not log_.closed:
             await log_.wait_beyond(position, timeout=5.0)  # returns once next_offset > position
+            _stop_if_cancelled()
             if log_.next_offset <= position:
                 continue
             request = gw.QueryRequest(from_offset=position, filter=gw.Filter(kinds=[pb.COMMAND]), page_size=500)
@@ -491,6 +679,15 @@ class EdgeIngest:
                 elif terminal.state == "online" and self.client is not None:
                     del terminal.pending[command_id]
                     await self._send(terminal, "cmd", wire.encode_command(command))
+
+
+def _stop_if_cancelled() -> None:
+    """Raises CancelledError when this task was asked to stop. On Python 3.11 ``asyncio.wait_for``
+    (inside the log's ``wait_beyond``) can swallow a cancellation that arrives just as its wait ends;
+    a loop that then carried on would keep the node's stop waiting for it forever."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 ACK_STATES = {

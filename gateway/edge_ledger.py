@@ -83,6 +83,24 @@ class RangeSet:
         self.ranges = merge([*self.ranges, *ranges])
         self._firsts = [a for a, _ in self.ranges]
 
+    def missing(self, first: int, last: int) -> list[Range]:
+        """The parts of [first, last] not in the set, in order (a chunk's range: new, stored, or split)."""
+        out: list[Range] = []
+        position = first
+        i = max(0, bisect.bisect_right(self._firsts, first) - 1)
+        while i < len(self.ranges) and position <= last:
+            low, high = self.ranges[i]
+            if high >= position:
+                if low > last:
+                    break
+                if low > position:
+                    out.append((position, low - 1))
+                position = high + 1
+            i += 1
+        if position <= last:
+            out.append((position, last))
+        return out
+
     def holes(self) -> list[Range]:
         """What is missing between 1 and the highest stored number."""
         out: list[Range] = []

@@ -24,12 +24,15 @@ import math
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+import numpy.typing as npt
 import structlog
 from prometheus_client import CollectorRegistry, Counter
 from yiwang.v1 import envelope_pb2 as pb
 from yiwang.v1 import gateway_pb2 as gw
 
 from gateway.log import StoredBatch
+from gateway.observations import series_arrays, single_measurements
 from gateway.routing import SUMMARY_ATTRIBUTE
 from gateway.service import GatewayService, Peer
 
@@ -57,6 +60,21 @@ class _Metric:
         self.total += value
         if at_ns >= self.last_ns:
             self.last, self.last_ns = value, at_ns
+
+    def add_many(self, values: npt.NDArray[np.float64], at_ns: npt.NDArray[np.int64]) -> None:
+        """Adds points at once, as ``add`` would one by one in order (non-finite values skipped)."""
+        finite = np.isfinite(values)
+        if not finite.all():
+            values, at_ns = values[finite], at_ns[finite]
+        if not len(values):
+            return
+        self.count += len(values)
+        self.low = min(self.low, float(values.min()))
+        self.high = max(self.high, float(values.max()))
+        self.total += float(values.sum())
+        latest = len(at_ns) - 1 - int(np.argmax(at_ns[::-1]))  # the last of the points at the latest time
+        if int(at_ns[latest]) >= self.last_ns:
+            self.last, self.last_ns = float(values[latest]), int(at_ns[latest])
 
 
 @dataclass(slots=True)
@@ -149,14 +167,19 @@ class StationSummaries:
         station.severity = max(station.severity, env.severity)
         station.name = obs.station_name or station.name
         station.station_type = obs.station_type or station.station_type
-        for m in obs.measurements:
+        for m in single_measurements(obs):
             if not math.isfinite(m.value):
                 continue
             metric = station.metrics.get(m.metric)
             if metric is None:
                 metric = station.metrics[m.metric] = _Metric(m.unit)
-            at = int(m.at.seconds * 1_000_000_000 + m.at.nanos) if m.HasField("at") else observed
-            metric.add(m.value, at)
+            metric.add(m.value, observed if m.at_ns is None else m.at_ns)
+        for series in obs.series:  # whole arrays at a time: a sampled block costs no object per point
+            arrays = series_arrays(series)
+            metric = station.metrics.get(arrays.metric)
+            if metric is None:
+                metric = station.metrics[arrays.metric] = _Metric(arrays.unit)
+            metric.add_many(arrays.values, arrays.at_ms * 1_000_000)
 
     def summaries(self, window: int, now_ns: int) -> list[pb.Envelope]:
         """The summary envelopes of the stations seen in ``window``."""

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
 from yiwang.v1 import envelope_pb2 as pb
 
 from gateway.errors import InvalidEnvelopeError
@@ -56,6 +57,9 @@ _STATUSES = frozenset(pb.Status.values()) - {pb.STATUS_UNSPECIFIED}
 _GRADES = frozenset(pb.IncidentGrade.values())
 _STAGES = frozenset(pb.ReportStage.values())
 _QUALITIES = frozenset(pb.Quality.values())
+_QUALITY_ARRAY = np.array(sorted(_QUALITIES), dtype=np.int64)
+_MAX_SERIES_DELTA_MS = 100 * 366 * 86_400_000
+_LAST_TIME_MS = 253_402_300_799_999
 _ACK_STATES = frozenset(pb.AckState.values()) - {pb.ACK_STATE_UNSPECIFIED}
 
 _NO_BOX = (math.nan, math.nan, math.nan, math.nan)
@@ -79,6 +83,9 @@ class Limits:
     max_polygon_points: int = 10_000
     max_shapes: int = 256
     max_measurements: int = 1024
+    max_series: int = 256  # series entries per observation
+    max_series_points: int = 100_000  # points of all series of one observation together
+    max_points_per_series: int = 65_536
     max_clock_skew_s: float = 600.0
 
 
@@ -311,11 +318,13 @@ class Validator:
             ts = incident.occurred_at
             self._check_timestamp("incident.occurred_at", ts.seconds, ts.nanos, now + self.limits.max_clock_skew_s)
 
-    def _check_observation(self, env: pb.Envelope, _now: float) -> None:
+    def _check_observation(self, env: pb.Envelope, now: float) -> None:
         obs = env.observation
         self._check_id("observation.station_id", obs.station_id, required=True)
-        if not obs.measurements:
-            raise InvalidEnvelopeError("observation.measurements", "at least one measurement is required")
+        if obs.series:
+            self._check_series(obs.series, now)
+        elif not obs.measurements:
+            raise InvalidEnvelopeError("observation.measurements", "at least one measurement (or a series) is required")
         if len(obs.measurements) > self.limits.max_measurements:
             raise InvalidEnvelopeError("observation.measurements", f"more than {self.limits.max_measurements}")
         for i, m in enumerate(obs.measurements):
@@ -325,6 +334,75 @@ class Validator:
                 raise InvalidEnvelopeError(f"observation.measurements[{i}].value", "is not a finite number")
             if m.quality not in _QUALITIES:
                 raise InvalidEnvelopeError(f"observation.measurements[{i}].quality", f"unknown value {m.quality}")
+
+    def _check_series(self, entries: Iterable[pb.Series], now: float) -> None:
+        """Checks packed series a whole array at a time; the culprit's index is looked up only on failure."""
+        limits = self.limits
+        series_list = list(entries)
+        if len(series_list) > limits.max_series:
+            raise InvalidEnvelopeError(
+                "observation.series", f"{len(series_list)} entries, more than {limits.max_series}"
+            )
+        earliest_ms = EARLIEST_TIME_S * 1000
+        latest_ms = int((now + limits.max_clock_skew_s) * 1000)
+        total = 0
+        for i, series in enumerate(series_list):
+            field = f"observation.series[{i}]"
+            if not series.metric:
+                raise InvalidEnvelopeError(f"{field}.metric", "required")
+            count = len(series.values)
+            total += count
+            if not count:
+                raise InvalidEnvelopeError(f"{field}.values", "at least one point is required")
+            if count > limits.max_points_per_series:
+                raise InvalidEnvelopeError(
+                    f"{field}.values", f"{count} points, more than {limits.max_points_per_series}"
+                )
+            if total > limits.max_series_points:
+                raise InvalidEnvelopeError(
+                    "observation.series", f"more than {limits.max_series_points} points in the observation"
+                )
+            if len(series.at_delta_ms) != count:
+                raise InvalidEnvelopeError(
+                    f"{field}.at_delta_ms", f"{len(series.at_delta_ms)} entries for {count} values (one per value)"
+                )
+            if len(series.quality) not in (0, count):
+                raise InvalidEnvelopeError(
+                    f"{field}.quality", f"{len(series.quality)} entries for {count} values (none, or one per value)"
+                )
+            values = np.array(series.values, dtype=np.float64)
+            finite = np.isfinite(values)
+            if not finite.all():
+                index = int(np.argmin(finite))
+                raise InvalidEnvelopeError(f"{field}.values[{index}]", "is not a finite number")
+            deltas = np.array(series.at_delta_ms, dtype=np.int64)
+            if deltas[0] != 0:
+                raise InvalidEnvelopeError(f"{field}.at_delta_ms[0]", "must be 0 (start_ms is the first point's time)")
+            # Bounded deltas keep the running sum far from overflowing 64 bits.
+            wild = np.abs(deltas) > _MAX_SERIES_DELTA_MS
+            if wild.any():
+                index = int(np.argmax(wild))
+                raise InvalidEnvelopeError(f"{field}.at_delta_ms[{index}]", "jumps by more than 100 years")
+            if not earliest_ms <= series.start_ms <= _LAST_TIME_MS:
+                raise InvalidEnvelopeError(f"{field}.start_ms", "is not between 2000-01-01 and 9999-12-31")
+            at_ms = np.cumsum(deltas) + series.start_ms
+            early = at_ms < earliest_ms
+            if early.any():
+                raise InvalidEnvelopeError(
+                    f"{field}.at_delta_ms[{int(np.argmax(early))}]", "the point is before 2000-01-01"
+                )
+            late = at_ms > latest_ms
+            if late.any():
+                raise InvalidEnvelopeError(
+                    f"{field}.at_delta_ms[{int(np.argmax(late))}]",
+                    f"the point is more than {limits.max_clock_skew_s:g} s in the future (check the sender's clock)",
+                )
+            if len(series.quality):
+                qualities = np.array(series.quality, dtype=np.int64)
+                unknown = ~np.isin(qualities, _QUALITY_ARRAY)
+                if unknown.any():
+                    index = int(np.argmax(unknown))
+                    raise InvalidEnvelopeError(f"{field}.quality[{index}]", f"unknown value {qualities[index]}")
 
     def _check_position(self, env: pb.Envelope, _now: float) -> None:
         position = env.position

@@ -322,7 +322,7 @@ def plain_body(terminal: bytes = b"\x01t", rest: bytes = b"\x01\x01\x00\x00\x00"
         (b"", "prefix"),
         (b"YW\x01", "prefix"),
         (b"XW\x01\x00" + plain_body(), "magic"),
-        (b"YW\x02\x00" + plain_body(), "version"),
+        (b"YW\x03\x00" + plain_body(), "version"),
         (b"YW\x00\x00" + plain_body(), "version"),
         (b"YW\x01\x80" + plain_body(), "flags"),
         (HEADER + plain_body(b"\x02\xc3\x28"), "terminal"),  # invalid UTF-8

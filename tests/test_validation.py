@@ -249,6 +249,29 @@ def _measurements(count: int) -> Mutate:
     return mutate
 
 
+def _series(**fields: object) -> Mutate:
+    """Adds a valid series of three points (the observation's second), with ``fields`` changed."""
+
+    def mutate(env: pb.Envelope) -> None:
+        values: dict[str, object] = {
+            "metric": "vibration",
+            "unit": "mm/s",
+            "start_ms": int(SENT * 1000) - 60_000,
+            "at_delta_ms": [0, 10, 10],
+            "values": [0.1, 0.2, 0.3],
+            **fields,
+        }
+        env.observation.series.add()  # a valid one first, so the index in the field is 1
+        env.observation.series[0].CopyFrom(_valid_series())
+        env.observation.series.add(**values)
+
+    return mutate
+
+
+def _valid_series() -> pb.Series:
+    return pb.Series(metric="level", unit="m", start_ms=int(SENT * 1000), at_delta_ms=[0, 1000], values=[1.0, 1.5])
+
+
 def _position_with_polygon_only(env: pb.Envelope) -> None:
     env.geometry.ClearField("point")
     env.geometry.polygons.append(_ring(SQUARE))
@@ -540,6 +563,80 @@ CASES = [
         "unknown value 42",
         id="quality-unknown",
     ),
+    pytest.param(observation, _series(metric=""), "observation.series[1].metric", "required", id="series-metric"),
+    pytest.param(
+        observation,
+        _series(values=[], at_delta_ms=[]),
+        "observation.series[1].values",
+        "at least one",
+        id="series-empty",
+    ),
+    pytest.param(
+        observation,
+        _series(at_delta_ms=[0, 10]),
+        "observation.series[1].at_delta_ms",
+        "2 entries for 3",
+        id="series-len",
+    ),
+    pytest.param(
+        observation,
+        _series(quality=[pb.GOOD]),
+        "observation.series[1].quality",
+        "1 entries for 3 values",
+        id="series-quality-len",
+    ),
+    pytest.param(
+        observation,
+        _series(quality=[pb.GOOD, 42, pb.BAD]),
+        "observation.series[1].quality[1]",
+        "unknown value 42",
+        id="series-quality-unknown",
+    ),
+    pytest.param(
+        observation,
+        _series(values=[0.1, math.nan, 0.3]),
+        "observation.series[1].values[1]",
+        "finite",
+        id="series-value-nan",
+    ),
+    pytest.param(
+        observation,
+        _series(values=[0.1, 0.2, math.inf]),
+        "observation.series[1].values[2]",
+        "finite",
+        id="series-value-inf",
+    ),
+    pytest.param(
+        observation,
+        _series(at_delta_ms=[5, 10, 10]),
+        "observation.series[1].at_delta_ms[0]",
+        "must be 0",
+        id="series-d0",
+    ),
+    pytest.param(
+        observation,
+        _series(at_delta_ms=[0, 10, 10**13]),
+        "observation.series[1].at_delta_ms[2]",
+        "100 years",
+        id="series-wild-delta",
+    ),
+    pytest.param(
+        observation,
+        _series(at_delta_ms=[0, 10, 700_000]),
+        "observation.series[1].at_delta_ms[2]",
+        "in the future",
+        id="series-future",
+    ),
+    pytest.param(
+        observation,
+        _series(at_delta_ms=[0, -(10**12), 10]),
+        "observation.series[1].at_delta_ms[1]",
+        "before 2000",
+        id="series-past",
+    ),
+    pytest.param(
+        observation, _series(start_ms=-1), "observation.series[1].start_ms", "between 2000-01-01", id="series-start"
+    ),
     # position
     pytest.param(position, _set("position.unit_id", ""), "position.unit_id", "required", id="unit-missing"),
     pytest.param(position, _no_geometry, "geometry.point", "required for a POSITION", id="position-no-geometry"),
@@ -597,6 +694,22 @@ def test_payload_required_for_its_kind(payload: str) -> None:
     error = rejection(env)
     assert error.field == payload
     assert error.reason == f"required for kind {pb.Kind.Name(env.kind)}"
+
+
+def test_an_observation_of_series_only_passes_and_limits_count_points() -> None:
+    env = observation()
+    del env.observation.measurements[:]
+    env.observation.series.append(_valid_series())
+    VALIDATOR.check(env, env.ByteSize(), now=NOW)
+    env.observation.series[0].quality.extend([pb.GOOD, pb.SUSPECT])
+    VALIDATOR.check(env, env.ByteSize(), now=NOW)
+    small = Validator(default_table(), limits=Limits(max_points_per_series=1))
+    assert rejection(env, small).field == "observation.series[0].values"
+    env.observation.series.append(_valid_series())
+    few = Validator(default_table(), limits=Limits(max_series_points=3))
+    assert rejection(env, few).field == "observation.series"
+    one = Validator(default_table(), limits=Limits(max_series=1))
+    assert rejection(env, one).field == "observation.series"
 
 
 def test_heartbeat_may_carry_no_payload() -> None:

@@ -406,20 +406,38 @@ class Measurement(_message.Message):
     def __init__(self, metric: _Optional[str] = ..., value: _Optional[float] = ..., unit: _Optional[str] = ..., quality: _Optional[_Union[Quality, str]] = ..., flag: _Optional[str] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Observation(_message.Message):
-    __slots__ = ("station_id", "station_name", "station_type", "device_id", "interval", "measurements")
+    __slots__ = ("station_id", "station_name", "station_type", "device_id", "interval", "measurements", "series")
     STATION_ID_FIELD_NUMBER: _ClassVar[int]
     STATION_NAME_FIELD_NUMBER: _ClassVar[int]
     STATION_TYPE_FIELD_NUMBER: _ClassVar[int]
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     INTERVAL_FIELD_NUMBER: _ClassVar[int]
     MEASUREMENTS_FIELD_NUMBER: _ClassVar[int]
+    SERIES_FIELD_NUMBER: _ClassVar[int]
     station_id: str
     station_name: str
     station_type: str
     device_id: str
     interval: str
     measurements: _containers.RepeatedCompositeFieldContainer[Measurement]
-    def __init__(self, station_id: _Optional[str] = ..., station_name: _Optional[str] = ..., station_type: _Optional[str] = ..., device_id: _Optional[str] = ..., interval: _Optional[str] = ..., measurements: _Optional[_Iterable[_Union[Measurement, _Mapping]]] = ...) -> None: ...
+    series: _containers.RepeatedCompositeFieldContainer[Series]
+    def __init__(self, station_id: _Optional[str] = ..., station_name: _Optional[str] = ..., station_type: _Optional[str] = ..., device_id: _Optional[str] = ..., interval: _Optional[str] = ..., measurements: _Optional[_Iterable[_Union[Measurement, _Mapping]]] = ..., series: _Optional[_Iterable[_Union[Series, _Mapping]]] = ...) -> None: ...
+
+class Series(_message.Message):
+    __slots__ = ("metric", "unit", "start_ms", "at_delta_ms", "values", "quality")
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    START_MS_FIELD_NUMBER: _ClassVar[int]
+    AT_DELTA_MS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FIELD_NUMBER: _ClassVar[int]
+    metric: str
+    unit: str
+    start_ms: int
+    at_delta_ms: _containers.RepeatedScalarFieldContainer[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    quality: _containers.RepeatedScalarFieldContainer[Quality]
+    def __init__(self, metric: _Optional[str] = ..., unit: _Optional[str] = ..., start_ms: _Optional[int] = ..., at_delta_ms: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ..., quality: _Optional[_Iterable[_Union[Quality, str]]] = ...) -> None: ...
 
 class Position(_message.Message):
     __slots__ = ("unit_id", "callsign", "unit_type", "speed_mps", "course_deg", "status")
