@@ -60,6 +60,7 @@ bench: $(STAMP) $(NPM_STAMP) apt
 	$(BIN)/python bench/stations.py
 	$(BIN)/python bench/cot.py
 	$(BIN)/python bench/federation.py
+	$(BIN)/python bench/picture.py
 
 proto: $(STAMP)
 	$(BIN)/python proto/generate.py

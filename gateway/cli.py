@@ -29,7 +29,7 @@ from yiwang.v1 import gateway_pb2 as gw
 
 from adapters import cli as adapter_commands
 from edge_agent import cli as edge_commands
-from gateway import __version__, logsetup, reports
+from gateway import __version__, logsetup, reports, webauth
 from gateway.audit import verify as verify_audit
 from gateway.boundaries import default_boundaries
 from gateway.certstore import certificate_sha256
@@ -807,6 +807,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pki_parser(sub, common)
     adapter_commands.add_parsers(sub, common)
     edge_commands.add_parsers(sub, common)
+    webauth.add_parsers(sub, common)
 
     p = sub.add_parser(
         "verify",

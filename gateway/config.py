@@ -192,6 +192,24 @@ class ParentSection:
 
 
 @dataclass(frozen=True)
+class WebSection:
+    """The web command picture on the HTTP listener (gateway.web): who may sign in, what it shows."""
+
+    enabled: bool = False  # serve /picture/ on listen.http
+    users_db: str = ""  # users and sessions (SQLite); relative to the config file; empty: DATA_DIR/web-users.sqlite
+    session_hours: float = 12.0  # a signed-in session lasts this long
+    login_attempts: int = 5  # failed logins per user, and per client address, within login_window_s ...
+    login_window_s: float = 300.0  # ... before further attempts are refused for a while (429)
+    vendor_dir: str = ""  # the node_modules folder holding echarts; empty: the one next to the package
+    window_h: float = 24.0  # how many hours of the log the picture keeps and the time slider replays
+    checkpoint_every_envelopes: int = 1_000_000  # save the picture's state after this many envelopes ...
+    checkpoint_every_min: float = 10.0  # ... or this many minutes, whichever comes first
+    checkpoint_max: int = 160  # checkpoints kept (the oldest go first); 0: none are written or read
+    checkpoint_max_mb: float = 2048.0  # and at most this much disk for them
+    trusted_proxies: list[str] = field(default_factory=list)  # addresses/networks whose X-Forwarded-For is believed
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     node: NodeSection
     listen: ListenSection = field(default_factory=ListenSection)
@@ -208,6 +226,7 @@ class NodeConfig:
     summaries: SummariesSection = field(default_factory=SummariesSection)
     stations: StationsSection = field(default_factory=StationsSection)
     tak: TakSection = field(default_factory=TakSection)
+    web: WebSection = field(default_factory=WebSection)
     source: str = field(default="", metadata={"internal": True})  # the file it was read from, not a key
 
     @property
@@ -397,6 +416,7 @@ def check(config: NodeConfig) -> NodeConfig:
     if stations.idle_timeout_s <= 0 or stations.max_connections < 1:
         raise ConfigError("must be positive", key="stations.idle_timeout_s", source=src)
     _check_tak(config)
+    _check_web(config)
     if config.summaries.period_minutes < 0:
         raise ConfigError("must be 0 (no summaries) or a positive number", key="summaries.period_minutes", source=src)
     parent = config.parent
@@ -450,6 +470,29 @@ def _check_tak(config: NodeConfig) -> None:
         raise ConfigError("must be at least 64 (no CoT event is smaller)", key="tak.max_event_bytes", source=src)
     if parse_size(tak.max_queue_bytes, "tak.max_queue_bytes", src) < tak.max_event_bytes:
         raise ConfigError("must be at least tak.max_event_bytes", key="tak.max_queue_bytes", source=src)
+
+
+def _check_web(config: NodeConfig) -> None:
+    src, web = config.source, config.web
+    for key in ("session_hours", "login_window_s", "window_h"):
+        value = getattr(web, key)
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError("must be a positive number", key=f"web.{key}", source=src)
+    if web.login_attempts < 1:
+        raise ConfigError("must be at least 1", key="web.login_attempts", source=src)
+    for key in ("checkpoint_every_envelopes", "checkpoint_every_min", "checkpoint_max_mb"):
+        value = getattr(web, key)
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError("must be a positive number", key=f"web.{key}", source=src)
+    if web.checkpoint_max < 0:
+        raise ConfigError("must be 0 (no checkpoints) or more", key="web.checkpoint_max", source=src)
+    for proxy in web.trusted_proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"{proxy!r} is not an IP address or network", key="web.trusted_proxies", source=src
+            ) from None
 
 
 def _loopback_only(address: str, address_key: str, key: str, what: str, src: str) -> None:

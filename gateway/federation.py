@@ -24,6 +24,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Final
 
 import grpc
@@ -117,6 +118,7 @@ class LinkEnd:
         self._pending: deque[tuple[int, bool]] = deque()  # (cursor after a range, whether a batch was sent)
         self._room = asyncio.Semaphore(WINDOW)
         self._certificates_sent: set[bytes] = set()
+        self.acked: int | None = None  # the log offset up to which the other end has it (or it was not for it)
 
     # -- sending --------------------------------------------------------------------------------
 
@@ -126,6 +128,7 @@ class LinkEnd:
         position = await log_.load_position(self.cursor)
         if position is None:
             position = log_.oldest_offset  # a new link carries everything its node still holds
+        self.acked = position
         while True:
             if position >= log_.next_offset:
                 await log_.wait_beyond(position, timeout=5.0)
@@ -179,7 +182,7 @@ class LinkEnd:
             if self._pending:
                 self._pending.append((upto, False))
             else:
-                await self.service.log.save_position(self.cursor, upto)
+                self.acked = await self.service.log.save_position(self.cursor, upto)
             return
         await self._room.acquire()
         self._pending.append((upto, True))
@@ -228,7 +231,7 @@ class LinkEnd:
             log.warning(
                 "federation_refused", link=self.label, id=refused.id, field=refused.field, reason=refused.reason
             )
-        await self.service.log.save_position(self.cursor, upto)
+        self.acked = await self.service.log.save_position(self.cursor, upto)
 
     # -- receiving ------------------------------------------------------------------------------
 
@@ -368,6 +371,19 @@ def first_hello(raw: bytes | None) -> fed.LinkHello:
 # -- the parent's end -------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class LinkView:
+    """A link as it stands now, for those who show the network's health (read-only)."""
+
+    name: str  # "up" for the parent link, the child's node id for a child's
+    kind: str  # "parent" or "child"
+    up: bool
+    peer: str  # the parent's address, or the child's node id
+    cursor: str  # the name of the log position the link has sent up to
+    acked: int | None  # the log offset up to which the other end has everything for it; None: not known yet
+    down_since: float | None  # when it went down (monotonic); None while up or never up
+
+
 class FederationService:
     """The parent's side: serves the links its children open."""
 
@@ -378,10 +394,26 @@ class FederationService:
         self.batch = batch
         self._down_since: dict[str, float] = {}  # child node id -> when its link went down (monotonic)
         self._open: dict[str, int] = {}  # child node id -> its open links
+        self._ends: dict[str, LinkEnd] = {}  # child node id -> the end of its latest link
 
     def children_down(self) -> dict[str, float]:
         """The children that have linked here and are not linked now, with since when (monotonic)."""
         return dict(self._down_since)
+
+    def links(self) -> list[LinkView]:
+        """The links of the children that have linked here since the node started, up or down."""
+        return [
+            LinkView(
+                name=child,
+                kind="child",
+                up=self._open.get(child, 0) > 0,
+                peer=child,
+                cursor=end.cursor,
+                acked=end.acked,
+                down_since=self._down_since.get(child),
+            )
+            for child, end in sorted(self._ends.items())
+        ]
 
     def handler(self) -> grpc.GenericRpcHandler:
         def identity(data: bytes) -> bytes:
@@ -435,6 +467,7 @@ class FederationService:
         self.metrics.connects.labels(link=label).inc()
         self._down_since.pop(child.node_id, None)
         self._open[child.node_id] = self._open.get(child.node_id, 0) + 1
+        self._ends[child.node_id] = end
         try:
             await run_link(end, requests, context.write)
         except FederationError as exc:
@@ -474,6 +507,21 @@ class ParentLink:
         self.host, self.port = parse_address(config.address, "parent.address", source)
         self.label = "up"
         self.connected = asyncio.Event()
+        self._end: LinkEnd | None = None  # of the latest session
+        self._down_since: float | None = None
+
+    def view(self) -> LinkView:
+        """The parent link as it stands now."""
+        up = self.connected.is_set()
+        return LinkView(
+            name=self.label,
+            kind="parent",
+            up=up,
+            peer=f"{self.host}:{self.port}",
+            cursor=UP_CURSOR,
+            acked=self._end.acked if self._end is not None else None,
+            down_since=None if up else self._down_since,
+        )
 
     def accept(self, kind: int, region: str, _agency: str) -> Decision:
         """What a child takes from its parent: the kinds routing sends down, for the parent's area."""
@@ -521,6 +569,8 @@ class ParentLink:
                 delay = 0.2
             except (OSError, ssl.SSLError, grpc.aio.AioRpcError, YiwangError) as exc:
                 log.warning("federation_link_down", link=self.label, parent=self.config.address, error=str(exc))
+            if self.connected.is_set() or self._down_since is None:
+                self._down_since = time.monotonic()
             self.connected.clear()
             self.metrics.up.labels(link=self.label).set(0)
             await asyncio.sleep(delay * random.uniform(1 - JITTER, 1 + JITTER))  # noqa: S311 - jitter, not secrets
@@ -562,6 +612,7 @@ class ParentLink:
                 metrics=self.metrics,
                 chain=self.chain,
             )
+            self._end = end
             log.info("federation_link_open", link=self.label, parent=parent.node_id, region=parent.region)
             self.metrics.up.labels(link=self.label).set(1)
             self.metrics.connects.labels(link=self.label).inc()

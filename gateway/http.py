@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
     from gateway.node import Node
+    from gateway.web import PictureSite
 
 NODE_KEY: web.AppKey[Node] = web.AppKey("node")
 
@@ -80,6 +81,11 @@ class HttpSide:
         self.app.router.add_get("/terminals", terminals)
         self.app.router.add_get("/feeds/alerts.atom", alert_feed)
         self.app.router.add_get("/feeds/alerts/{id}.cap", alert_cap)
+        self.picture: PictureSite | None = None
+        if node.config.web.enabled:
+            from gateway.web import mount  # noqa: PLC0415 - only nodes that serve the web picture load it
+
+            self.picture = mount(self.app, node)
         self._runner: web.AppRunner | None = None
 
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> int:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import ssl
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -191,9 +192,12 @@ class Node:
             self.adapters = AdapterHost(cfg, self.metrics.registry, self_target(cfg, self.grpc_port), routing)
         http_host, http_port = parse_address(cfg.listen.http, "listen.http", src)
         self.http = HttpSide(self)
-        self.http_port = await self.http.start(
-            http_host, http_port, server_tls.ssl_context() if server_tls is not None else None
-        )
+        http_context = server_tls.ssl_context() if server_tls is not None else None
+        if http_context is not None and cfg.web.enabled:
+            # browsers of people who sign in have no certificate; gateway.web still asks one of every
+            # route but the picture's, and checks any certificate presented against the CA as before
+            http_context.verify_mode = ssl.CERT_OPTIONAL
+        self.http_port = await self.http.start(http_host, http_port, http_context)
         self._crl_watch = asyncio.create_task(self._watch_crl(), name="crl-watch")
         if self.adapters is not None:
             self.adapters.start()
