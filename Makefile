@@ -61,6 +61,7 @@ bench: $(STAMP) $(NPM_STAMP) apt
 	$(BIN)/python bench/cot.py
 	$(BIN)/python bench/federation.py
 	$(BIN)/python bench/picture.py
+	$(BIN)/python bench/jetstream.py
 
 proto: $(STAMP)
 	$(BIN)/python proto/generate.py

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import signal
@@ -38,6 +39,7 @@ from gateway.config import NodeConfig, from_dict, load, parse_address
 from gateway.demo import Traffic, county_reports, describe
 from gateway.errors import ConfigError, YiwangError
 from gateway.ids import uuid7
+from gateway.jetstream_log import migrate_node_log
 from gateway.node import Node, run_until_signalled
 from gateway.pki import Authority, Role
 from gateway.pki import describe as describe_certificate
@@ -190,7 +192,12 @@ def _client(args: argparse.Namespace) -> GatewayClient:
 
 
 def _add_client_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--to", required=True, metavar="HOST:PORT", help="the node's gRPC address")
+    p.add_argument(
+        "--to",
+        required=True,
+        metavar="HOST:PORT",
+        help="the node's gRPC address; replicas of one node as a comma-separated list of IP:PORT, used in turn",
+    )
     g = p.add_argument_group("identity (mutual TLS)")
     g.add_argument("--ca", metavar="FILE", help="the network's root CA (PEM)")
     g.add_argument("--cert", metavar="FILE", help="this client's certificate (PEM)")
@@ -442,6 +449,18 @@ LOOPBACK_ANY = "127.0.0.1:0"
 def demo_tls(ca: Authority, name: str) -> ClientTls:
     issued = ca.dir / "issued"
     return ClientTls(ca.dir / "ca.pem", issued / f"{name}.chain.pem", issued / f"{name}.key")
+
+
+async def _log_migrate(args: argparse.Namespace) -> int:
+    config = load(Path(args.config))
+    if not config.log.jetstream.servers:
+        raise CommandError(f"{args.config}: [log.jetstream] servers is required: where to migrate the log to")
+    try:
+        report = await migrate_node_log(config)
+    except FileNotFoundError as exc:
+        raise CommandError(str(exc)) from None
+    print(json.dumps(dataclasses.asdict(report)))
+    return 0
 
 
 async def _demo(args: argparse.Namespace) -> int:
@@ -869,6 +888,23 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("file", metavar="FILE")
     q.add_argument("--head", metavar="HASH", help="the head hash kept elsewhere (default: FILE.head)")
     p.set_defaults(run=_audit)
+
+    p = sub.add_parser(
+        "log",
+        parents=[common],
+        help="manage a node's log",
+        description="Moves a node's log between backends.",
+    )
+    log_sub = p.add_subparsers(dest="log_command", required=True, metavar="LOG_COMMAND")
+    q = log_sub.add_parser(
+        "migrate",
+        help="copy the embedded log into the [log.jetstream] stream (ids, order, offsets, positions)",
+        description="Copies the node's embedded log (log.data_dir) into the JetStream stream named by "
+        "[log.jetstream], keeping ids, order, offsets and durable subscription positions. Stop the node "
+        "first. Running it again copies only what is missing. Prints one JSON line.",
+    )
+    q.add_argument("--config", required=True, metavar="FILE", help="the node's TOML configuration")
+    q.set_defaults(run=lambda a: asyncio.run(_log_migrate(a)))
 
     p = sub.add_parser(
         "demo",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Any
@@ -18,12 +19,49 @@ _PREFIX = "/yiwang.v1.Gateway/"
 MAX_MESSAGE_BYTES = 64 << 20
 
 
+def channel_target(addresses: str | Sequence[str]) -> str:
+    """The gRPC target for one address or for several replicas of a node.
+
+    One address (``HOST:PORT``, or any gRPC target such as ``dns:///name:port``) is used as it is.
+    Several, given as a list or as one comma-separated string, must be IP literals with their port
+    (``10.0.0.1:7400`` or ``[fd00::1]:7400``): they become one ``ipv4:``/``ipv6:`` target whose
+    addresses the channel spreads its calls over (round robin). A DNS name that resolves to several
+    addresses is the other way to reach replicas.
+    """
+    items = [a.strip() for a in addresses.split(",")] if isinstance(addresses, str) else [a.strip() for a in addresses]
+    items = [a for a in items if a]
+    if not items:
+        raise ConfigError("no address given")
+    if len(items) == 1:
+        return items[0]
+    families = set()
+    for item in items:
+        host, sep, port = item.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"{item!r} is not HOST:PORT")
+        try:
+            families.add(ipaddress.ip_address(host.strip("[]")).version)
+        except ValueError:
+            raise ConfigError(
+                f"{item!r}: several addresses must be IP addresses (a DNS name with several addresses "
+                "is given alone, as dns:///NAME:PORT)"
+            ) from None
+    if len(families) > 1:
+        raise ConfigError("several addresses must all be IPv4 or all IPv6")
+    return f"ipv{families.pop()}:{','.join(items)}"
+
+
 class GatewayClient:
-    """``async with GatewayClient("127.0.0.1:7400") as client: ...``"""
+    """``async with GatewayClient("127.0.0.1:7400") as client: ...``
+
+    Several addresses (replicas of one node) are used in turn, call by call (gRPC's round robin); a
+    stream stays on the replica it was opened on, and a caller whose stream breaks opens it again,
+    on whichever replica answers, from its durable position.
+    """
 
     def __init__(
         self,
-        target: str,
+        target: str | Sequence[str],
         *,
         tls: ClientTls | None = None,
         insecure: bool = False,
@@ -33,21 +71,28 @@ class GatewayClient:
 
         There is no default and no fallback: a client given neither is an error.
         """
-        self.target = target
+        self.target = channel_target(target) if channel is None else ""
         options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.lb_policy_name", "round_robin"),  # one address: the same as pick-first
         ]
+        several = self.target.startswith(("ipv4:", "ipv6:")) and "," in self.target
         if channel is not None:
             self.channel = channel
         elif tls is not None:
             if insecure:
                 raise ConfigError("give either TLS material or insecure, not both")
+            if several and not tls.server_name:
+                raise ConfigError(
+                    "several addresses need the name the node's certificate carries (server name), "
+                    "to check each replica against"
+                )
             if tls.server_name:
                 options.append(("grpc.ssl_target_name_override", tls.server_name))
-            self.channel = grpc.aio.secure_channel(target, tls.credentials(), options=options)
+            self.channel = grpc.aio.secure_channel(self.target, tls.credentials(), options=options)
         elif insecure:
-            self.channel = grpc.aio.insecure_channel(target, options=options)
+            self.channel = grpc.aio.insecure_channel(self.target, options=options)
         else:
             raise ConfigError("no TLS material (ca, cert, key) given and plaintext not asked for (insecure)")
         c = self.channel

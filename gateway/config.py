@@ -40,12 +40,28 @@ class ListenSection:
 
 
 @dataclass(frozen=True)
+class JetStreamSection:
+    """``[log.jetstream]``: the NATS JetStream cluster that keeps the log when ``log.backend = "jetstream"``."""
+
+    servers: list[str] = field(default_factory=list)  # e.g. ["nats://10.0.0.1:4222", "nats://10.0.0.2:4222"]
+    stream: str = "YIWANG_LOG"
+    replicas: int = 3  # copies of every message in the cluster; 1 for a single NATS server
+    duplicate_window_s: float = 120.0
+    credentials: str = ""  # a NATS .creds file
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+
+
+@dataclass(frozen=True)
 class LogSection:
     data_dir: str = "data"
     fsync: bool = True  # fsync every group commit (power-loss safe); false: safe against process crashes only
     retention_hours: float = 168.0  # 0 keeps everything
     retention_bytes: int | str = 0  # e.g. "20GiB"; 0 means no size limit
     cache_bytes: int | str = "64MiB"
+    backend: str = "embedded"  # "embedded" (SQLite in data_dir) or "jetstream" (see [log.jetstream])
+    jetstream: JetStreamSection = field(default_factory=JetStreamSection)
 
 
 @dataclass(frozen=True)
@@ -333,6 +349,38 @@ def fill_dataclass(cls: type[Any], table: Any, prefix: str, source: str) -> Any:
     return cls(**values)
 
 
+_NATS_URL = re.compile(r"(nats|tls)://[^\s/]+:\d{1,5}")
+_STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _check_jetstream(section: LogSection, src: str) -> None:
+    if section.backend not in ("embedded", "jetstream"):
+        raise ConfigError(
+            f"{section.backend!r} is not a log backend (embedded or jetstream)", key="log.backend", source=src
+        )
+    js = section.jetstream
+    # [log.jetstream] is checked whenever it is given: `yiwang log migrate` uses it before the backend changes.
+    if section.backend == "jetstream" and not js.servers:
+        raise ConfigError(
+            'required with log.backend = "jetstream": the NATS servers', key="log.jetstream.servers", source=src
+        )
+    for i, url in enumerate(js.servers):
+        if not _NATS_URL.fullmatch(url):
+            raise ConfigError(
+                f"{url!r} is not nats://HOST:PORT or tls://HOST:PORT", key=f"log.jetstream.servers[{i}]", source=src
+            )
+    if not _STREAM_NAME.fullmatch(js.stream):
+        raise ConfigError("must be letters, digits, '_' or '-' (up to 64)", key="log.jetstream.stream", source=src)
+    if not 1 <= js.replicas <= 5:
+        raise ConfigError(
+            "must be between 1 and 5 (3 for a three-server cluster)", key="log.jetstream.replicas", source=src
+        )
+    if js.duplicate_window_s <= 0:
+        raise ConfigError("must be positive", key="log.jetstream.duplicate_window_s", source=src)
+    if bool(js.tls_cert) != bool(js.tls_key):
+        raise ConfigError("give tls_cert and tls_key together", key="log.jetstream.tls_key", source=src)
+
+
 def check(config: NodeConfig) -> NodeConfig:
     """Checks the values that types alone cannot; returns the config unchanged."""
     src = config.source
@@ -375,6 +423,7 @@ def check(config: NodeConfig) -> NodeConfig:
         raise ConfigError("must not be negative", key="log.retention_hours", source=src)
     parse_size(config.log.retention_bytes, "log.retention_bytes", src)
     parse_size(config.log.cache_bytes, "log.cache_bytes", src)
+    _check_jetstream(config.log, src)
     parse_size(config.limits.max_message_bytes, "limits.max_message_bytes", src)
     if config.limits.max_envelope_bytes < 1024:
         raise ConfigError("must be at least 1024", key="limits.max_envelope_bytes", source=src)

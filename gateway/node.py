@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from gateway.edge_ingest import EdgeIngest
     from gateway.edge_ledger import EdgeLedger
     from gateway.tak import TakServer
+from gateway.jetstream_log import JetStreamLog, settings_from_config
 from gateway.metrics import NodeMetrics
 from gateway.pki import Identity, PkiError
 from gateway.policy import Policy
@@ -57,7 +58,7 @@ class Node:
         self.config = config
         self.grace_s = grace_s
         self.metrics = NodeMetrics()
-        self.log: SqliteLog | None = None
+        self.log: SqliteLog | JetStreamLog | None = None  # by [log] backend; both implement gateway.log.Log
         self.service: GatewayService | None = None
         self.server: grpc.aio.Server | None = None
         self.health = health.aio.HealthServicer()
@@ -100,13 +101,20 @@ class Node:
             max_age_s=cfg.log.retention_hours * 3600.0,
             max_bytes=parse_size(cfg.log.retention_bytes, "log.retention_bytes", src),
         )
-        self.log = await SqliteLog.open(
-            cfg.data_dir / "log.sqlite",
-            node_id=cfg.node.id,
-            fsync=cfg.log.fsync,
-            retention=retention,
-            cache_bytes=parse_size(cfg.log.cache_bytes, "log.cache_bytes", src),
-        )
+        if cfg.log.backend == "jetstream":
+            self.log = await JetStreamLog.open(
+                settings_from_config(cfg),
+                node_id=cfg.node.id,
+                cache_bytes=parse_size(cfg.log.cache_bytes, "log.cache_bytes", src),
+            )
+        else:
+            self.log = await SqliteLog.open(
+                cfg.data_dir / "log.sqlite",
+                node_id=cfg.node.id,
+                fsync=cfg.log.fsync,
+                retention=retention,
+                cache_bytes=parse_size(cfg.log.cache_bytes, "log.cache_bytes", src),
+            )
         self.log.on_commit = lambda _entries, batches: self.metrics.commits.inc(batches)
         validator = Validator(
             default_table(),

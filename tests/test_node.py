@@ -24,10 +24,12 @@ from yiwang.v1 import gateway_pb2 as gw
 from yiwang.v1 import gateway_pb2_grpc as gw_grpc
 
 from gateway import __version__
-from gateway.client import GatewayClient
+from gateway.client import GatewayClient, channel_target
+from gateway.errors import ConfigError
 from gateway.ids import uuid7
 from gateway.node import Node
 from gateway.sqlite_log import SqliteLog
+from gateway.tls import ClientTls
 from tests import factories
 from tests.conftest import NodeFactory, eventually
 
@@ -46,7 +48,7 @@ PublishCall: TypeAlias = "grpc.aio.StreamStreamCall[gw.PublishRequest, gw.Publis
 
 
 def log_of(node: Node) -> SqliteLog:
-    assert node.log is not None
+    assert isinstance(node.log, SqliteLog)
     return node.log
 
 
@@ -990,3 +992,48 @@ async def test_query_with_a_bad_page_token_is_invalid_argument(client: GatewayCl
         await client.query(gw.QueryRequest(page_token=token))
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "page_token" in (refused.value.details() or "")
+
+
+# -- several replicas of a node: one client, calls in turn -----------------------------------------
+
+
+def test_several_addresses_make_one_round_robin_target() -> None:
+    assert channel_target("127.0.0.1:7400") == "127.0.0.1:7400"
+    assert channel_target("dns:///gateway.example:7400") == "dns:///gateway.example:7400"
+    assert channel_target(["10.0.0.1:7400", "10.0.0.2:7400"]) == "ipv4:10.0.0.1:7400,10.0.0.2:7400"
+    assert channel_target("10.0.0.1:7400, 10.0.0.2:7401") == "ipv4:10.0.0.1:7400,10.0.0.2:7401"
+    assert channel_target(["[fd00::1]:7400", "[fd00::2]:7400"]) == "ipv6:[fd00::1]:7400,[fd00::2]:7400"
+    with pytest.raises(ConfigError, match="must be IP addresses"):
+        channel_target(["gw-1.example:7400", "gw-2.example:7400"])
+    with pytest.raises(ConfigError, match="all be IPv4 or all IPv6"):
+        channel_target(["10.0.0.1:7400", "[fd00::2]:7400"])
+    with pytest.raises(ConfigError, match="is not HOST:PORT"):
+        channel_target(["10.0.0.1", "10.0.0.2:7400"])
+    with pytest.raises(ConfigError, match="no address"):
+        channel_target([])
+
+
+def test_replicas_over_tls_need_the_name_their_certificate_carries(tmp_path: Path) -> None:
+    tls = ClientTls(tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem")
+    with pytest.raises(ConfigError, match="server name"):
+        GatewayClient(["10.0.0.1:7400", "10.0.0.2:7400"], tls=tls)
+
+
+async def test_one_client_spreads_its_calls_over_several_replicas(start_node: NodeFactory, tmp_path: Path) -> None:
+    first = await start_node(tmp_path / "first")
+    second = await start_node(tmp_path / "second")
+    async with GatewayClient([first.grpc_target, second.grpc_target], insecure=True) as client:
+        for _ in range(200):  # round robin alternates once both connections are up
+            await client.publish([factories.observation()])
+            if log_of(first).next_offset > 1 and log_of(second).next_offset > 1:
+                break
+    assert log_of(first).next_offset > 1
+    assert log_of(second).next_offset > 1
+    await second.stop()  # a replica goes: the calls go to the one left
+    async with GatewayClient([first.grpc_target, second.grpc_target], insecure=True) as client:
+        await client.wait_ready()
+        before = log_of(first).next_offset
+        for _ in range(5):
+            reply = await client.publish([factories.observation()], timeout=10)
+            assert reply.results[0].outcome == gw.PublishResult.ACCEPTED
+        assert log_of(first).next_offset == before + 5

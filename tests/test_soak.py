@@ -15,6 +15,7 @@ import pytest
 from yiwang.v1 import gateway_pb2 as gw
 
 from gateway.client import GatewayClient
+from gateway.sqlite_log import SqliteLog
 from tests import factories
 from tests.conftest import NodeFactory
 
@@ -25,7 +26,7 @@ async def test_soak_publish_subscribe_retention(start_node: NodeFactory) -> None
     seconds = float(os.environ.get("YIWANG_SOAK_SECONDS", "300"))
     node = await start_node(log={"retention_bytes": "64MiB", "cache_bytes": "8MiB"})
     log = node.log
-    assert log is not None
+    assert isinstance(log, SqliteLog)  # the embedded log, whose retention the soak drives
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     published: list[int] = []
