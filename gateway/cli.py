@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
+import secrets
 import signal
 import sys
 import tempfile
@@ -423,12 +424,14 @@ def demo_pki(folder: Path) -> Authority:
 def demo_node(
     ca: Authority, data: Path, name: str, region: str, *, listen: str, http: str, parent: Node | None
 ) -> Node:
-    """One node of the demo's province, city and county, each with its own identity and data."""
+    """One node of the demo's province, city and county, each with its own identity and data, and
+    each serving the web command picture of its region."""
     node_tls = demo_tls(ca, name)
     table: dict[str, Any] = {
         "node": {"id": name, "region": region},
         "listen": {"grpc": listen, "http": http},
         "log": {"data_dir": str(data / name)},
+        "web": {"enabled": True},
         "tls": {
             "ca": str(node_tls.ca),
             "cert": str(node_tls.cert),
@@ -444,6 +447,21 @@ def demo_node(
 
 
 LOOPBACK_ANY = "127.0.0.1:0"
+
+
+def demo_duty_officer(node: Node, name: str) -> str:
+    """Adds a duty officer of the node's region who may sign in to its picture; returns a password
+    made for this run (a demo has no default password either)."""
+    password = secrets.token_urlsafe(12)
+    store = webauth.UserStore(webauth.users_db(node.config))
+    try:
+        if name not in {user.name for user in store.users()}:
+            store.add(webauth.User(name, node.config.node.region, "emergency", Role.PLATFORM), password)
+        else:
+            store.set_password(name, password)
+    finally:
+        store.close()
+    return password
 
 
 def demo_tls(ca: Authority, name: str) -> ClientTls:
@@ -473,6 +491,7 @@ async def _demo(args: argparse.Namespace) -> int:
         await asyncio.to_thread((issued / "department-feeder.sign.pem").read_bytes),
     )
     province = demo_node(ca, data, "henan-province", "410000", listen=args.listen, http=args.http, parent=None)
+    password = await asyncio.to_thread(demo_duty_officer, province, "duty-province")
     async with province:
         city = demo_node(ca, data, "zhengzhou-city", "410100", listen=LOOPBACK_ANY, http=LOOPBACK_ANY, parent=province)
         async with city:
@@ -493,6 +512,7 @@ async def _demo(args: argparse.Namespace) -> int:
                     clients=(client, reporter, desk),
                     signer=signer,
                     regions=regions,
+                    password=password,
                 )
     print("yiwang demo: stopped", flush=True)
     return 0
@@ -507,6 +527,7 @@ async def _demo_run(
     clients: tuple[GatewayClient, GatewayClient, GatewayClient],
     signer: Signer,
     regions: RegionTable,
+    password: str,
 ) -> None:
     """Prints the three nodes, publishes the day's traffic (and the county's reports) and shows deliveries."""
     province, city, county = nodes
@@ -530,6 +551,12 @@ async def _demo_run(
         f"yiwang demo: nodes zhengzhou-city (410100 郑州市) on grpc {city.grpc_target} under the province, "
         f"zhongyuan-county (410102 中原区) on grpc {county.grpc_target} under the city; "
         "lines marked 'via' came up the links, 'county <' lines are warnings the county received",
+        flush=True,
+    )
+    print(
+        f"yiwang demo: the command picture: https://127.0.0.1:{province.http_port}/picture/ "
+        f"(sign in as duty-province, password {password}; the browser will ask about the demo CA, "
+        f"{ca.dir / 'ca.pem'})",
         flush=True,
     )
 

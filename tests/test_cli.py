@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -512,6 +513,13 @@ def test_demo_runs_a_node_and_shows_deliveries(tmp_path: Path) -> None:
     assert lines[2].startswith("yiwang demo: publishing")
     assert lines[3].startswith("yiwang demo: nodes zhengzhou-city (410100")
     assert "zhongyuan-county (410102" in lines[3]
+    picture = re.fullmatch(
+        r"yiwang demo: the command picture: https://127\.0\.0\.1:(\d+)/picture/ \(sign in as duty-province, "
+        r"password (\S+); the browser will ask about the demo CA, .*ca\.pem\)",
+        lines[4],
+    )
+    assert picture, lines[4]
+    assert int(picture[1]) > 0
     assert not result.stderr.strip() or "refused" not in result.stderr, result.stderr
     deliveries = [line for line in lines if line.startswith("#")]
     assert len(deliveries) >= 20
