@@ -523,16 +523,20 @@ def _check_tak(config: NodeConfig) -> None:
 
 def _check_web(config: NodeConfig) -> None:
     src, web = config.source, config.web
-    for key in ("session_hours", "login_window_s", "window_h"):
+    positive = (
+        "session_hours",
+        "login_window_s",
+        "window_h",
+        "checkpoint_every_envelopes",
+        "checkpoint_every_min",
+        "checkpoint_max_mb",
+    )
+    for key in positive:
         value = getattr(web, key)
         if not (math.isfinite(value) and value > 0):
             raise ConfigError("must be a positive number", key=f"web.{key}", source=src)
     if web.login_attempts < 1:
         raise ConfigError("must be at least 1", key="web.login_attempts", source=src)
-    for key in ("checkpoint_every_envelopes", "checkpoint_every_min", "checkpoint_max_mb"):
-        value = getattr(web, key)
-        if not (math.isfinite(value) and value > 0):
-            raise ConfigError("must be a positive number", key=f"web.{key}", source=src)
     if web.checkpoint_max < 0:
         raise ConfigError("must be 0 (no checkpoints) or more", key="web.checkpoint_max", source=src)
     for proxy in web.trusted_proxies:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import bisect
 import contextlib
 import hashlib
 import itertools
@@ -59,7 +58,7 @@ from nats.js.kv import KeyValue
 
 from gateway.config import NodeConfig, parse_size
 from gateway.errors import LogClosedError, LogCorruptError
-from gateway.log import AppendBatch, AppendResult, Log, LogStats, StoredBatch
+from gateway.log import AppendBatch, AppendResult, Log, LogStats, RecentBatches, StoredBatch
 from gateway.selection import RECORD
 from gateway.sqlite_log import Retention, SqliteLog
 from gateway.wire import encode_deliveries, hop_suffix, read_varint
@@ -191,9 +190,7 @@ class JetStreamLog(Log):
         self._messages = 0
         self._bytes = 0
         self._last_stamp = 0
-        self._cache: list[StoredBatch] = []
-        self._cache_firsts: list[int] = []
-        self._cached_bytes = 0
+        self._cache = RecentBatches(cache_bytes)
         self._incoming: list[_Entry] = []
         self._changed = asyncio.Event()
         self._closed = False
@@ -430,15 +427,13 @@ class JetStreamLog(Log):
             return
         batches = self._batches_of(entries)
         for batch in batches:
-            self._cache.append(batch)
-            self._cache_firsts.append(batch.first_offset)
-            self._cached_bytes += batch.size
+            self._cache.add(batch)
             self._messages += batch.count
             self._bytes += batch.size
         if self._next == self._oldest and self._messages == sum(b.count for b in batches):
             self._oldest = batches[0].first_offset
         self._next = batches[-1].next_offset
-        self._trim_cache()
+        self._cache.trim(self._oldest)
         if self.on_commit is not None:
             self.on_commit(len(entries), len(batches))
         changed, self._changed = self._changed, asyncio.Event()
@@ -468,17 +463,6 @@ class JetStreamLog(Log):
             start = i
         return out
 
-    def _trim_cache(self) -> None:
-        drop = 0
-        while drop < len(self._cache) - 1 and (
-            self._cached_bytes > self.cache_bytes or self._cache[drop].next_offset <= self._oldest
-        ):
-            self._cached_bytes -= self._cache[drop].size
-            drop += 1
-        if drop:
-            del self._cache[:drop]
-            del self._cache_firsts[:drop]
-
     async def _refresh_loop(self) -> None:
         """Re-reads the stream's first sequence and size: the servers apply retention, not this replica."""
         js = self._js
@@ -492,7 +476,7 @@ class JetStreamLog(Log):
                 continue
             self._oldest = state.first_seq if state.messages else max(self._next, state.last_seq + 1)
             self._messages, self._bytes = state.messages, state.bytes
-            self._trim_cache()
+            self._cache.trim(self._oldest)
 
     # -- appending ------------------------------------------------------------------------------
 
@@ -738,18 +722,10 @@ class JetStreamLog(Log):
         if from_offset >= self._next:
             return []
         from_offset = max(from_offset, self._oldest)
-        cache, firsts = self._cache, self._cache_firsts
-        if firsts and from_offset >= firsts[0]:
-            index = bisect.bisect_right(firsts, from_offset) - 1
-            out: list[StoredBatch] = []
-            entries = 0
-            while index < len(cache) and entries < max_entries:
-                batch = cache[index]
-                out.append(batch)
-                entries += batch.next_offset - max(from_offset, batch.first_offset)
-                index += 1
-            return out
-        limit = firsts[0] if firsts else self._next
+        cached = self._cache.read(from_offset, max_entries)
+        if cached is not None:
+            return cached
+        limit = self._cache.firsts[0] if self._cache.firsts else self._next
         wanted = max(1, min(max_entries, limit - from_offset, _READ_PAGE))
         return self._batches_of(await self._fetch(from_offset, wanted, limit))
 
@@ -838,11 +814,8 @@ class JetStreamLog(Log):
         return lo
 
     def _cached_stamp(self, offset: int) -> int | None:
-        firsts = self._cache_firsts
-        if not firsts or offset < firsts[0]:
-            return None
-        batch = self._cache[bisect.bisect_right(firsts, offset) - 1]
-        return batch.appended_ns if offset < batch.next_offset else None
+        batch = self._cache.holding(offset)
+        return batch.appended_ns if batch is not None else None
 
     # -- durable positions ------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ take its place by implementing ``Log``.
 from __future__ import annotations
 
 import abc
+import bisect
 import sys
 from array import array
 from collections.abc import Awaitable, Sequence
@@ -100,6 +101,56 @@ class StoredBatch:
             return self.data[begin : self.ends[stop - 1]] if stop > start else b""
         data, ends = self.data, self.ends
         return b"".join(data[(ends[i - 1] if i else 0) : ends[i]] for i in indexes if start <= i < stop)
+
+
+class RecentBatches:
+    """The newest batches of a log, kept in memory up to a byte bound, so that subscribers that keep
+    up are served without reading the store."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.batches: list[StoredBatch] = []
+        self.firsts: list[int] = []  # each batch's first offset, for bisecting
+        self.size = 0
+
+    def add(self, batch: StoredBatch) -> None:
+        self.batches.append(batch)
+        self.firsts.append(batch.first_offset)
+        self.size += batch.size
+
+    def trim(self, oldest: int) -> None:
+        """Drops the oldest batches while over the bound or wholly below ``oldest``, keeping the newest."""
+        drop = 0
+        while drop < len(self.batches) - 1 and (self.size > self.max_bytes or self.batches[drop].next_offset <= oldest):
+            self.size -= self.batches[drop].size
+            drop += 1
+        if drop:
+            del self.batches[:drop]
+            del self.firsts[:drop]
+
+    def holding(self, offset: int) -> StoredBatch | None:
+        """The cached batch that holds ``offset``, if any."""
+        firsts = self.firsts
+        if not firsts or offset < firsts[0]:
+            return None
+        batch = self.batches[bisect.bisect_right(firsts, offset) - 1]
+        return batch if offset < batch.next_offset else None
+
+    def read(self, from_offset: int, max_entries: int) -> list[StoredBatch] | None:
+        """Batches from the one holding ``from_offset`` on, about ``max_entries`` entries; None when
+        the cache begins after ``from_offset`` (the store must be read)."""
+        firsts = self.firsts
+        if not firsts or from_offset < firsts[0]:
+            return None
+        index = bisect.bisect_right(firsts, from_offset) - 1
+        out: list[StoredBatch] = []
+        entries = 0
+        while index < len(self.batches) and entries < max_entries:
+            batch = self.batches[index]
+            out.append(batch)
+            entries += batch.next_offset - max(from_offset, batch.first_offset)
+            index += 1
+        return out
 
 
 def ends_to_bytes(ends: array[int]) -> bytes:

@@ -13,7 +13,6 @@ kept in memory for live subscribers.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import json
 import queue
@@ -30,7 +29,16 @@ import structlog
 
 from gateway.errors import LogClosedError, LogCorruptError
 from gateway.id_index import IdIndex, id_hash
-from gateway.log import AppendBatch, AppendResult, Log, LogStats, StoredBatch, ends_from_bytes, ends_to_bytes
+from gateway.log import (
+    AppendBatch,
+    AppendResult,
+    Log,
+    LogStats,
+    RecentBatches,
+    StoredBatch,
+    ends_from_bytes,
+    ends_to_bytes,
+)
 from gateway.wire import encode_deliveries, hop_suffix
 
 log = structlog.get_logger("yiwang.log")
@@ -111,9 +119,7 @@ class SqliteLog(Log):
         self._w_last_ns = 0
         self._batches = 0
         self._bytes = 0
-        self._cache: list[StoredBatch] = []
-        self._cache_firsts: list[int] = []
-        self._cached_bytes = 0
+        self._cache = RecentBatches(cache_bytes)
         self._changed = asyncio.Event()
         self._closed = False
         self._writer_failure: BaseException | None = None
@@ -533,9 +539,7 @@ class SqliteLog(Log):
     ) -> None:
         """Runs on the event loop after a commit: publish the new state, then settle the futures."""
         for batch in new_batches:
-            self._cache.append(batch)
-            self._cache_firsts.append(batch.first_offset)
-            self._cached_bytes += batch.size
+            self._cache.add(batch)
             self._batches += 1
             self._bytes += batch.size
         if removed is not None:
@@ -546,7 +550,7 @@ class SqliteLog(Log):
             log.info("log_retention", oldest_offset=oldest, removed_batches=batches, removed_bytes=nbytes)
         if self._batches == 0:
             self._oldest = next_offset
-        self._trim_cache()
+        self._cache.trim(self._oldest)
         self._next = next_offset
         for op, result in zip(group, results, strict=True):
             if op.future is not None and not op.future.done():
@@ -556,17 +560,6 @@ class SqliteLog(Log):
                 self.on_commit(sum(b.count for b in new_batches), len(new_batches))
             changed, self._changed = self._changed, asyncio.Event()
             changed.set()
-
-    def _trim_cache(self) -> None:
-        drop = 0
-        while drop < len(self._cache) - 1 and (
-            self._cached_bytes > self.cache_bytes or self._cache[drop].first_offset < self._oldest
-        ):
-            self._cached_bytes -= self._cache[drop].size
-            drop += 1
-        if drop:
-            del self._cache[:drop]
-            del self._cache_firsts[:drop]
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -599,17 +592,9 @@ class SqliteLog(Log):
         if from_offset >= self._next:
             return []
         from_offset = max(from_offset, self._oldest)
-        cache, firsts = self._cache, self._cache_firsts
-        if firsts and from_offset >= firsts[0]:
-            index = bisect.bisect_right(firsts, from_offset) - 1
-            out: list[StoredBatch] = []
-            entries = 0
-            while index < len(cache) and entries < max_entries:
-                batch = cache[index]
-                out.append(batch)
-                entries += batch.next_offset - max(from_offset, batch.first_offset)
-                index += 1
-            return out
+        cached = self._cache.read(from_offset, max_entries)
+        if cached is not None:
+            return cached
         limit = self._next
         return list(await self._in_reader(lambda: self._read_rows(from_offset, max_entries, limit)))
 

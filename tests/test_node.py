@@ -693,14 +693,14 @@ async def test_a_subscriber_that_never_reads_holds_back_neither_publishers_nor_m
                 for i in range(batches):
                     offsets = await publish(publisher, [bulky() for _ in range(per_batch)])
                     assert offsets[0] == i * per_batch + 1
-                    largest_batch = max(largest_batch, *(b.size for b in log._cache))
-                    assert log._cached_bytes <= log.cache_bytes + largest_batch
+                    largest_batch = max(largest_batch, *(b.size for b in log._cache.batches))
+                    assert log._cache.size <= log.cache_bytes + largest_batch
                 deliveries = await asyncio.wait_for(received, 120)
             finally:
                 received.cancel()
             assert offsets_of(deliveries) == list(range(1, total + 1))
-            assert log._cached_bytes <= log.cache_bytes + largest_batch
-            assert log._cache_firsts[0] > 1  # the start of the log is only in SQLite now
+            assert log._cache.size <= log.cache_bytes + largest_batch
+            assert log._cache.firsts[0] > 1  # the start of the log is only in SQLite now
 
             # The laggard, once it reads, still gets everything from the start, out of the log.
             late = await read_until(slow, total + 1)
