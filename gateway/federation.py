@@ -43,7 +43,7 @@ from gateway.pki import Identity, PkiError, Role
 from gateway.policy import Decision
 from gateway.regions import level_of
 from gateway.routing import Routing, concerns
-from gateway.selection import RECORD
+from gateway.selection import FLAG_RELAYED, FLAG_UNSIGNED, FLAGS_AT, RECORD, with_flags
 from gateway.service import GatewayService, Peer
 from gateway.tls import ClientTls
 from gateway.wire import delivery_envelope, length_delimited, read_varint, varint
@@ -161,23 +161,33 @@ class LinkEnd:
         """Sends the entries at ``chosen`` that routing sends over this link, as the bytes they are
         stored as (each envelope's own encoding, hop records included: nothing is re-encoded)."""
         batch = _Outgoing(upto)
-        if chosen:
-            records, width = stored.records, RECORD.size
-            for index, delivery in zip(chosen, stored.deliveries(chosen), strict=True):
-                at = index * width
-                verdict = self.by_record(records[at], records[at + 1]) if self.by_record is not None else None
-                if verdict is False:
-                    continue
-                env = delivery.envelope
-                raw = delivery_envelope(stored.entry(index)) or env.SerializeToString()
-                # a hop record names every node the envelope went through: no name, no hop
-                if self._peer_bytes in raw and self.came_from_peer(env):
-                    continue
-                if verdict is None and not self.routes(env):
-                    continue
-                if env.kind == pb.INCIDENT and self.chain is not None:
-                    await self._add_earlier_reports(batch, env, delivery.offset)
-                self._add(batch, env, raw)
+        records, width = stored.records, RECORD.size
+        for index in chosen:
+            at = index * width
+            kind = records[at]
+            verdict = self.by_record(kind, records[at + 1]) if self.by_record is not None else None
+            if verdict is False:
+                continue
+            entry = stored.entry(index)
+            raw = delivery_envelope(entry)
+            if (
+                verdict
+                and raw is not None
+                and records[at + FLAGS_AT] & FLAG_UNSIGNED  # no certificate to send along
+                and self._peer_bytes not in raw  # a hop record names every node it went through
+                and (kind != pb.INCIDENT or self.chain is None)
+            ):
+                batch.envelopes.append(raw)  # routing, hops and signature settled without reading it
+                continue
+            delivery = gw.DeliveryBatch.FromString(entry).deliveries[0]
+            env = delivery.envelope
+            if (raw is None or self._peer_bytes in raw) and self.came_from_peer(env):
+                continue
+            if verdict is None and not self.routes(env):
+                continue
+            if env.kind == pb.INCIDENT and self.chain is not None:
+                await self._add_earlier_reports(batch, env, delivery.offset)
+            self._add(batch, env, raw or env.SerializeToString())
         if not batch.envelopes:
             if self._pending:
                 self._pending.append((upto, False))
@@ -253,6 +263,8 @@ class LinkEnd:
                 fed.LinkMessage(ack=fed.LinkAck(cursor=request.batch_id, refused=[refused])).SerializeToString()
             )
             return
+        # marked as relayed in their records: station summaries, for one, are made where data entered the network
+        admitted.records[:] = [with_flags(record, FLAG_RELAYED) for record in admitted.records]
         reply = self.service.reply(admitted, await self.service.append(admitted))
         ack = fed.LinkAck(cursor=admitted.batch_id)
         for result in reply.results:

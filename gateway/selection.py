@@ -10,6 +10,7 @@ import math
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from yiwang.v1 import envelope_pb2 as pb
 from yiwang.v1 import gateway_pb2 as gw
@@ -23,6 +24,17 @@ _NAN = math.nan
 _M_PER_DEG = 111_320.0
 
 Record = tuple[int, int, int, int, bytes, float, float, float, float, float]
+
+# The record's spare byte (after status) holds flags. Records written before the flags existed hold 0
+# there, which claims nothing: a reader that finds a flag unset must look at the envelope itself.
+FLAGS_AT: Final = 3
+FLAG_UNSIGNED: Final = 0x01  # the envelope carries no signature (so it names no certificate)
+FLAG_RELAYED: Final = 0x02  # it came from another node over a federation link
+
+
+def with_flags(record: bytes, flags: int) -> bytes:
+    """``record`` with ``flags`` set as well."""
+    return record[:FLAGS_AT] + bytes((record[FLAGS_AT] | flags,)) + record[FLAGS_AT + 1 :]
 
 
 def bounding_box(geometry: pb.Geometry) -> tuple[float, float, float, float] | None:
@@ -58,7 +70,7 @@ def record_of(env: pb.Envelope) -> bytes:
     if box is None:
         box = (_NAN, _NAN, _NAN, _NAN)
     when = env.observed_at if env.HasField("observed_at") else env.sent_at
-    return RECORD.pack(
+    record = RECORD.pack(
         env.kind,
         env.severity,
         env.status,
@@ -67,6 +79,7 @@ def record_of(env: pb.Envelope) -> bytes:
         *box,
         when.seconds + when.nanos / 1e9,
     )
+    return record if env.provenance.HasField("signature") else with_flags(record, FLAG_UNSIGNED)
 
 
 def region_rule(code: str) -> tuple[int, int]:

@@ -6,6 +6,10 @@ count, minimum, maximum, mean and the last value (with its time), and the range 
 times. Routing sends these up by the rule `station-summaries-up` (the attribute
 ``yiwang.summary``); threshold crossings go up on their own as they happen.
 
+A node sums up the readings that entered the network through it (its adapters, stations and
+terminals), not those that came from another node over a federation link: the node they entered
+through sums them up, and a threshold crossing sent up alone is not a station's whole period.
+
 Periods are periods of the node's clock at append time, not of the readings' own times: a backlog
 that arrives hours late from a satellite link is summed up in the period it arrived, and its
 summary says which observation times it covers. So a period's summary is complete when the period
@@ -34,6 +38,7 @@ from yiwang.v1 import gateway_pb2 as gw
 from gateway.log import StoredBatch
 from gateway.observations import series_arrays, single_measurements
 from gateway.routing import SUMMARY_ATTRIBUTE
+from gateway.selection import FLAG_RELAYED, FLAGS_AT, RECORD
 from gateway.service import GatewayService, Peer
 
 log = structlog.get_logger("yiwang.summaries")
@@ -143,7 +148,12 @@ class StationSummaries:
                 await log_.wait_beyond(position, timeout=wait / 1e9 + 0.05)
 
     def _take(self, stored: StoredBatch, start: int) -> None:
-        chosen = stored.of_kind(pb.OBSERVATION, start)
+        records, width = stored.records, RECORD.size
+        chosen = [
+            index
+            for index in stored.of_kind(pb.OBSERVATION, start)
+            if not records[index * width + FLAGS_AT] & FLAG_RELAYED  # the node below summed those up
+        ]
         if chosen:
             for delivery in stored.deliveries(chosen):
                 self.add(delivery.envelope)

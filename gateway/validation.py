@@ -17,7 +17,7 @@ from yiwang.v1 import envelope_pb2 as pb
 
 from gateway.errors import InvalidEnvelopeError
 from gateway.regions import RegionTable, is_well_formed
-from gateway.selection import RECORD, bounding_box
+from gateway.selection import FLAG_UNSIGNED, RECORD, bounding_box, with_flags
 
 #: The stable codes of the agencies in the network. A node may add more through its config.
 AGENCIES: frozenset[str] = frozenset(
@@ -188,7 +188,8 @@ class Validator:
                 raise InvalidEnvelopeError(expected, f"required for kind {pb.Kind.Name(kind)}")
         else:
             raise InvalidEnvelopeError(payload, f"does not match kind {pb.Kind.Name(kind)} (expected {expected})")
-        return RECORD.pack(kind, severity, status, int(env.region), origin.agency.encode(), *box, start)
+        record = RECORD.pack(kind, severity, status, int(env.region), origin.agency.encode(), *box, start)
+        return record if env.provenance.HasField("signature") else with_flags(record, FLAG_UNSIGNED)
 
     # -- pieces ---------------------------------------------------------------------------------
 

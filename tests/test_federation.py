@@ -20,8 +20,10 @@ from gateway.federation import JITTER, LINK_METHOD, MAX_RETRY_S
 from gateway.node import Node
 from gateway.pki import Authority, Role
 from gateway.regions import default_table
-from gateway.routing import SUMMARY_ATTRIBUTE
+from gateway.routing import ALARM_ATTRIBUTE, SUMMARY_ATTRIBUTE
+from gateway.selection import FLAG_RELAYED, FLAGS_AT, RECORD
 from gateway.signing import Signer, Verifier
+from gateway.summaries import CURSOR as SUMMARIES_CURSOR
 from gateway.tls import ClientTls
 from tests import factories
 from tests.conftest import client_as, free_port
@@ -571,6 +573,29 @@ async def test_raw_readings_stay_and_a_summary_per_station_goes_up(network: Netw
     # The city passes the county's summary on, and does not sum up a summary again.
     assert totals(await summed_up(province, "41100050", 3)) == {"count": 3, "min": 90.5, "max": 92.0}
     assert await summaries_at(city, "41100050") == at_city
+
+
+@pytest.mark.summaries(period_minutes=1 / 60)
+async def test_a_node_sums_up_only_what_entered_the_network_through_it(network: Network, pki: Authority) -> None:
+    county, city = (network.nodes[n] for n in ("zhongyuan-county", "zhengzhou-city"))
+    [crossing] = readings("crossing", [99.0])
+    crossing.attributes[ALARM_ATTRIBUTE] = "39"  # a threshold crossing goes up raw, as it happens
+    async with client_as(pki, county, "zy-water") as client:
+        reply = await client.publish([crossing])
+        assert reply.results[0].outcome == gw.PublishResult.ACCEPTED
+    await summed_up(city, "41100050", 1)  # the county's summary of its own reading
+    assert await hops_at(city, crossing.id) == ["zhongyuan-county", "zhengzhou-city"]
+    assert city.log is not None
+    stored, index = (await city.log.find([crossing.id]))[crossing.id]
+    assert stored.records[index * RECORD.size + FLAGS_AT] & FLAG_RELAYED  # its record says where it came from
+    at = stored.first_offset + index
+    # Once the city's summaries have read past the crossing, the only summary of the station is the county's.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while (await city.log.load_position(SUMMARIES_CURSOR) or 0) <= at:
+        assert loop.time() < deadline, "the city's summaries never read past the crossing"
+        await asyncio.sleep(0.1)
+    assert {s.origin.node for s in await summaries_at(city, "41100050")} == {"zhongyuan-county"}
 
 
 @pytest.mark.summaries(period_minutes=60)

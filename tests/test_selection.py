@@ -13,7 +13,19 @@ from yiwang.v1 import gateway_pb2 as gw
 
 from gateway.errors import InvalidRequestError
 from gateway.regions import default_table
-from gateway.selection import RECORD, Selector, bounding_box, record_of, region_rule
+from gateway.selection import (
+    FLAG_RELAYED,
+    FLAG_UNSIGNED,
+    FLAGS_AT,
+    RECORD,
+    Selector,
+    bounding_box,
+    record_of,
+    region_rule,
+    with_flags,
+)
+from gateway.validation import Validator
+from tests import factories
 
 TABLE = default_table()
 SENT_S = 1_750_000_000
@@ -288,3 +300,17 @@ def test_record_of_holds_what_filters_need() -> None:
     no_geometry = RECORD.unpack(record_of(envelope()))
     assert all(math.isnan(v) for v in no_geometry[5:9])
     assert no_geometry[9] == SENT_S
+
+
+def test_a_record_says_whether_its_envelope_is_signed() -> None:
+    unsigned = factories.observation()
+    signed = factories.observation()
+    signed.provenance.signature.signer = "spiffe://yjt.henan.gov.cn/410100/water/department/zz-water"
+    signed.provenance.signature.certificate_sha256 = b"\x01" * 32
+    assert record_of(unsigned)[FLAGS_AT] == FLAG_UNSIGNED
+    assert record_of(signed)[FLAGS_AT] == 0  # unset claims nothing: a reader looks at the envelope
+    for env in (unsigned, signed):  # the validator makes the same record while it checks
+        assert Validator(TABLE).admit(env, env.ByteSize()) == record_of(env)
+    relayed = with_flags(record_of(unsigned), FLAG_RELAYED)
+    assert relayed[FLAGS_AT] == FLAG_UNSIGNED | FLAG_RELAYED
+    assert RECORD.unpack(relayed) == RECORD.unpack(record_of(unsigned))  # filters see the same fields
