@@ -51,6 +51,7 @@ class JetStreamSection:
     tls_ca: str = ""
     tls_cert: str = ""
     tls_key: str = ""
+    layout: str = "batch"  # "batch": a stream message per append batch; "envelope": one per envelope (older)
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,7 @@ class StationsSection:
     listen: dict[str, str] = field(default_factory=dict)  # protocol (hj212, sl651) -> HOST:PORT
     idle_timeout_s: float = 600.0  # a connection silent this long is closed
     max_connections: int = 10_000  # per protocol
+    processes: int = 2  # worker processes that run the station servers; 0: on the node's event loop
 
 
 @dataclass(frozen=True)
@@ -379,6 +381,8 @@ def _check_jetstream(section: LogSection, src: str) -> None:
         raise ConfigError("must be positive", key="log.jetstream.duplicate_window_s", source=src)
     if bool(js.tls_cert) != bool(js.tls_key):
         raise ConfigError("give tls_cert and tls_key together", key="log.jetstream.tls_key", source=src)
+    if js.layout not in ("envelope", "batch"):
+        raise ConfigError(f"{js.layout!r} is not a layout (envelope or batch)", key="log.jetstream.layout", source=src)
 
 
 def check(config: NodeConfig) -> NodeConfig:
@@ -464,6 +468,9 @@ def check(config: NodeConfig) -> NodeConfig:
         raise ConfigError("stations need a registry of who may report", key="stations.registry", source=src)
     if stations.idle_timeout_s <= 0 or stations.max_connections < 1:
         raise ConfigError("must be positive", key="stations.idle_timeout_s", source=src)
+    if not 0 <= stations.processes <= 64:
+        raise ConfigError("must be 0 (on the node's event loop) or 1 to 64 processes", key="stations.processes",
+                          source=src)  # fmt: skip
     _check_tak(config)
     _check_web(config)
     if config.summaries.period_minutes < 0:

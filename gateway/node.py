@@ -30,8 +30,10 @@ from gateway.http import HttpSide
 if TYPE_CHECKING:
     from adapters.deadletter import DeadLetters
     from adapters.host import AdapterHost
+    from adapters.station_protocol import Station
     from gateway.edge_ingest import EdgeIngest
     from gateway.edge_ledger import EdgeLedger
+    from gateway.station_workers import StationWorkers
     from gateway.tak import TakServer
 from gateway.jetstream_log import JetStreamLog, settings_from_config
 from gateway.metrics import NodeMetrics
@@ -43,7 +45,7 @@ from gateway.routing import Routing
 from gateway.service import SERVICE, GatewayService, Peer, ServiceLimits
 from gateway.signing import Verifier
 from gateway.sqlite_log import Retention, SqliteLog
-from gateway.stations import Batcher, StationMetrics, StationServer, load_registry, protocol_named
+from gateway.stations import Batcher, Publish, StationMetrics, StationServer, load_registry, protocol_named
 from gateway.summaries import StationSummaries
 from gateway.tls import ClientTls, Revocations, ServerTls
 from gateway.validation import Limits, Validator
@@ -83,6 +85,7 @@ class Node:
         self._summaries_task: asyncio.Task[None] | None = None
         self.station_servers: list[StationServer] = []
         self.station_batcher: Batcher | None = None
+        self.station_workers: StationWorkers | None = None  # [stations] processes > 0
         self.station_ports: dict[str, int] = {}
         self.tak: TakServer | None = None
         self.tak_ports: dict[str, int] = {}  # "tcp" and "udp": the bound ports of [tak] (useful with port 0)
@@ -304,9 +307,12 @@ class Node:
         registry = await asyncio.to_thread(
             load_registry, cfg.path(cfg.stations.registry), service.regions, cfg.all_agencies
         )
+        metrics = StationMetrics(self.metrics.registry)
+        if cfg.stations.processes > 0:
+            await self._start_station_workers(registry, metrics, lambda raw: service.publish_batch(raw, peer))
+            return
         self.station_batcher = Batcher(lambda raw: service.publish_batch(raw, peer))
         self.station_batcher.start()
-        metrics = StationMetrics(self.metrics.registry)
         for name, address in cfg.stations.listen.items():
             host, port = parse_address(address, f"stations.listen.{name}", cfg.source)
             server = StationServer(
@@ -321,6 +327,36 @@ class Node:
             self.station_servers.append(server)
             log.info("stations_listening", protocol=name, port=self.station_ports[name],
                      stations=len(registry.get(name, {})))  # fmt: skip
+
+    async def _start_station_workers(
+        self, registry: dict[str, dict[str, Station]], metrics: StationMetrics, publish: Publish
+    ) -> None:
+        """Station servers in worker processes; the node binds their sockets and appends (gateway.station_workers)."""
+        from gateway.station_workers import StationWorkers, listening_socket  # noqa: PLC0415 - only with processes
+
+        cfg = self.config
+        listening = {}
+        try:
+            for name, address in cfg.stations.listen.items():
+                host, port = parse_address(address, f"stations.listen.{name}", cfg.source)
+                listening[name] = listening_socket(host, port)
+        except OSError:
+            for sock in listening.values():
+                sock.close()
+            raise
+        self.station_workers = StationWorkers(
+            cfg.stations.processes,
+            listening,
+            registry,
+            publish,
+            metrics,
+            idle_timeout_s=cfg.stations.idle_timeout_s,
+            max_connections=cfg.stations.max_connections,
+        )
+        self.station_workers.start()
+        self.station_ports = self.station_workers.ports
+        log.info("stations_listening", processes=cfg.stations.processes, **self.station_ports,
+                 stations=sum(len(registry.get(name, {})) for name in listening))  # fmt: skip
 
     async def _start_tak(self, peer: Peer) -> None:
         """Serves TAK clients: CoT in over TCP and UDP, the jurisdiction's picture out (see gateway.tak)."""
@@ -420,6 +456,9 @@ class Node:
         for server in self.station_servers:
             await server.stop()
         self.station_servers = []
+        if self.station_workers is not None:
+            await self.station_workers.stop()
+            self.station_workers = None
         if self.station_batcher is not None:
             await self.station_batcher.stop()
             self.station_batcher = None

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import hmac
 import math
+import socket
 import sqlite3
 import time
 import tomllib
@@ -44,6 +45,7 @@ from adapters.station_protocol import Exchange, Limits, Message, Session, Statio
 from gateway.errors import ConfigError, YiwangError
 from gateway.regions import RegionTable
 from gateway.validation import AGENCIES
+from gateway.wire import length_delimited
 
 log = structlog.get_logger("yiwang.stations")
 
@@ -168,6 +170,7 @@ class StationMetrics:
 # -- batching -------------------------------------------------------------------------------------
 
 Publish = Callable[[bytes], Awaitable[gw.PublishReply]]
+_TAG_ENVELOPES = b"\x0a"  # PublishRequest.envelopes: field 1, length-delimited
 
 
 @dataclass(slots=True)
@@ -227,11 +230,13 @@ class Batcher:
             await self._append(taken)
 
     async def _append(self, taken: list[_Waiting]) -> None:
-        request = gw.PublishRequest()
-        for waiting in taken:
-            request.envelopes.extend(waiting.envelopes)
+        # A PublishRequest written out by hand: its field 1 once per envelope. Each envelope is
+        # serialised where it is, not first copied into a request message (half the time).
+        raw = b"".join(
+            [length_delimited(_TAG_ENVELOPES, env.SerializeToString()) for w in taken for env in w.envelopes]
+        )
         try:
-            reply = await self.publish(request.SerializeToString())
+            reply = await self.publish(raw)
         except (YiwangError, sqlite3.Error, OSError) as exc:  # each waiting connection refuses and logs it
             for waiting in taken:
                 if not waiting.done.done():
@@ -307,12 +312,14 @@ class StationConnection(asyncio.Protocol):
         self.flush()
 
     def flush(self) -> None:
-        """Sends the replies that are ready, in order; stops at the first still waiting for the log."""
+        """Sends the replies that are ready, in order; stops at the first still waiting for the log.
+        The replies of one batch go out in one write (one system call, not one per message)."""
+        ready: list[bytes] = []
         while self.replies:
             reply = self.replies[0]
             if reply.waiting is not None:
                 if not reply.waiting.done():
-                    return
+                    break
                 self.waiting -= 1
                 data = self.server.settled(self, reply)
             else:
@@ -321,9 +328,13 @@ class StationConnection(asyncio.Protocol):
             if self.transport is None or self.transport.is_closing():
                 continue
             if data:
-                self.transport.write(data)
+                ready.append(data)
             if reply.close:
+                self.transport.write(b"".join(ready))
+                ready = []
                 self.transport.close()
+        if ready and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(ready[0] if len(ready) == 1 else b"".join(ready))
         if self.paused and self.waiting < MAX_WAITING_PER_CONNECTION // 2 and self.transport is not None:
             self.transport.resume_reading()
             self.paused = False
@@ -343,12 +354,23 @@ class StationServer:
     _server: asyncio.Server | None = None
     _sweeper: asyncio.Task[None] | None = None
 
+    def __post_init__(self) -> None:
+        # the two counters every stored message moves, looked up once (labels() costs a lock and a dict)
+        self._stored_counted = self.metrics.messages.labels(self.protocol.name, "stored")
+        self._envelopes_counted = self.metrics.envelopes.labels(self.protocol.name)
+
     async def start(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: StationConnection(self), host, port, backlog=1024)
         self._sweeper = asyncio.create_task(self._sweep(), name=f"{self.protocol.name}-idle")
         sock = self._server.sockets[0]
         return int(sock.getsockname()[1])
+
+    async def start_on(self, sock: socket.socket) -> None:
+        """Accepts on a socket that already listens (a station worker's, inherited from the node)."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: StationConnection(self), sock=sock, backlog=1024)
+        self._sweeper = asyncio.create_task(self._sweep(), name=f"{self.protocol.name}-idle")
 
     async def stop(self) -> None:
         if self._sweeper is not None:
@@ -417,7 +439,7 @@ class StationServer:
             return self._not_stored(connection, reply)
         results = reply.waiting.result()
         refused = [r for r in results if r.outcome == gw.PublishResult.REJECTED]
-        self.metrics.envelopes.labels(name).inc(len(results) - len(refused))
+        self._envelopes_counted.inc(len(results) - len(refused))
         if refused:
             self.metrics.messages.labels(name, "refused").inc()
             for result in refused:
@@ -425,7 +447,7 @@ class StationServer:
                 log.warning("station_envelope_refused", protocol=name, peer=connection.peer, id=result.id,
                             field=result.field, reason=result.reason)  # fmt: skip
             return self._not_stored(connection, reply)
-        self.metrics.messages.labels(name, "stored").inc()
+        self._stored_counted.inc()
         return reply.data
 
     @staticmethod

@@ -8,21 +8,26 @@ across segments, refusals that keep the messages around them, idle and connectio
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 from yiwang.v1 import envelope_pb2 as pb
 from yiwang.v1 import gateway_pb2 as gw
 
+from adapters.crc16 import crc16_modbus
 from adapters.errors import AdapterError
 from adapters.station_protocol import Exchange, Message, Station
+from gateway.config import from_dict
 from gateway.errors import ConfigError
 from gateway.node import Node
 from gateway.regions import default_table
+from gateway.station_workers import stations_from_json, stations_to_json
 from gateway.stations import Batcher, StationMetrics, StationServer, load_registry
 from tests.conftest import NodeFactory, eventually, hang_up, send_in_pieces
 
@@ -243,3 +248,42 @@ def test_the_registry_names_what_is_wrong(tmp_path: Path) -> None:
     path.write_text(base + base, encoding="utf-8")
     with pytest.raises(ConfigError, match="listed twice"):
         load_registry(path, default_table())
+
+
+def test_the_registry_reaches_a_worker_process_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "stations.toml"
+    path.write_text(REGISTRY, encoding="utf-8")
+    registry = load_registry(path, default_table())
+    assert stations_from_json(json.loads(json.dumps(stations_to_json(registry)))) == registry
+
+
+def test_crc16_modbus_two_bytes_at_a_time_matches_the_definition() -> None:
+    def bit_by_bit(data: bytes, crc: int = 0xFFFF) -> int:
+        for byte in data:
+            crc ^= byte
+            for _ in range(8):
+                crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+        return crc
+
+    assert crc16_modbus(b"123456789") == 0x4B37  # the catalogue's check value of CRC-16/MODBUS
+    rng = random.Random(651)
+    for size in [*range(20), 63, 64, 255]:
+        data = rng.randbytes(size)
+        start = rng.randrange(0x10000)
+        assert crc16_modbus(data, start) == bit_by_bit(data, start), size
+        assert crc16_modbus(memoryview(bytearray(data)), start) == bit_by_bit(data, start), size
+
+
+def test_a_wrong_number_of_station_processes_is_named(tmp_path: Path) -> None:
+    stations: dict[str, Any] = {"registry": "stations.toml", "listen": {"hj212": "127.0.0.1:0"}, "processes": -1}
+    table = {
+        "node": {"id": "n", "region": "410000"},
+        "log": {"data_dir": str(tmp_path)},
+        "tls": {"insecure": True},
+        "stations": stations,
+    }
+    with pytest.raises(ConfigError) as info:
+        from_dict(table, source="test")
+    assert info.value.key == "stations.processes"
+    stations["processes"] = 0  # on the node's event loop, as before workers existed
+    assert from_dict(table, source="test").stations.processes == 0

@@ -8,14 +8,21 @@ is in the node's log, every reading is stored once, and the replies follow the m
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
 
 from adapters.hj212.crc import crc_text
 from adapters.sl651.frame import ESC, ETX, Header, decode_frame, encode_frame
 from gateway.node import Node
-from tests.conftest import NodeFactory, hang_up, send_in_pieces
+from tests.conftest import NodeFactory, eventually, hang_up, send_in_pieces
 
 MN = "41010500000001"
 SL651_STATION = "0041101050"
@@ -93,22 +100,32 @@ async def station_run(
     assert await stored_count(node) - before == COUNT  # the second connection's repeats are stored once
 
 
-async def started(start_node: NodeFactory, tmp_path: Path) -> Node:
+async def started(start_node: NodeFactory, tmp_path: Path, processes: int = 1, **settings: Any) -> Node:
+    """A node listening for both protocols, its station servers in ``processes`` workers (0: in its loop)."""
     (tmp_path / "stations.toml").write_text(REGISTRY, encoding="utf-8")
     node = await start_node(
         stations={
             "registry": str(tmp_path / "stations.toml"),
             "listen": {"hj212": "127.0.0.1:0", "sl651": "127.0.0.1:0"},
+            "processes": processes,
+            **settings,
         }
     )
     assert set(node.station_ports) == {"hj212", "sl651"}
+    assert (node.station_workers is not None) == (processes > 0)
     return node
 
 
+@pytest.fixture(params=[0, 2], ids=["in-loop", "worker-processes"])
+def processes(request: pytest.FixtureRequest) -> int:
+    value: int = request.param
+    return value
+
+
 async def test_hj212_uploads_are_acknowledged_once_durable_and_stored_once(
-    start_node: NodeFactory, tmp_path: Path
+    start_node: NodeFactory, tmp_path: Path, processes: int
 ) -> None:
-    node = await started(start_node, tmp_path)
+    node = await started(start_node, tmp_path, processes)
 
     def check(reply: bytes, n: int) -> None:
         assert b"CN=9014" in reply, reply
@@ -118,9 +135,9 @@ async def test_hj212_uploads_are_acknowledged_once_durable_and_stored_once(
 
 
 async def test_sl651_reports_are_confirmed_once_durable_and_stored_once(
-    start_node: NodeFactory, tmp_path: Path
+    start_node: NodeFactory, tmp_path: Path, processes: int
 ) -> None:
-    node = await started(start_node, tmp_path)
+    node = await started(start_node, tmp_path, processes)
 
     def check(reply: bytes, n: int) -> None:
         frame = decode_frame(reply)
@@ -143,3 +160,97 @@ async def test_a_wrong_password_is_refused_and_the_uploads_around_it_are_kept(
     assert b"CN=9014" in replies[2]
     assert await stored_count(node) == 2
     await hang_up(writer)
+
+
+def hj212_check(reply: bytes, n: int) -> None:
+    assert b"CN=9014" in reply, reply
+    assert f"QN=2026110108{n:02d}00000".encode() in reply
+
+
+async def test_a_killed_worker_is_started_again_and_the_resent_uploads_are_stored_once(
+    start_node: NodeFactory, tmp_path: Path
+) -> None:
+    node = await started(start_node, tmp_path, processes=1)
+    workers = node.station_workers
+    assert workers is not None
+    await asyncio.wait_for(workers.ready(), 30)
+    worker = workers.workers[0]
+    first_pid = worker.pid
+    assert first_pid is not None
+    packets = [hj212_packet(n) for n in range(COUNT)]
+    before = await stored_count(node)
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.station_ports["hj212"])
+    writer.write(b"".join(packets[: COUNT // 2]))
+    for n in range(COUNT // 2):
+        hj212_check(await hj212_reply(reader), n)
+    assert await stored_count(node) - before == COUNT // 2
+    with capture_logs() as logs:
+        writer.write(b"".join(packets[COUNT // 2 :]))  # mid-stream: some of these may be stored, none answered
+        os.kill(first_pid, signal.SIGKILL)
+        answered = COUNT // 2
+        while True:  # what the worker answered before it died is right; then the connection ends
+            try:
+                hj212_check(await hj212_reply(reader), answered)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+            assert await stored_count(node) - before >= answered + 1
+            answered += 1
+        await hang_up(writer)
+        await eventually(lambda: worker.starts == 2 and worker.ready.is_set(), 30)
+    died = [entry for entry in logs if entry["event"] == "station_worker_died"]
+    assert [entry["outcome"] for entry in died] == ["killed by signal 9"], logs
+    assert worker.pid != first_pid
+
+    # The station connects again and sends everything it has not seen answered (here: all of it).
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.station_ports["hj212"])
+    writer.write(b"".join(packets))
+    for n in range(COUNT):
+        hj212_check(await hj212_reply(reader), n)
+    await hang_up(writer)
+    assert await stored_count(node) - before == COUNT  # every reading once, whatever the dead worker had appended
+
+
+async def closed_by_node(reader: asyncio.StreamReader) -> bool:
+    """Whether the node closes (or resets) the connection with nothing more sent."""
+    try:
+        return await asyncio.wait_for(reader.read(), 10) == b""
+    except ConnectionResetError:
+        return True
+
+
+async def test_worker_processes_keep_limits_timeouts_metrics_and_stop_with_the_node(
+    start_node: NodeFactory, tmp_path: Path
+) -> None:
+    node = await started(start_node, tmp_path, processes=1, idle_timeout_s=0.5, max_connections=1)
+    workers = node.station_workers
+    assert workers is not None
+    await asyncio.wait_for(workers.ready(), 30)
+    process = workers.workers[0].process
+    assert process is not None
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.station_ports["hj212"])
+    writer.write(hj212_packet(1) + hj212_packet(2, password="guess"))
+    assert b"CN=9014" in await hj212_reply(reader)
+    assert b"CN=9011" in await hj212_reply(reader)  # the registry's password check runs in the worker
+    # A second connection is past max_connections: closed at once, never answered.
+    extra_reader, extra_writer = await asyncio.open_connection("127.0.0.1", node.station_ports["hj212"])
+    extra_writer.write(hj212_packet(3))
+    assert await closed_by_node(extra_reader)
+    await hang_up(extra_writer)
+    # The first, silent now, is closed after idle_timeout_s.
+    assert await closed_by_node(reader)
+    await hang_up(writer)
+
+    registry: CollectorRegistry = node.metrics.registry
+
+    def counted(name: str, **labels: str) -> float:
+        return registry.get_sample_value(name, {"protocol": "hj212", **labels}) or 0.0
+
+    await eventually(lambda: counted("yiwang_station_messages_total", outcome="stored") == 1, 10)
+    await eventually(lambda: counted("yiwang_station_refused_total", reason="password") == 1, 10)
+    await eventually(lambda: counted("yiwang_station_refused_total", reason="connections") == 1, 10)
+    await eventually(lambda: counted("yiwang_station_envelopes_total") >= 1, 10)
+
+    await node.stop()
+    assert process.returncode is not None  # the node's stop ended its worker
+    assert node.station_workers is None

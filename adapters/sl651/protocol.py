@@ -38,7 +38,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from yiwang.v1 import envelope_pb2 as pb
 
 from adapters.errors import AdapterError
@@ -307,10 +306,6 @@ def reply_frame(header: Header, serial: int, now: float, end: int) -> bytes:
 # -- envelopes ------------------------------------------------------------------------------------
 
 
-def _set(timestamp: Timestamp, moment: dt.datetime) -> None:
-    timestamp.FromSeconds(int(moment.timestamp()))
-
-
 def observation_envelopes(report: Report, header: Header, station: Station, system: str = NAME) -> list[pb.Envelope]:
     """The OBSERVATION envelopes of a report's readings (none when it has none).
 
@@ -323,6 +318,8 @@ def observation_envelopes(report: Report, header: Header, station: Station, syst
     observed = report.observed or report.sent
     function = f"{header.function:02X}"
     base = stable_id("sl651", header.station, function, str(report.serial), observed.isoformat())
+    # POSIX seconds of the report's times, once: most readings are taken at the observation time
+    observed_s, sent_s = int(observed.timestamp()), int(report.sent.timestamp())
     chunks = [report.readings[i : i + MAX_MEASUREMENTS] for i in range(0, len(report.readings), MAX_MEASUREMENTS)]
     out = []
     for index, chunk in enumerate(chunks):
@@ -336,8 +333,8 @@ def observation_envelopes(report: Report, header: Header, station: Station, syst
         env.origin.agency = station.agency
         env.origin.region = station.region
         env.origin.system = system
-        _set(env.observed_at, observed)
-        _set(env.sent_at, report.sent)
+        env.observed_at.seconds = observed_s
+        env.sent_at.seconds = sent_s
         if station.lat is not None and station.lon is not None:
             env.geometry.point.lat, env.geometry.point.lon = station.lat, station.lon
         env.provenance.original_format = ORIGINAL_FORMAT
@@ -353,7 +350,7 @@ def observation_envelopes(report: Report, header: Header, station: Station, syst
             element = el.element(reading.code)
             m = obs.measurements.add(metric=reading.code, value=reading.value, unit=element.unit, quality=pb.GOOD)
             m.flag = reading.flag
-            _set(m.at, reading.at)
+            m.at.seconds = observed_s if reading.at == observed else int(reading.at.timestamp())
             limits = station.limits.get(reading.code)
             if limits is None:
                 continue
