@@ -9,7 +9,7 @@ Prints, in one run:
 each with the CPU seconds of every process (gateways, publishers, NATS servers) over the measured
 window. Every role is its own process, as deployed. Usage:
 
-    .venv/bin/python bench/jetstream.py [--seconds 10] [--batch 500] [--depth 4] [--fsync]
+    .venv/bin/python bench/jetstream.py [--seconds 10] [--batch 500] [--depth 4] [--fsync] [--layout batch]
 """
 
 from __future__ import annotations
@@ -69,11 +69,16 @@ async def role_publish(target: str, seconds: float, batch: int, depth: int, pref
 # -- the conductor ----------------------------------------------------------------------------------------
 
 
-def gateway_config(folder: Path, name: str, port: int, servers: list[str] | None, fsync: bool) -> Path:
+def gateway_config(
+    folder: Path, name: str, port: int, servers: list[str] | None, fsync: bool, stream: str, layout: str
+) -> Path:
     backend = ""
     if servers is not None:
         listed = ", ".join(f'"{s}"' for s in servers)
-        backend = f'backend = "jetstream"\n\n[log.jetstream]\nservers = [{listed}]\nstream = "BENCH"\nreplicas = 3\n'
+        backend = (
+            f'backend = "jetstream"\n\n[log.jetstream]\nservers = [{listed}]\nstream = "{stream}"\nreplicas = 3\n'
+            f'layout = "{layout}"\n'
+        )
     text = (
         f'[node]\nid = "bench-province"\nregion = "410000"\n\n'
         f'[listen]\ngrpc = "127.0.0.1:{port}"\nhttp = "127.0.0.1:{free_port()}"\n\n'
@@ -105,7 +110,8 @@ def run_case(
         for i in range(gateways):
             port = free_port()
             proc = start_gateway(
-                gateway_config(folder, f"{label}-{i}", port, servers, args.fsync), folder / f"{label}-{i}.log"
+                gateway_config(folder, f"{label}-{i}", port, servers, args.fsync, label, args.layout),
+                folder / f"{label}-{i}.log",
             )
             procs.append(proc)
             ports.append(port)
@@ -142,6 +148,9 @@ def run_case(
             "case": label,
             "envelopes_per_s": round(accepted / seconds),
             "cpu_s": {name: round(after[name] - before[name], 2) for name in watched},
+            "cpu_us_per_envelope": {
+                name: round(1e6 * (after[name] - before[name]) / max(accepted, 1), 1) for name in watched
+            },
             "window_s": round(seconds, 2),
         }
     finally:
@@ -166,6 +175,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--depth", type=int, default=4, help="Publish calls in flight per publisher")
     parser.add_argument("--fsync", action="store_true", help="embedded log: fsync every commit")
+    parser.add_argument(
+        "--layout",
+        choices=["envelope", "batch"],
+        default="batch",
+        help="the JetStream log's layout: one stream message per envelope, or per append batch",
+    )
     args = parser.parse_args()
     if args.role == "publish":
         asyncio.run(role_publish(args.target, args.seconds, args.batch, args.depth, args.prefix))
@@ -188,6 +203,7 @@ def main() -> None:
         assert isinstance(rate, int)
         share = f"{100 * rate / base:.0f}% of embedded" if base else ""
         print(f"{row['case']:>22}: {rate:>9,} envelopes/s  {share:>18}  cpu s {row['cpu_s']}")
+        print(f"{'':>22}  cpu µs per envelope {row['cpu_us_per_envelope']}")
     print(json.dumps(rows))
 
 

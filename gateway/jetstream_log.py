@@ -1,6 +1,10 @@
 """The replicated log: the node's log kept in a NATS JetStream stream, shared by several gateway replicas.
 
-Shape, and why:
+Two layouts (``[log.jetstream] layout``). The default, ``batch``, stores one stream message per append
+batch; it is ``JetStreamBatchLog`` below, whose docstring says how offsets and de-duplication work
+there. Why: the cost of JetStream and of nats-py is per message, about 24 µs of gateway CPU and 44 µs
+of the three servers' per message; with hundreds of envelopes per message both almost vanish. The
+older ``envelope`` layout, one message per envelope, is kept for streams made with it; its shape:
 
 - One stream message per envelope, so a log offset *is* the stream sequence: no mapping table to
   keep consistent between replicas, and ``oldest_offset``/``next_offset`` come straight from the
@@ -32,15 +36,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import bisect
 import contextlib
 import hashlib
 import itertools
 import json
 import random
+import secrets
 import sqlite3
 import ssl
 import struct
 import time
+from array import array
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +65,17 @@ from nats.js.kv import KeyValue
 
 from gateway.config import NodeConfig, parse_size
 from gateway.errors import LogClosedError, LogCorruptError
-from gateway.log import AppendBatch, AppendResult, Log, LogStats, RecentBatches, StoredBatch
+from gateway.id_index import IdIndex, id_hash
+from gateway.log import (
+    AppendBatch,
+    AppendResult,
+    Log,
+    LogStats,
+    RecentBatches,
+    StoredBatch,
+    ends_from_bytes,
+    ends_to_bytes,
+)
 from gateway.selection import RECORD
 from gateway.sqlite_log import Retention, SqliteLog
 from gateway.wire import encode_deliveries, hop_suffix, read_varint
@@ -93,10 +110,12 @@ class JetStreamSettings:
     ack_timeout_s: float = 10.0
     retry_for_s: float = 60.0  # how long an unacknowledged publish is retried before the append fails
     refresh_s: float = 5.0  # how often the stream's first sequence and size are re-read
+    layout: str = "batch"  # "batch": one stream message per append batch; "envelope": one per envelope
+    index_dir: Path | None = None  # "batch" layout: where this replica keeps its on-disk id index
 
     @property
     def subjects(self) -> str:
-        return f"{self.stream}.e.*"
+        return f"{self.stream}.b" if self.layout == "batch" else f"{self.stream}.e.*"
 
     def subject_for(self, envelope_id: str) -> str:
         return f"{self.stream}.e.{hashlib.blake2b(envelope_id.encode(), digest_size=16).hexdigest()}"
@@ -209,6 +228,8 @@ class JetStreamLog(Log):
 
     @classmethod
     async def open(cls, settings: JetStreamSettings, **kwargs: Any) -> JetStreamLog:
+        if cls is JetStreamLog and settings.layout == "batch":
+            cls = JetStreamBatchLog  # noqa: PLW0642 - the layout picks the implementation
         self = cls(settings, **kwargs)
         try:
             await self._start()
@@ -218,6 +239,51 @@ class JetStreamLog(Log):
         return self
 
     async def _start(self) -> None:
+        await self._connect()
+        s = self.settings
+        assert self._nc is not None
+        # Our own acknowledgement inbox rather than nats-py's publish_async: one dict entry per message,
+        # and a refusal comes back as a result we parse (nats-py's handler loses it in this version).
+        self._ack_prefix = self._nc.new_inbox() + "."
+        self._ack_sub = await self._nc.subscribe(self._ack_prefix + "*", cb=self._on_ack)
+        version = self._nc.connected_server_version
+        self._atomic = (version.major, version.minor) >= (2, 12)
+        info = await self._while_cluster_recovers(self._ensure_stream, "stream")
+        self._kv = await self._while_cluster_recovers(self._ensure_positions, "positions bucket")
+        state = info.state
+        self._next = state.last_seq + 1
+        self._oldest = state.first_seq if state.messages else self._next
+        self._messages, self._bytes = state.messages, state.bytes
+        js = self._js
+        assert js is not None
+
+        async def follow() -> Any:
+            return await js.subscribe(
+                s.subjects,
+                stream=s.stream,
+                cb=self._on_message,
+                ordered_consumer=True,
+                idle_heartbeat=1.0,
+                deliver_policy=jsapi.DeliverPolicy.BY_START_SEQUENCE,
+                config=jsapi.ConsumerConfig(opt_start_seq=self._next),
+            )
+
+        self._follower = await self._while_cluster_recovers(follow, "follower")
+        self._tasks = [
+            asyncio.create_task(self._publish_loop(), name="jetstream-log-publish"),
+            asyncio.create_task(self._refresh_loop(), name="jetstream-log-refresh"),
+        ]
+        log.info(
+            "log_opened",
+            backend="jetstream",
+            stream=s.stream,
+            replicas=s.replicas,
+            next_offset=self._next,
+            oldest_offset=self._oldest,
+            messages=self._messages,
+        )
+
+    async def _connect(self) -> None:
         s = self.settings
 
         async def on_error(exc: Exception) -> None:
@@ -250,45 +316,6 @@ class JetStreamLog(Log):
             reconnected_cb=on_reconnected,
         )
         self._js = self._nc.jetstream(timeout=s.ack_timeout_s)
-        # Our own acknowledgement inbox rather than nats-py's publish_async: one dict entry per message,
-        # and a refusal comes back as a result we parse (nats-py's handler loses it in this version).
-        self._ack_prefix = self._nc.new_inbox() + "."
-        self._ack_sub = await self._nc.subscribe(self._ack_prefix + "*", cb=self._on_ack)
-        version = self._nc.connected_server_version
-        self._atomic = (version.major, version.minor) >= (2, 12)
-        info = await self._while_cluster_recovers(self._ensure_stream, "stream")
-        self._kv = await self._while_cluster_recovers(self._ensure_positions, "positions bucket")
-        state = info.state
-        self._next = state.last_seq + 1
-        self._oldest = state.first_seq if state.messages else self._next
-        self._messages, self._bytes = state.messages, state.bytes
-        js = self._js
-
-        async def follow() -> Any:
-            return await js.subscribe(
-                s.subjects,
-                stream=s.stream,
-                cb=self._on_message,
-                ordered_consumer=True,
-                idle_heartbeat=1.0,
-                deliver_policy=jsapi.DeliverPolicy.BY_START_SEQUENCE,
-                config=jsapi.ConsumerConfig(opt_start_seq=self._next),
-            )
-
-        self._follower = await self._while_cluster_recovers(follow, "follower")
-        self._tasks = [
-            asyncio.create_task(self._publish_loop(), name="jetstream-log-publish"),
-            asyncio.create_task(self._refresh_loop(), name="jetstream-log-refresh"),
-        ]
-        log.info(
-            "log_opened",
-            backend="jetstream",
-            stream=s.stream,
-            replicas=s.replicas,
-            next_offset=self._next,
-            oldest_offset=self._oldest,
-            messages=self._messages,
-        )
 
     async def _while_cluster_recovers(self, step: Callable[[], Awaitable[_T]], what: str) -> _T:
         """Runs a start-up step, again while the cluster answers with timeouts or 'unavailable' (a server
@@ -329,11 +356,18 @@ class JetStreamLog(Log):
         try:
             info = await js.stream_info(s.stream)
         except nats.js.errors.NotFoundError:
-            wanted.first_seq = self.first_seq if self.first_seq > 1 else None
+            wanted.first_seq = self.first_seq if self.first_seq > 1 and s.layout != "batch" else None
             await js.add_stream(wanted)
             log.info("jetstream_stream_created", stream=s.stream, replicas=s.replicas, first_seq=self.first_seq)
             return await js.stream_info(s.stream)
         have = info.config
+        layouts = {f"{s.stream}.b": "batch", f"{s.stream}.e.*": "envelope"}
+        other = layouts.get((have.subjects or [""])[0]) if have.subjects != wanted.subjects else None
+        if other is not None:
+            raise LogCorruptError(
+                f"stream {s.stream} was made with log.jetstream.layout = {other!r}, not {s.layout!r}: set it back, "
+                "or migrate into a new stream"
+            )
         if have.subjects != wanted.subjects:
             raise LogCorruptError(
                 f"stream {s.stream} holds subjects {have.subjects}, not {wanted.subjects}: is it another "
@@ -856,6 +890,714 @@ class JetStreamLog(Log):
             return position
 
 
+BATCH_OFFSET = "Yiwang-Offset"  # the log offset of a batch message's first envelope
+BATCH_COUNT = "Yiwang-Count"  # how many envelopes the message holds
+EXPECTED_LAST_SEQUENCE = "Nats-Expected-Last-Sequence"
+_BATCH_HEAD = struct.Struct(">QII")  # append time, envelopes, length of the ids
+_GROUP_BYTES = 8 << 20  # queued appends taken together by one write
+_NEXT_KEY = "log.next"  # in the positions bucket: where the log ends (no position key holds a '.')
+_HINTS = 1024
+
+
+@dataclass(slots=True, eq=False)
+class _GroupAppend:
+    """One append call, within a group of appends written together."""
+
+    batch: AppendBatch
+    future: asyncio.Future[AppendResult]
+    stamp: int
+    hashes: list[int]
+    offsets: list[int]
+    duplicates: set[int] = field(default_factory=set)
+    todo: list[int] = field(default_factory=list)  # indexes not yet placed in the stream
+    repeats: dict[int, tuple[_GroupAppend, int]] = field(default_factory=dict)  # same id earlier in the group
+    prefetch: _Prefetch | None = None
+
+
+_Prefetch = tuple["asyncio.Task[dict[int, list[int]]]", dict[int, int]]  # on-disk look-up, and the hot ids then
+
+
+def pack_batch(stamp: int, ids: list[str], records: list[bytes], envelopes: list[bytes]) -> bytes:
+    """A batch message's payload: append time, count, the ids, the selection records, the envelopes' ends
+    and the envelopes as received."""
+    ids_blob = "\n".join(ids).encode()
+    ends = array("Q", itertools.accumulate(map(len, envelopes)))
+    return b"".join(
+        (
+            _BATCH_HEAD.pack(stamp, len(ids), len(ids_blob)),
+            ids_blob,
+            b"".join(records),
+            ends_to_bytes(ends),
+            b"".join(envelopes),
+        )
+    )
+
+
+def unpack_batch(payload: bytes) -> tuple[int, tuple[str, ...], bytes, list[bytes]]:
+    """(append time, ids, records, envelopes) of a batch message's payload."""
+    if len(payload) < _BATCH_HEAD.size:
+        raise LogCorruptError("a batch message too short to hold its head")
+    stamp, count, ids_len = _BATCH_HEAD.unpack_from(payload)
+    at = _BATCH_HEAD.size
+    ids = tuple(payload[at : at + ids_len].decode().split("\n")) if count else ()
+    at += ids_len
+    records = payload[at : at + count * RECORD.size]
+    at += count * RECORD.size
+    ends = ends_from_bytes(payload[at : at + 8 * count])
+    at += 8 * count
+    data = payload[at:]
+    if (
+        len(ids) != count
+        or len(ends) != count
+        or len(records) != count * RECORD.size
+        or (ends and ends[-1] != len(data))
+    ):
+        raise LogCorruptError("a batch message whose index does not match its data")
+    starts = itertools.chain((0,), ends)
+    return stamp, ids, records, [data[a:b] for a, b in zip(starts, ends, strict=False)]
+
+
+class JetStreamBatchLog(JetStreamLog):
+    """The "batch" layout: one stream message per append (or per group of appends), many envelopes each.
+
+    - Offsets are envelope offsets, kept in the message's headers (first offset and count). A replica
+      claims the next offsets by publishing with ``Nats-Expected-Last-Sequence`` set to the stream's
+      last sequence as it knows it; when another replica appended first the stream refuses it, and
+      the replica catches up on the stream and tries again with the new offsets. So all replicas share
+      one total order, and a replica has always seen every earlier message when its own is accepted.
+    - De-duplication: every replica follows the whole stream and keeps an index of ids to offsets
+      (``gateway.id_index``: the newest in memory, older ones in a file of its own, rebuilt from the
+      stream after its watermark). Because of the check above the index is complete when a message is
+      accepted, so a repeated id is found whichever replica stored it, however long ago (within
+      retention). ``Nats-Msg-Id`` (this replica's run, first offset, hash of the ids) makes a message
+      re-sent after a lost acknowledgement a no-op; the follower recognises this replica's own messages.
+    - Reading an offset below the memory cache finds the message holding it by bisecting sequences on
+      the header's first offset.
+    """
+
+    def __init__(self, settings: JetStreamSettings, **kwargs: Any) -> None:
+        super().__init__(settings, **kwargs)
+        if settings.index_dir is None:
+            raise ValueError("the batch layout needs index_dir (the node's log.data_dir) for its id index")
+        self._token = secrets.token_hex(8)  # this replica's run, at the head of its message ids
+        self._index = IdIndex(settings.index_dir / f"{settings.stream}-ids.sqlite")
+        self._index_on_disk = False
+        self._probe: sqlite3.Connection | None = None
+        self._probe_lock = asyncio.Lock()
+        self._first_seq = 1
+        self._last_seq = 0  # the last stream sequence the follower has applied
+        self._w_seq = 0  # the writer's view of the stream's last sequence (its accepted messages included)
+        self._w_next = 1
+        self._overlay: dict[str, int] = {}  # ids of the writer's accepted messages not yet followed
+        self._sending = ""  # the message id the writer is publishing
+        self._sending_seq = 0  # its sequence, once the follower has seen it stored
+        self._hints: dict[int, int] = {}  # offset -> sequence of the message that begins there
+        self._remembered = 0
+        self._prefetched: dict[int, _Prefetch] = {}  # by id of the append's future
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def _start(self) -> None:
+        await self._connect()
+        s = self.settings
+        info = await self._while_cluster_recovers(self._ensure_stream, "stream")
+        self._kv = await self._while_cluster_recovers(self._ensure_positions, "positions bucket")
+        await asyncio.to_thread(self._index.path.parent.mkdir, parents=True, exist_ok=True)
+        watermark = await asyncio.to_thread(self._index.open)
+        self._index_on_disk = watermark > 1
+        state = info.state
+        self._messages, self._bytes = state.messages, state.bytes
+        start_seq = await self._while_cluster_recovers(
+            lambda: self._where_to_follow_from(state, watermark), "stream head"
+        )
+        self._last_seq = start_seq - 1
+        target = state.last_seq
+        js = self._js
+        assert js is not None
+
+        async def follow() -> Any:
+            return await js.subscribe(
+                s.subjects,
+                stream=s.stream,
+                cb=self._on_message,
+                ordered_consumer=True,
+                idle_heartbeat=1.0,
+                deliver_policy=jsapi.DeliverPolicy.BY_START_SEQUENCE,
+                config=jsapi.ConsumerConfig(opt_start_seq=start_seq),
+            )
+
+        self._follower = await self._while_cluster_recovers(follow, "follower")
+        while self._last_seq < target:  # the id index is complete only once the stream is followed
+            seen = self._last_seq
+            await self.wait_beyond(self._next, 1.0)
+            if self._last_seq == seen and await self._expired_up_to(target):
+                break
+        self._w_seq, self._w_next = self._last_seq, self._next
+        self._tasks = [
+            asyncio.create_task(self._publish_loop(), name="jetstream-log-publish"),
+            asyncio.create_task(self._refresh_loop(), name="jetstream-log-refresh"),
+        ]
+        log.info(
+            "log_opened",
+            backend="jetstream",
+            layout="batch",
+            stream=s.stream,
+            replicas=s.replicas,
+            next_offset=self._next,
+            oldest_offset=self._oldest,
+            messages=self._messages,
+            replayed_from_seq=start_seq,
+        )
+
+    async def _expired_up_to(self, target: int) -> bool:
+        """Whether retention removed the stream's messages up to ``target`` while this replica started
+        (then nothing more up to it will come)."""
+        js = self._js
+        assert js is not None
+        try:
+            state = (await js.stream_info(self.settings.stream)).state
+        except (nats.errors.Error, TimeoutError):
+            return False
+        if state.messages and state.first_seq <= target:
+            return False
+        self._last_seq = max(self._last_seq, target)
+        self._next = max(self._next, self._remembered)
+        return True
+
+    async def _where_to_follow_from(self, state: jsapi.StreamState, watermark: int) -> int:
+        """Sets where the log begins and ends; returns the sequence to follow from: the message holding the
+        id index's watermark (the index lacks what follows it), or the stream's first."""
+        start_seq = state.last_seq + 1
+        if state.messages:
+            self._first_seq, self._last_seq = state.first_seq, state.last_seq
+            first = await self._batch_at_seq(state.first_seq)
+            self._oldest = self._next = first.first_offset if first is not None else 1
+            start_seq = state.first_seq
+            if watermark > self._oldest:
+                found = await self._seq_holding(watermark)
+                replay = await self._batch_at_seq(found) if found is not None else None
+                if found is not None and replay is not None:
+                    start_seq, self._next = found, replay.first_offset
+        else:
+            # An empty stream: the log goes on where it ended (retention may have emptied it), or starts
+            # at first_seq (a migrated log keeps its offsets).
+            self._oldest = self._next = max(self.first_seq, await self._load_remembered_next())
+        return start_seq
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        # Waited for, not cancelled: a look-up runs in a thread on the probe connection.
+        await asyncio.gather(*(task for task, _ in self._prefetched.values()), return_exceptions=True)
+        self._prefetched.clear()
+        await super().close()
+
+    async def _disconnect(self) -> None:
+        await super()._disconnect()
+        async with self._probe_lock:
+            if self._probe is not None:
+                self._probe.close()
+                self._probe = None
+        await asyncio.to_thread(self._index.close)
+
+    # -- following the stream ----------------------------------------------------------------------
+
+    def _decode(self, headers: dict[str, str], payload: bytes, seq: int) -> StoredBatch:
+        try:
+            first = int(headers[BATCH_OFFSET])
+        except (KeyError, ValueError):
+            raise LogCorruptError(f"stream message {seq} has no {BATCH_OFFSET} header") from None
+        stamp, ids, records, envelopes = unpack_batch(payload)
+        data, ends = encode_deliveries(first, envelopes, hop_suffix(self.node_id, stamp), stamp)
+        return StoredBatch(first, stamp, records, ends, data, ids)
+
+    async def _on_message(self, msg: Msg) -> None:
+        seq = stream_sequence(msg)
+        if seq <= self._last_seq or self._closed:
+            return  # an ordered consumer's reset may repeat some
+        headers = msg.headers or {}
+        try:
+            batch = self._decode(headers, msg.data, seq)
+        except LogCorruptError as exc:
+            log.error("jetstream_message_unreadable", stream=self.settings.stream, seq=seq, error=str(exc))
+            self._last_seq = seq
+            return
+        self._apply(seq, headers.get(MSG_ID, ""), batch, len(msg.data))
+
+    def _apply(self, seq: int, msg_id: str, batch: StoredBatch, size: int) -> None:
+        """Takes one followed message: cache, id index, offsets; then wakes the waiters."""
+        self._last_seq = seq
+        if batch.first_offset != self._next and self._messages:
+            log.error(
+                "jetstream_offset_gap",
+                stream=self.settings.stream,
+                seq=seq,
+                expected=self._next,
+                got=batch.first_offset,
+            )
+        if msg_id and msg_id == self._sending:
+            self._sending_seq = seq
+        if not batch.count:
+            return
+        if self._next == self._oldest:
+            self._oldest = batch.first_offset
+        self._cache.add(batch)
+        self._messages += 1
+        self._bytes += size
+        self._next = max(self._next, batch.next_offset)
+        hot, first = self._index.hot, batch.first_offset
+        collided: dict[str, int] = {}
+        for k, envelope_id in enumerate(batch.ids):
+            h = id_hash(envelope_id)
+            if h in hot:
+                collided[envelope_id] = first + k
+            else:
+                hot[h] = first + k
+        if collided:
+            self._index.add((), collided)
+        self._index.maybe_flush(self._next)
+        if self._index.hot is not hot:
+            self._index_on_disk = True  # a chunk went to the on-disk index
+        self._cache.trim(self._oldest)
+        if self.on_commit is not None:
+            self.on_commit(batch.count, 1)
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def _refresh_loop(self) -> None:
+        """Re-reads where the stream begins (the servers apply retention) and remembers where it ends."""
+        js = self._js
+        assert js is not None
+        while not self._closed:
+            await asyncio.sleep(self.settings.refresh_s)
+            try:
+                state = (await js.stream_info(self.settings.stream)).state
+                self._messages, self._bytes = state.messages, state.bytes
+                if not state.messages:
+                    self._oldest = self._next
+                elif state.first_seq != self._first_seq:
+                    first = await self._batch_at_seq(state.first_seq)
+                    if first is not None:
+                        self._first_seq, self._oldest = state.first_seq, max(self._oldest, first.first_offset)
+                        self._cache.trim(self._oldest)
+                        self._index.forget_before(self._oldest)
+                if self._next > self._remembered:
+                    await self._remember_next(self._next)
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.warning("jetstream_info_failed", stream=self.settings.stream, error=str(exc) or type(exc).__name__)
+
+    async def _load_remembered_next(self) -> int:
+        kv = self._kv
+        assert kv is not None
+        try:
+            entry = await kv.get(_NEXT_KEY)
+        except nats.js.errors.KeyNotFoundError:
+            return 0
+        self._remembered = int(entry.value or b"0")
+        return self._remembered
+
+    async def _remember_next(self, next_offset: int) -> None:
+        """Keeps the log's end in the positions bucket (compare-and-set, never backwards): an empty
+        stream (all expired) cannot tell it, and offsets must never be given out twice."""
+        kv = self._kv
+        assert kv is not None
+        while True:
+            try:
+                entry = await kv.get(_NEXT_KEY)
+                current, revision = int(entry.value or b"0"), entry.revision
+            except nats.js.errors.KeyNotFoundError:
+                current, revision = 0, None
+            if current >= next_offset:
+                self._remembered = current
+                return
+            try:
+                if revision is None:
+                    await kv.create(_NEXT_KEY, str(next_offset).encode())
+                else:
+                    await kv.update(_NEXT_KEY, str(next_offset).encode(), last=revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue
+            self._remembered = next_offset
+            return
+
+    # -- appending ------------------------------------------------------------------------------
+
+    async def _publish_loop(self) -> None:
+        """Writes queued appends in groups, one stream message at a time (call order kept)."""
+        stopping = False
+        while not stopping:
+            item = await self._queue.get()
+            if item is None:
+                return
+            items = [item]
+            size = sum(map(len, item[0].envelopes))
+            while size < _GROUP_BYTES and not self._queue.empty():
+                more = self._queue.get_nowait()
+                if more is None:
+                    stopping = True
+                    break
+                items.append(more)
+                size += sum(map(len, more[0].envelopes))
+            group = self._group_of(items)
+            try:
+                await self._write(group)
+            except LogClosedError as exc:
+                self._fail(group, exc)
+                continue
+            except (nats.errors.Error, OSError, LogCorruptError) as exc:
+                self._fail(group, LogClosedError(f"log write failed: {exc}"))
+                continue
+            for append in group:
+                task = asyncio.create_task(self._settle_group_append(append), name="jetstream-log-settle")
+                self._settling.add(task)
+                task.add_done_callback(self._settling.discard)
+
+    @staticmethod
+    def _fail(group: list[_GroupAppend], exc: LogClosedError) -> None:
+        for append in group:
+            if not append.future.done():
+                append.future.set_exception(exc)
+
+    def append_nowait(self, batch: AppendBatch, appended_ns: int = 0) -> asyncio.Future[AppendResult]:
+        """As ``Log.append_nowait``; once ids live on disk, their look-up starts now, while earlier appends
+        are written."""
+        future = super().append_nowait(batch, appended_ns)
+        if self._index_on_disk and batch.ids and not future.done():
+            if batch.hashes is None or len(batch.hashes) != len(batch.ids):
+                batch.hashes = [id_hash(i) for i in batch.ids]
+            task = asyncio.create_task(self._disk_candidates(batch.hashes), name="jetstream-log-prefetch")
+            self._prefetched[id(future)] = (task, self._index.hot)
+        return future
+
+    def _group_of(self, items: list[tuple[AppendBatch, asyncio.Future[AppendResult], int]]) -> list[_GroupAppend]:
+        """The appends of one write; a repeated id (in one append or across them) points at its first."""
+        stamp = max(time.time_ns(), self._last_stamp + 1)
+        self._last_stamp = stamp
+        first_of: dict[str, tuple[_GroupAppend, int]] = {}
+        group: list[_GroupAppend] = []
+        for batch, future, appended_ns in items:
+            hashes = batch.hashes if batch.hashes is not None and len(batch.hashes) == len(batch.ids) else None
+            append = _GroupAppend(
+                batch, future, appended_ns or stamp, hashes or [id_hash(i) for i in batch.ids], [0] * len(batch.ids)
+            )
+            append.prefetch = self._prefetched.pop(id(future), None)
+            for i, envelope_id in enumerate(batch.ids):
+                earlier = first_of.setdefault(envelope_id, (append, i))
+                if earlier[0] is append and earlier[1] == i:
+                    append.todo.append(i)
+                else:
+                    append.repeats[i] = earlier
+            group.append(append)
+        return group
+
+    async def _write(self, group: list[_GroupAppend]) -> None:
+        """Places every new id of the group in the stream; those already there keep their offsets."""
+        while any(a.todo for a in group):
+            await self._dedupe(group)
+            moved = False
+            for stamp, parts in self._messages_of(group):
+                if not await self._send(stamp, parts):
+                    moved = True
+                    break
+            if not moved:
+                return
+
+    async def _dedupe(self, group: list[_GroupAppend]) -> None:
+        if self._last_seq >= self._w_seq:
+            self._overlay.clear()
+        wanted = [(a, i) for a in group for i in a.todo]
+        disk: dict[int, list[int]] | None = None
+        if self._index_on_disk:
+            disk = {}
+            missing: list[int] = []
+            for a in group:
+                prefetch, a.prefetch = a.prefetch, None
+                if not a.todo:
+                    continue
+                earlier = await prefetch[0] if prefetch is not None else None
+                if earlier is not None and prefetch is not None and prefetch[1] is self._index.hot:
+                    for h, offsets in earlier.items():
+                        disk.setdefault(h, []).extend(offsets)
+                else:  # none, or ids moved from memory to disk since: look again
+                    missing += [a.hashes[i] for i in a.todo]
+            if missing:
+                for h, offsets in (await self._disk_candidates(missing)).items():
+                    disk.setdefault(h, []).extend(offsets)
+        if not wanted:
+            return
+        found = await self._lookup([a.batch.ids[i] for a, i in wanted], [a.hashes[i] for a, i in wanted], disk)
+        for a, i in wanted:
+            hit = found.get(a.batch.ids[i])
+            if hit is not None:
+                a.offsets[i] = hit[0]
+                a.duplicates.add(i)
+        for a in group:
+            a.todo = [i for i in a.todo if not a.offsets[i]]
+
+    def _messages_of(self, group: list[_GroupAppend]) -> list[tuple[int, list[tuple[_GroupAppend, int]]]]:
+        """The group's new envelopes as messages: one append time each, within the server's payload limit."""
+        nc = self._nc
+        assert nc is not None
+        room = max(64 << 10, int(nc.max_payload * 0.9) - 4096)
+        out: list[tuple[int, list[tuple[_GroupAppend, int]]]] = []
+        parts: list[tuple[_GroupAppend, int]] = []
+        stamp, size = 0, 0
+        for a in group:
+            for i in a.todo:
+                need = len(a.batch.envelopes[i]) + len(a.batch.ids[i]) + RECORD.size + 9
+                if parts and (a.stamp != stamp or size + need > room):
+                    out.append((stamp, parts))
+                    parts, size = [], 0
+                stamp = a.stamp
+                parts.append((a, i))
+                size += need
+        if parts:
+            out.append((stamp, parts))
+        return out
+
+    async def _send(self, stamp: int, parts: list[tuple[_GroupAppend, int]]) -> bool:
+        """Publishes one message after the stream's last sequence as the writer knows it. False when the
+        stream had moved on (another replica appended): the writer has caught up and must look again."""
+        js = self._js
+        assert js is not None
+        first = self._w_next
+        ids = [a.batch.ids[i] for a, i in parts]
+        payload = pack_batch(
+            stamp, ids, [a.batch.records[i] for a, i in parts], [a.batch.envelopes[i] for a, i in parts]
+        )
+        digest = hashlib.blake2b("\n".join(ids).encode(), digest_size=12).hexdigest()
+        msg_id = f"{self._token}-{first}-{digest}"
+        headers = {
+            MSG_ID: msg_id,
+            EXPECTED_LAST_SEQUENCE: str(self._w_seq),
+            BATCH_OFFSET: str(first),
+            BATCH_COUNT: str(len(parts)),
+        }
+        self._sending, self._sending_seq = msg_id, 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.retry_for_s
+        delay = 0.05
+        while True:
+            if self._closed:
+                raise LogClosedError("the log is closed")
+            try:
+                ack = await js.publish(
+                    self.settings.subjects, payload, timeout=self.settings.ack_timeout_s, headers=headers
+                )
+            except nats.js.errors.APIError as exc:
+                if exc.err_code == WRONG_LAST_SEQUENCE:
+                    await self._catch_up(exc)
+                    if self._sending_seq:  # an earlier send of it was stored after all
+                        self._placed(parts, first, self._sending_seq)
+                    self._w_seq, self._w_next = self._last_seq, self._next
+                    self._overlay.clear()
+                    return False
+                problem: str = f"{exc.err_code}: {exc.description}"
+            except (nats.errors.Error, TimeoutError) as exc:
+                problem = str(exc) or type(exc).__name__
+            else:
+                # A duplicate answer: this very message, sent before, whose answer was lost.
+                self._placed(parts, first, ack.seq)
+                return True
+            if loop.time() > deadline:
+                raise LogClosedError(f"log write failed: batch at offset {first} not acknowledged: {problem}")
+            log.warning("jetstream_publish_retry", offset=first, error=problem)
+            await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter, not secrecy
+            delay = min(delay * 2, 2.0)
+
+    def _placed(self, parts: list[tuple[_GroupAppend, int]], first: int, seq: int) -> None:
+        overlay = self._overlay
+        for k, (a, i) in enumerate(parts):
+            a.offsets[i] = first + k
+            overlay[a.batch.ids[i]] = first + k
+        for a in {id(a): a for a, _ in parts}.values():
+            a.todo = [i for i in a.todo if not a.offsets[i]]
+        self._w_seq, self._w_next = seq, first + len(parts)
+
+    async def _catch_up(self, refusal: nats.js.errors.APIError) -> None:
+        """Waits until the follower has applied the stream up to the last sequence a refusal named."""
+        last = _wrong_last_sequence(refusal)
+        if last is None:
+            js = self._js
+            assert js is not None
+            last = (await js.stream_info(self.settings.stream)).state.last_seq
+        while self._last_seq < last:
+            if self._closed:
+                raise LogClosedError("the log is closed")
+            await self.wait_beyond(self._next, 1.0)
+
+    async def _settle_group_append(self, append: _GroupAppend) -> None:
+        for i, (earlier, j) in append.repeats.items():
+            append.offsets[i] = earlier.offsets[j]
+            append.duplicates.add(i)
+        try:
+            await self._reach(max(append.offsets) + 1)
+        except LogClosedError as exc:
+            if not append.future.done():
+                append.future.set_exception(exc)
+            return
+        except asyncio.CancelledError:
+            if not append.future.done():
+                append.future.set_exception(LogClosedError("the log closed before the append was followed"))
+            raise
+        if not append.future.done():
+            append.future.set_result(AppendResult(append.offsets, frozenset(append.duplicates)))
+
+    # -- looking up ----------------------------------------------------------------------------
+
+    async def _lookup(
+        self, ids: list[str], hashes: list[int], disk: dict[int, list[int]] | None = None
+    ) -> dict[str, tuple[int, StoredBatch | None]]:
+        """The offset of each id already in the log (and the batch holding it when it was read);
+        ``disk``: the on-disk index's candidates for these hashes, when already looked up."""
+        out: dict[str, tuple[int, StoredBatch | None]] = {}
+        overlay, hot, collided = self._overlay, self._index.hot, self._index.collided
+        candidates: dict[str, list[int]] = {}
+        unsure: list[int] = []
+        for envelope_id, h in zip(ids, hashes, strict=True):
+            at = overlay.get(envelope_id)
+            if at is not None:
+                out[envelope_id] = (at, None)
+                continue
+            at = hot.get(h)
+            if at is not None:
+                candidates.setdefault(envelope_id, []).append(at)
+            at = collided.get(envelope_id)
+            if at is not None:
+                candidates.setdefault(envelope_id, []).append(at)
+            if self._index_on_disk and disk is None:
+                unsure.append(h)
+        if unsure:
+            disk = await self._disk_candidates(unsure)
+        if disk:
+            wanted = {h: envelope_id for envelope_id, h in zip(ids, hashes, strict=True)}
+            for h, offsets in disk.items():
+                owner = wanted.get(h)
+                if owner is not None:
+                    candidates.setdefault(owner, []).extend(offsets)
+        for envelope_id, offsets in candidates.items():
+            for offset in dict.fromkeys(offsets):
+                if offset < self._oldest or offset >= self._next:
+                    continue
+                batch = await self._batch_holding(offset)
+                if batch is not None and batch.ids[offset - batch.first_offset] == envelope_id:
+                    out[envelope_id] = (offset, batch)
+                    break
+        return out
+
+    async def _disk_candidates(self, hashes: list[int]) -> dict[int, list[int]]:
+        async with self._probe_lock:
+            if self._probe is None:
+                self._probe = await asyncio.to_thread(self._index.connect_probe)
+            try:
+                return await asyncio.to_thread(self._index.candidates, hashes, json.dumps(hashes), self._probe)
+            except sqlite3.Error as exc:  # without the index, a repeated id could be stored twice: refuse
+                raise LogClosedError(f"the id index {self._index.path} failed: {exc}") from exc
+
+    async def _batch_at_seq(self, seq: int) -> StoredBatch | None:
+        """The batch in stream message ``seq``, asked of the stream leader; None if it is gone."""
+        js = self._js
+        assert js is not None
+        if self._closed:
+            raise LogClosedError("the log is closed")
+        try:
+            raw = await js.get_msg(self.settings.stream, seq=seq)
+        except nats.js.errors.NotFoundError:
+            return None
+        if raw.seq is None:
+            return None
+        return self._decode(raw.headers or {}, raw.data or b"", raw.seq)
+
+    async def _seq_holding(self, offset: int) -> int | None:
+        """The sequence of the message holding ``offset``: bisection on the messages' first offsets."""
+        hinted = self._hints.get(offset)
+        if hinted is not None:
+            return hinted
+        lo, hi = self._first_seq, self._last_seq
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            batch = await self._batch_at_seq(mid)
+            if batch is None:  # removed by retention meanwhile
+                lo = mid + 1
+            elif offset < batch.first_offset:
+                hi = mid - 1
+            elif offset >= batch.next_offset:
+                lo = mid + 1
+            else:
+                return mid
+        return None
+
+    def _hint(self, offset: int, seq: int) -> None:
+        if len(self._hints) >= _HINTS:
+            self._hints.clear()
+        self._hints[offset] = seq
+
+    async def _batch_holding(self, offset: int) -> StoredBatch | None:
+        cached = self._cache.holding(offset)
+        if cached is not None:
+            return cached
+        seq = await self._seq_holding(offset)
+        return await self._batch_at_seq(seq) if seq is not None else None
+
+    # -- reading --------------------------------------------------------------------------------
+
+    async def read(self, from_offset: int, max_entries: int) -> list[StoredBatch]:
+        if self._closed:
+            raise LogClosedError("the log is closed")
+        if from_offset >= self._next:
+            return []
+        from_offset = max(from_offset, self._oldest)
+        cached = self._cache.read(from_offset, max_entries)
+        if cached is not None:
+            return cached
+        seq = await self._seq_holding(from_offset)
+        out: list[StoredBatch] = []
+        entries = 0
+        while seq is not None and seq <= self._last_seq and entries < max_entries:
+            batch = await self._batch_at_seq(seq)
+            if batch is None:
+                break
+            out.append(batch)
+            entries += batch.next_offset - max(from_offset, batch.first_offset)
+            seq += 1
+            self._hint(batch.next_offset, seq)
+            if self._cache.firsts and batch.next_offset >= self._cache.firsts[0]:
+                break  # the rest is in memory
+        return out
+
+    async def find(self, ids: list[str]) -> dict[str, tuple[StoredBatch, int]]:
+        if self._closed:
+            raise LogClosedError("the log is closed")
+        unique = list(dict.fromkeys(ids))
+        found: dict[str, tuple[StoredBatch, int]] = {}
+        for envelope_id, (offset, known) in (await self._lookup(unique, [id_hash(i) for i in unique])).items():
+            if offset >= self._next:
+                continue  # accepted, not yet followed
+            batch = known if known is not None else await self._batch_holding(offset)
+            if batch is not None:
+                found[envelope_id] = (batch, offset - batch.first_offset)
+        return found
+
+    async def offset_at(self, ns: int) -> int:
+        """Bisection by append time, over the cached batches, then over the stream's messages."""
+        batches = self._cache.batches
+        if batches and batches[0].appended_ns < ns:
+            k = bisect.bisect_left(batches, ns, key=lambda b: b.appended_ns)
+            return batches[k].first_offset if k < len(batches) else self._next
+        lo, hi = self._first_seq, self._last_seq + 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            batch = await self._batch_at_seq(mid)
+            if batch is not None and batch.appended_ns >= ns:
+                hi = mid
+            else:
+                lo = mid + 1
+        if lo > self._last_seq:
+            return self._next
+        batch = await self._batch_at_seq(lo)
+        return batch.first_offset if batch is not None else self._oldest
+
+
 def settings_from_config(config: NodeConfig) -> JetStreamSettings:
     """The JetStream settings of a node's ``[log]`` and ``[log.jetstream]`` (checked at load)."""
     section = config.log.jetstream
@@ -874,6 +1616,8 @@ def settings_from_config(config: NodeConfig) -> JetStreamSettings:
         tls_ca=path(section.tls_ca),
         tls_cert=path(section.tls_cert),
         tls_key=path(section.tls_key),
+        layout=section.layout,
+        index_dir=config.data_dir,
     )
 
 

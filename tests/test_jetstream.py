@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
+import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import nats
@@ -21,15 +25,16 @@ from yiwang.v1 import gateway_pb2 as gw
 
 from gateway.client import GatewayClient
 from gateway.config import from_dict, load
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, LogCorruptError
 from gateway.jetstream_log import (
     EXPECTED_LAST_SUBJECT_SEQUENCE,
+    JetStreamBatchLog,
     JetStreamLog,
     JetStreamSettings,
     migrate_node_log,
     settings_from_config,
 )
-from gateway.log import AppendBatch
+from gateway.log import AppendBatch, AppendResult
 from gateway.pki import Authority, Role
 from gateway.selection import record_of
 from gateway.sqlite_log import SqliteLog
@@ -60,17 +65,21 @@ def batch_of(count: int) -> AppendBatch:
 
 
 @contextlib.asynccontextmanager
-async def opened(settings: JetStreamSettings) -> AsyncIterator[JetStreamLog]:
-    log = await JetStreamLog.open(settings, node_id=NODE_ID)
+async def opened(settings: JetStreamSettings, cache_bytes: int = 64 << 20) -> AsyncIterator[JetStreamLog]:
+    log = await JetStreamLog.open(settings, node_id=NODE_ID, cache_bytes=cache_bytes)
     try:
         yield log
     finally:
         await log.close()
 
 
-async def test_replicas_share_one_replicated_log(cluster: NatsCluster) -> None:
-    settings = JetStreamSettings(servers=tuple(cluster.urls), stream="SHARED", replicas=3)
-    async with opened(settings) as a, opened(settings) as b:
+@pytest.mark.parametrize("layout", ["envelope", "batch"])
+async def test_replicas_share_one_replicated_log(cluster: NatsCluster, tmp_path: Path, layout: str) -> None:
+    settings = JetStreamSettings(servers=tuple(cluster.urls), stream="SHARED", replicas=3, layout=layout)
+    async with (
+        opened(dataclasses.replace(settings, index_dir=tmp_path / "a")) as a,
+        opened(dataclasses.replace(settings, index_dir=tmp_path / "b")) as b,
+    ):
         batch = batch_of(3)
         first = await a.append(batch)
         await asyncio.wait_for(b.wait_beyond(first.offsets[-1]), 10)
@@ -88,7 +97,7 @@ async def test_replicas_share_one_replicated_log(cluster: NatsCluster) -> None:
 async def test_an_id_stored_before_the_duplicate_window_is_still_a_duplicate(cluster: NatsCluster) -> None:
     """The node's own check for old ids: a message already on the id's subject, stored without a
     Nats-Msg-Id (as if the duplicate window had long forgotten it), makes a new append a duplicate."""
-    settings = JetStreamSettings(servers=tuple(cluster.urls), stream="OLD_IDS", replicas=3)
+    settings = JetStreamSettings(servers=tuple(cluster.urls), stream="OLD_IDS", replicas=3, layout="envelope")
     async with opened(settings) as log:
         batch = batch_of(2)
         nc = await nats.connect(cluster.urls[1])
@@ -108,8 +117,11 @@ async def test_an_id_stored_before_the_duplicate_window_is_still_a_duplicate(clu
         assert result.offsets[1] == stored.seq + 1
 
 
-async def test_appends_survive_the_loss_of_a_nats_server(cluster: NatsCluster) -> None:
-    settings = JetStreamSettings(servers=tuple(cluster.urls), stream="KILLED", replicas=3, ack_timeout_s=2.0)
+@pytest.mark.parametrize("layout", ["envelope", "batch"])
+async def test_appends_survive_the_loss_of_a_nats_server(cluster: NatsCluster, tmp_path: Path, layout: str) -> None:
+    settings = JetStreamSettings(
+        servers=tuple(cluster.urls), stream="KILLED", replicas=3, ack_timeout_s=2.0, layout=layout, index_dir=tmp_path
+    )
     async with opened(settings) as log:
         acknowledged = [o for _ in range(5) for o in (await log.append(batch_of(20))).offsets]
         await asyncio.to_thread(cluster.servers[0].kill)
@@ -120,6 +132,144 @@ async def test_appends_survive_the_loss_of_a_nats_server(cluster: NatsCluster) -
         await cluster.wait_healthy_async(cluster.servers[0])
     async with opened(settings) as reopened:
         assert reopened.next_offset == 201
+
+
+# -- the batch layout: one stream message per append ------------------------------------------------------
+
+
+async def test_batch_replicas_racing_on_the_same_ids_keep_one_order_and_one_offset_per_id(
+    cluster: NatsCluster, tmp_path: Path
+) -> None:
+    """Two replicas append at once, many batches each, half of the ids shared: the stream refuses the
+    replica that is behind, it catches up and tries again. Every id ends at one offset, reported alike by
+    both, stored once, and the offsets are contiguous."""
+    settings = JetStreamSettings(servers=tuple(cluster.urls), stream="RACE", replicas=3, layout="batch")
+    shared = [factories.observation() for _ in range(300)]
+    rng = random.Random(9)
+
+    def batches() -> list[AppendBatch]:
+        out = []
+        for k in range(30):
+            batch = AppendBatch()
+            for env in [*rng.sample(shared, 10), *(factories.observation() for _ in range(10))]:
+                batch.add(env.id, env.SerializeToString(), record_of(env))
+            out.append(batch)
+            del k
+        return out
+
+    async def run(log: JetStreamLog, work: list[AppendBatch]) -> list[tuple[AppendBatch, AppendResult]]:
+        futures = [log.append_nowait(b) for b in work]
+        return [(b, await f) for b, f in zip(work, futures, strict=True)]
+
+    async with (
+        opened(dataclasses.replace(settings, index_dir=tmp_path / "a"), cache_bytes=1) as a,
+        opened(dataclasses.replace(settings, index_dir=tmp_path / "b"), cache_bytes=1) as b,
+    ):
+        results = await asyncio.gather(run(a, batches()), run(b, batches()))
+        head = max(a.next_offset, b.next_offset)
+        await asyncio.wait_for(a.wait_beyond(head - 1), 10)
+        await asyncio.wait_for(b.wait_beyond(head - 1), 10)
+        stored: list[tuple[int, str]] = []
+        position = 1
+        while position < a.next_offset:
+            for got in await a.read(position, 1000):
+                start = got.index_at(position)
+                stored += [(got.first_offset + i, got.ids[i]) for i in range(start, got.count)]
+                position = got.next_offset
+    assert [o for o, _ in stored] == list(range(1, len(stored) + 1))  # contiguous, in one order
+    where = {envelope_id: offset for offset, envelope_id in stored}
+    assert len(where) == len(stored)  # every id stored once
+    accepted = 0
+    for batch, result in [pair for run_results in results for pair in run_results]:
+        for i, envelope_id in enumerate(batch.ids):
+            assert result.offsets[i] == where[envelope_id]
+            accepted += i not in result.duplicates
+    assert accepted == len(stored)  # each id accepted once, a duplicate everywhere else
+
+
+async def test_batch_layout_finds_old_ids_through_the_on_disk_index(cluster: NatsCluster, tmp_path: Path) -> None:
+    """Ids that left memory for the replica's on-disk index, and a replica started later (which replays
+    the stream only after its index's watermark), still answer DUPLICATE with the first offset."""
+    settings = JetStreamSettings(
+        servers=tuple(cluster.urls), stream="OLD_BATCHES", replicas=3, layout="batch", index_dir=tmp_path / "a"
+    )
+    first = batch_of(20)
+    index_file = tmp_path / "a" / "OLD_BATCHES-ids.sqlite"
+
+    def ids_on_disk() -> int:
+        con = sqlite3.connect(f"file:{index_file}?mode=ro", uri=True)
+        try:
+            return int(con.execute("SELECT count(*) FROM ids").fetchone()[0])
+        finally:
+            con.close()
+
+    async with opened(settings, cache_bytes=1) as log:
+        assert isinstance(log, JetStreamBatchLog)
+        batch_log: JetStreamBatchLog = log
+        batch_log._index.chunk_entries = 8  # hand ids to the on-disk index early
+        stored = await log.append(first)
+        for _ in range(3):
+            await log.append(batch_of(5))
+        await eventually(lambda: ids_on_disk() >= 20, 30)
+        again = await log.append(first)
+        assert again.offsets == stored.offsets
+        assert again.duplicates == frozenset(range(20))
+    async with (
+        opened(settings, cache_bytes=1) as reopened,
+        opened(dataclasses.replace(settings, index_dir=tmp_path / "b"), cache_bytes=1) as fresh,
+    ):
+        for log in (reopened, fresh):
+            mixed = batch_of(2)
+            mixed.add(first.ids[7], first.envelopes[7], first.records[7])
+            result = await log.append(mixed)
+            assert result.offsets[2] == stored.offsets[7]
+            assert result.duplicates == frozenset({2})
+            found = await log.find([first.ids[3]])
+            batch, index = found[first.ids[3]]
+            assert batch.first_offset + index == stored.offsets[3]
+
+
+async def test_batch_layout_resends_a_batch_whose_answer_was_lost_without_storing_it_twice(
+    cluster: NatsCluster, tmp_path: Path
+) -> None:
+    """The stream stores a batch but its answer never reaches the replica (here: dropped on purpose after
+    the real publish). The replica sends it again; it is stored once, and the append reports it accepted."""
+    settings = JetStreamSettings(
+        servers=tuple(cluster.urls), stream="LOST_ACK", replicas=3, layout="batch", index_dir=tmp_path
+    )
+    async with opened(settings) as log:
+        await log.append(batch_of(3))
+        js = log._js
+        assert js is not None
+        real_publish = js.publish
+        dropped: list[int] = []
+
+        async def publish_and_lose_the_answer(*args: Any, **kwargs: Any) -> Any:
+            answer = await real_publish(*args, **kwargs)
+            if not dropped:
+                dropped.append(answer.seq)
+                raise nats.errors.TimeoutError
+            return answer
+
+        js.publish = publish_and_lose_the_answer  # type: ignore[method-assign]
+        batch = batch_of(4)
+        result = await log.append(batch)
+        assert dropped
+        assert result.offsets == [4, 5, 6, 7]
+        assert result.duplicates == frozenset()
+        await log.append(batch_of(1))
+        stored = [i for b in await log.read(1, 100) for i in b.ids]
+        assert len(stored) == len(set(stored)) == 8
+
+
+async def test_a_stream_of_the_other_layout_is_refused_by_name(cluster: NatsCluster, tmp_path: Path) -> None:
+    settings = JetStreamSettings(
+        servers=tuple(cluster.urls), stream="LAYOUTS", replicas=3, layout="envelope", index_dir=tmp_path
+    )
+    async with opened(settings) as log:
+        await log.append(batch_of(1))
+    with pytest.raises(LogCorruptError, match="layout = 'envelope'"):
+        await JetStreamLog.open(dataclasses.replace(settings, layout="batch"), node_id=NODE_ID)
 
 
 # -- two gateway replicas as processes -------------------------------------------------------------
@@ -150,7 +300,7 @@ class Replica:
                 self.proc.wait(10)
 
 
-def replica_config(folder: Path, name: str, servers: list[str], port: int) -> Path:
+def replica_config(folder: Path, name: str, servers: list[str], port: int, layout: str = "envelope") -> Path:
     servers_toml = ", ".join(f'"{s}"' for s in servers)
     text = f"""
 [node]
@@ -170,6 +320,7 @@ backend = "jetstream"
 servers = [{servers_toml}]
 stream = "PROVINCE"
 replicas = 3
+layout = "{layout}"
 
 [limits]
 admission_workers = 0
@@ -183,12 +334,13 @@ insecure = true
 
 
 @pytest.fixture
-def replicas(cluster: NatsCluster, tmp_path: Path) -> Iterator[list[Replica]]:
+def replicas(request: pytest.FixtureRequest, cluster: NatsCluster, tmp_path: Path) -> Iterator[list[Replica]]:
+    layout = getattr(request, "param", "envelope")
     started: list[Replica] = []
     try:
         for name in ("a", "b"):
             port = free_port()
-            config = replica_config(tmp_path, name, cluster.urls, port)
+            config = replica_config(tmp_path, name, cluster.urls, port, layout)
             log_file = tmp_path / f"replica-{name}.log"
             with log_file.open("ab") as out:
                 proc = subprocess.Popen(
@@ -260,6 +412,7 @@ async def publish_until(targets: list[str], acknowledged: set[str], stop: asynci
             await asyncio.sleep(0.005)  # a steady trickle, so that the kills land mid-stream
 
 
+@pytest.mark.parametrize("replicas", ["envelope", "batch"], indirect=True)
 async def test_two_replicas_survive_a_killed_nats_server_and_a_killed_replica(
     cluster: NatsCluster, replicas: list[Replica]
 ) -> None:
@@ -312,7 +465,10 @@ async def test_two_replicas_survive_a_killed_nats_server_and_a_killed_replica(
 # -- migration -------------------------------------------------------------------------------------------
 
 
-async def test_log_migrate_copies_the_embedded_log_and_is_idempotent(cluster: NatsCluster, tmp_path: Path) -> None:
+@pytest.mark.parametrize("layout", ["envelope", "batch"])
+async def test_log_migrate_copies_the_embedded_log_and_is_idempotent(
+    cluster: NatsCluster, tmp_path: Path, layout: str
+) -> None:
     data = tmp_path / "node"
     embedded = await SqliteLog.open(data / "log.sqlite", node_id=NODE_ID, fsync=False)
     try:
@@ -327,7 +483,7 @@ async def test_log_migrate_copies_the_embedded_log_and_is_idempotent(cluster: Na
     config_file = tmp_path / "node.toml"
     config_file.write_text(
         f'[node]\nid = "{NODE_ID}"\nregion = "410000"\n\n[log]\ndata_dir = "node"\nbackend = "jetstream"\n\n'
-        f'[log.jetstream]\nservers = [{servers}]\nstream = "MIGRATED"\n\n[tls]\ninsecure = true\n',
+        f'[log.jetstream]\nservers = [{servers}]\nstream = "MIGRATED"\nlayout = "{layout}"\n\n[tls]\ninsecure = true\n',
         encoding="utf-8",
     )
     report = await migrate_node_log(load(config_file))
@@ -339,7 +495,9 @@ async def test_log_migrate_copies_the_embedded_log_and_is_idempotent(cluster: Na
     out, _ = await again.communicate()
     assert again.returncode == 0
     assert json.loads(out) == {"copied": 0, "already_there": 0, "positions": 2, "next_offset": 9}
-    settings = JetStreamSettings(servers=tuple(cluster.urls), stream="MIGRATED", replicas=3)
+    settings = JetStreamSettings(
+        servers=tuple(cluster.urls), stream="MIGRATED", replicas=3, layout=layout, index_dir=tmp_path / "replica"
+    )
     async with opened(settings) as log:
         got = await log.read(1, 100)
         # Same offsets, ids, envelopes, append times: the very same Delivery bytes as the embedded log's.
@@ -394,6 +552,7 @@ def test_the_deploy_files_are_valid(tmp_path: Path) -> None:
         ),
         ({"jetstream": {"servers": ["nats://h:4222"], "tls_cert": "c.pem"}}, "log.jetstream.tls_key"),
         ({"jetstream": {"server": ["nats://h:4222"]}}, "log.jetstream.server"),
+        ({"jetstream": {"servers": ["nats://h:4222"], "layout": "envelopes"}}, "log.jetstream.layout"),
     ],
 )
 def test_bad_jetstream_settings_are_named(log_table: dict[str, object], key: str) -> None:
@@ -421,15 +580,17 @@ def test_jetstream_settings_follow_the_config(tmp_path: Path) -> None:
     assert (settings.max_age_s, settings.max_bytes) == (24 * 3600.0, 1 << 30)
     assert settings.tls_ca == tmp_path / "ca.pem"  # relative to the config file
     assert settings.credentials is None
+    assert (settings.layout, settings.index_dir) == ("batch", tmp_path / "data")  # the replica's id index
 
 
 # -- a node on the cluster, in process ----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("layout", ["envelope", "batch"])
 async def test_a_node_on_jetstream_serves_publish_get_query_and_info(
-    cluster: NatsCluster, start_node: NodeFactory
+    cluster: NatsCluster, start_node: NodeFactory, layout: str
 ) -> None:
-    jetstream = {"servers": cluster.urls, "stream": "NODE", "replicas": 3}
+    jetstream = {"servers": cluster.urls, "stream": "NODE", "replicas": 3, "layout": layout}
     node = await start_node(log={"backend": "jetstream", "jetstream": jetstream})
     assert isinstance(node.log, JetStreamLog)
     envelopes = [factories.observation() for _ in range(5)]

@@ -1,6 +1,6 @@
 """The contract of the log interface (``gateway.log.Log``), run against every backend: the embedded
-SQLite log and the JetStream log on a real NATS server (one server here; the replicated cluster is
-tested in test_jetstream.py)."""
+SQLite log and the JetStream log on a real NATS server, in both of its layouts (one message per envelope,
+one message per append batch); one server here, the replicated cluster is tested in test_jetstream.py."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluste
     server.stop()
 
 
-@pytest.fixture(params=["embedded", "jetstream"])
+@pytest.fixture(params=["embedded", "jetstream", "jetstream-batch"])
 async def open_log(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[LogOpener]:
     """Opens the backend's log; calling it again after a close reopens the same log."""
     opened: list[Log] = []
@@ -47,10 +47,20 @@ async def open_log(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
 
     else:
         cluster: NatsCluster = request.getfixturevalue("nats_server")
-        settings = JetStreamSettings(servers=tuple(cluster.urls), stream=f"CONTRACT_{next(_streams)}", replicas=1)
+        layout = "batch" if request.param == "jetstream-batch" else "envelope"
+        settings = JetStreamSettings(
+            servers=tuple(cluster.urls),
+            stream=f"CONTRACT_{next(_streams)}",
+            replicas=1,
+            layout=layout,
+            index_dir=tmp_path,
+        )
+
+        # The batch layout with no room in memory: reads, look-ups and de-duplication go to the stream.
+        cache_bytes = 1 if layout == "batch" else 64 << 20
 
         async def opener() -> Log:
-            log = await JetStreamLog.open(settings, node_id="test-node")
+            log = await JetStreamLog.open(settings, node_id="test-node", cache_bytes=cache_bytes)
             opened.append(log)
             return log
 
