@@ -240,7 +240,6 @@ class JetStreamLog(Log):
 
     async def _start(self) -> None:
         await self._connect()
-        s = self.settings
         assert self._nc is not None
         # Our own acknowledgement inbox rather than nats-py's publish_async: one dict entry per message,
         # and a refusal comes back as a result we parse (nats-py's handler loses it in this version).
@@ -254,7 +253,12 @@ class JetStreamLog(Log):
         self._next = state.last_seq + 1
         self._oldest = state.first_seq if state.messages else self._next
         self._messages, self._bytes = state.messages, state.bytes
-        js = self._js
+        await self._follow_from(self._next)
+        self._run_loops(layout="envelope")
+
+    async def _follow_from(self, start_seq: int) -> None:
+        """Follows the whole stream from ``start_seq`` (an ordered consumer: every message, in order)."""
+        s, js = self.settings, self._js
         assert js is not None
 
         async def follow() -> Any:
@@ -265,10 +269,14 @@ class JetStreamLog(Log):
                 ordered_consumer=True,
                 idle_heartbeat=1.0,
                 deliver_policy=jsapi.DeliverPolicy.BY_START_SEQUENCE,
-                config=jsapi.ConsumerConfig(opt_start_seq=self._next),
+                config=jsapi.ConsumerConfig(opt_start_seq=start_seq),
             )
 
         self._follower = await self._while_cluster_recovers(follow, "follower")
+
+    def _run_loops(self, **logged: Any) -> None:
+        """Starts publishing and refreshing, and says the log is open."""
+        s = self.settings
         self._tasks = [
             asyncio.create_task(self._publish_loop(), name="jetstream-log-publish"),
             asyncio.create_task(self._refresh_loop(), name="jetstream-log-refresh"),
@@ -281,6 +289,7 @@ class JetStreamLog(Log):
             next_offset=self._next,
             oldest_offset=self._oldest,
             messages=self._messages,
+            **logged,
         )
 
     async def _connect(self) -> None:
@@ -999,7 +1008,6 @@ class JetStreamBatchLog(JetStreamLog):
 
     async def _start(self) -> None:
         await self._connect()
-        s = self.settings
         info = await self._while_cluster_recovers(self._ensure_stream, "stream")
         self._kv = await self._while_cluster_recovers(self._ensure_positions, "positions bucket")
         await asyncio.to_thread(self._index.path.parent.mkdir, parents=True, exist_ok=True)
@@ -1012,42 +1020,14 @@ class JetStreamBatchLog(JetStreamLog):
         )
         self._last_seq = start_seq - 1
         target = state.last_seq
-        js = self._js
-        assert js is not None
-
-        async def follow() -> Any:
-            return await js.subscribe(
-                s.subjects,
-                stream=s.stream,
-                cb=self._on_message,
-                ordered_consumer=True,
-                idle_heartbeat=1.0,
-                deliver_policy=jsapi.DeliverPolicy.BY_START_SEQUENCE,
-                config=jsapi.ConsumerConfig(opt_start_seq=start_seq),
-            )
-
-        self._follower = await self._while_cluster_recovers(follow, "follower")
+        await self._follow_from(start_seq)
         while self._last_seq < target:  # the id index is complete only once the stream is followed
             seen = self._last_seq
             await self.wait_beyond(self._next, 1.0)
             if self._last_seq == seen and await self._expired_up_to(target):
                 break
         self._w_seq, self._w_next = self._last_seq, self._next
-        self._tasks = [
-            asyncio.create_task(self._publish_loop(), name="jetstream-log-publish"),
-            asyncio.create_task(self._refresh_loop(), name="jetstream-log-refresh"),
-        ]
-        log.info(
-            "log_opened",
-            backend="jetstream",
-            layout="batch",
-            stream=s.stream,
-            replicas=s.replicas,
-            next_offset=self._next,
-            oldest_offset=self._oldest,
-            messages=self._messages,
-            replayed_from_seq=start_seq,
-        )
+        self._run_loops(layout="batch", replayed_from_seq=start_seq)
 
     async def _expired_up_to(self, target: int) -> bool:
         """Whether retention removed the stream's messages up to ``target`` while this replica started
