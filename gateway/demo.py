@@ -13,6 +13,7 @@ import math
 import random
 import time
 from dataclasses import dataclass
+from typing import Final
 
 from yiwang.v1 import envelope_pb2 as pb
 
@@ -92,6 +93,10 @@ def _stamp(env: pb.Envelope, now: float) -> None:
     env.observed_at.FromNanoseconds(int(now * 1e9))
 
 
+# The protocols the demo's stations would report in: their metric codes are those protocols' codes.
+STATION_FORMATS: Final = {"water": "sl651-2014", "ecology_environment": "hj212-2017"}
+
+
 def observation(
     station: Station, now: float, rising: float = 0.0, status: pb.Status = pb.ACTUAL, rng: random.Random | None = None
 ) -> pb.Envelope:
@@ -101,6 +106,7 @@ def observation(
     env.origin.agency = station.agency
     env.origin.region = station.region[:4] + "00"
     env.origin.system = f"{station.agency}-telemetry"
+    env.provenance.original_format = STATION_FORMATS.get(station.agency, "")
     _stamp(env, now)
     env.geometry.point.lat = station.lat
     env.geometry.point.lon = station.lon
