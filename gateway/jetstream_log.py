@@ -327,8 +327,8 @@ class JetStreamLog(Log):
         self._js = self._nc.jetstream(timeout=s.ack_timeout_s)
 
     async def _while_cluster_recovers(self, step: Callable[[], Awaitable[_T]], what: str) -> _T:
-        """Runs a start-up step, again while the cluster answers with timeouts or 'unavailable' (a server
-        just restarted, a leader being elected), for up to ``retry_for_s``."""
+        """Runs a step, again while the cluster answers with timeouts, no responders or 'unavailable' (a
+        server just restarted, a leader being elected, a stream just created), for up to ``retry_for_s``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.retry_for_s
         delay = 0.1
@@ -338,6 +338,7 @@ class JetStreamLog(Log):
             except (
                 nats.errors.TimeoutError,
                 nats.errors.NoRespondersError,
+                nats.js.errors.NoStreamResponseError,
                 nats.js.errors.ServiceUnavailableError,
             ) as exc:
                 if loop.time() > deadline:
@@ -867,19 +868,23 @@ class JetStreamLog(Log):
         assert kv is not None
         if self._closed:
             raise LogClosedError("the log is closed")
-        try:
-            entry = await kv.get(position_key(name))
-        except nats.js.errors.KeyNotFoundError:
-            return None
-        return int(entry.value or b"0")
+
+        async def load() -> int | None:
+            try:
+                entry = await kv.get(position_key(name))
+            except nats.js.errors.KeyNotFoundError:
+                return None
+            return int(entry.value or b"0")
+
+        return await self._while_cluster_recovers(load, "position")
 
     async def save_position(self, name: str, next_offset: int) -> int:
         kv = self._kv
         assert kv is not None
         key = position_key(name)
-        while True:
-            if self._closed:
-                raise LogClosedError("the log is closed")
+
+        async def compare_and_set() -> int | None:
+            """The position saved, or None when another replica saved one meanwhile."""
             try:
                 entry = await kv.get(key)
                 current: int | None = int(entry.value or b"0")
@@ -895,8 +900,15 @@ class JetStreamLog(Log):
                 else:
                     await kv.update(key, str(position).encode(), last=revision)
             except nats.js.errors.KeyWrongLastSequenceError:
-                continue  # another replica saved it meanwhile: compare again
+                return None
             return position
+
+        while True:
+            if self._closed:
+                raise LogClosedError("the log is closed")
+            saved = await self._while_cluster_recovers(compare_and_set, "position")
+            if saved is not None:
+                return saved  # else another replica saved it meanwhile: compare again
 
 
 BATCH_OFFSET = "Yiwang-Offset"  # the log offset of a batch message's first envelope
