@@ -121,9 +121,9 @@ class Pages:
 
 @pytest.fixture(scope="module")
 def chromium() -> Path:
-    """Debian's chromium; the tests that need it are skipped, saying why, where it is missing."""
+    """Debian's chromium, which `make test` installs: a machine without it fails the browser tests, saying so."""
     if not CHROMIUM.exists():
-        pytest.skip(f"no chromium at {CHROMIUM}: install Debian's package (apt-get install chromium)")
+        pytest.fail(f"no chromium at {CHROMIUM}: `make test` installs Debian's package (apt-get install chromium)")
     return CHROMIUM
 
 

