@@ -769,6 +769,10 @@ class JetStreamLog(Log):
         cached = self._cache.read(from_offset, max_entries)
         if cached is not None:
             return cached
+        return await self._read_stored(from_offset, max_entries)
+
+    async def _read_stored(self, from_offset: int, max_entries: int) -> list[StoredBatch]:
+        """``read`` past the cache: from the stream."""
         limit = self._cache.firsts[0] if self._cache.firsts else self._next
         wanted = max(1, min(max_entries, limit - from_offset, _READ_PAGE))
         return self._batches_of(await self._fetch(from_offset, wanted, limit))
@@ -1533,15 +1537,7 @@ class JetStreamBatchLog(JetStreamLog):
 
     # -- reading --------------------------------------------------------------------------------
 
-    async def read(self, from_offset: int, max_entries: int) -> list[StoredBatch]:
-        if self._closed:
-            raise LogClosedError("the log is closed")
-        if from_offset >= self._next:
-            return []
-        from_offset = max(from_offset, self._oldest)
-        cached = self._cache.read(from_offset, max_entries)
-        if cached is not None:
-            return cached
+    async def _read_stored(self, from_offset: int, max_entries: int) -> list[StoredBatch]:
         seq = await self._seq_holding(from_offset)
         out: list[StoredBatch] = []
         entries = 0
