@@ -30,7 +30,7 @@ from gateway.errors import InvalidEnvelopeError, InvalidRequestError
 from gateway.id_index import die_with_parent, id_hash
 from gateway.policy import Decision
 from gateway.regions import default_table
-from gateway.selection import RECORD
+from gateway.selection import KEY, KEY_BYTES
 from gateway.signing import SignatureError, Verifier
 from gateway.validation import Limits, Validator
 from gateway.wire import field_spans
@@ -246,19 +246,15 @@ def enforce(
     also those whose policy wants a signature they lack, and those signed by another identity than
     the peer ``peer`` unless it is a ``forwarder`` (a gateway acting for others).
 
-    Returns (id, field, reason) of each denial. Decisions are cached per batch: a batch usually
-    repeats the same few combinations.
+    Returns (id, field, reason) of each denial. A decision depends only on a record's leading
+    fields (``KEY_BYTES``) and the signer, and a batch usually repeats one or a few of those: each
+    distinct pair is decided once, and a batch allowed as a whole is not walked again.
     """
-    decisions: dict[tuple[int, int, bytes], Decision] = {}
-    keep: list[int] = []
-    denied: list[tuple[str, str, str]] = []
-    for i, record in enumerate(admitted.records):
-        kind, _, _, region, agency = RECORD.unpack(record)[:5]
-        key = (kind, region, agency)
-        decision = decisions.get(key)
-        if decision is None:
-            decision = decisions[key] = decide(kind, f"{region:06d}", agency.rstrip(b"\0").decode())
-        signer = admitted.signers[i]
+    keys = [record[:KEY_BYTES] for record in admitted.records]
+    decisions: dict[tuple[bytes, str], Decision] = {}
+    for key, signer in set(zip(keys, admitted.signers, strict=True)):
+        kind, _, _, region, agency = KEY.unpack(key)
+        decision = decide(kind, f"{region:06d}", agency.rstrip(b"\0").decode())
         if decision.allowed and decision.signature_required and not signer:
             decision = Decision(
                 allowed=False, reason="the policy requires a signature here", field="provenance.signature"
@@ -269,6 +265,13 @@ def enforce(
                 reason=f"signed by {signer}, sent by {peer}: only a gateway may forward what others signed",
                 field="provenance.signature",
             )
+        decisions[key, signer] = decision
+    if all(decision.allowed for decision in decisions.values()):
+        return []
+    keep: list[int] = []
+    denied: list[tuple[str, str, str]] = []
+    for i, pair in enumerate(zip(keys, admitted.signers, strict=True)):
+        decision = decisions[pair]
         if decision.allowed:
             keep.append(i)
             continue

@@ -20,6 +20,11 @@ from gateway.regions import Level, RegionTable, is_well_formed, level_of
 
 #: kind, severity, status, region, agency (NUL-padded), min lat, min lon, max lat, max lon, observed.
 RECORD = struct.Struct("<BBBxI24sddddd")
+#: The record's leading fields (kind, severity, status, region, agency): what sharing policy decides on.
+KEY = struct.Struct("<BBBxI24s")
+KEY_BYTES = KEY.size
+# What a record tuple holds past its key, for matchers that do not read it (Selector.by_key).
+_PLACE_UNREAD = (math.nan, math.nan, math.nan, math.nan, math.nan)
 _NAN = math.nan
 _M_PER_DEG = 111_320.0
 
@@ -95,9 +100,14 @@ def region_rule(code: str) -> tuple[int, int]:
 
 @dataclass(frozen=True, slots=True)
 class Selector:
-    """A compiled ``Filter``: ``select`` returns the indexes of matching records, or None for all."""
+    """A compiled ``Filter``: ``select`` returns the indexes of matching records, or None for all.
+
+    ``by_key``: ``match`` reads only a record's leading fields (``KEY``), so ``select`` decides once
+    per distinct key of a batch (a batch usually repeats one or a few) instead of once per record.
+    """
 
     match: Callable[[Record], bool] | None
+    by_key: bool = False
 
     @classmethod
     def compile(
@@ -117,11 +127,11 @@ class Selector:
         if not restricted:
             return selector
         if allow is None:
-            return cls(lambda _record: False)
+            return cls(lambda _record: False, by_key=True)
         wanted = selector.match
         if wanted is None:
-            return cls(allow)
-        return cls(lambda record: allow(record) and wanted(record))
+            return cls(allow, by_key=True)
+        return cls(lambda record: allow(record) and wanted(record), by_key=selector.by_key)
 
     @classmethod
     def _compile(cls, flt: gw.Filter, regions: RegionTable, field: str) -> Selector:
@@ -171,7 +181,7 @@ class Selector:
             # NaN (no geometry) fails every comparison, so an envelope without geometry never matches a box.
             return box is None or (lat0 <= box[2] and lat1 >= box[0] and lon0 <= box[3] and lon1 >= box[1])
 
-        return cls(match)
+        return cls(match, by_key=box is None)
 
     def allows(self, record: bytes) -> bool:
         return self.match is None or self.match(RECORD.unpack(record))
@@ -181,4 +191,10 @@ class Selector:
         match = self.match
         if match is None:
             return None
-        return [i for i, rec in enumerate(RECORD.iter_unpack(records)) if match(rec)]
+        if not self.by_key or not records:
+            return [i for i, rec in enumerate(RECORD.iter_unpack(records)) if match(rec)]
+        keys = [records[start : start + KEY_BYTES] for start in range(0, len(records), RECORD.size)]
+        verdicts = {key: match(KEY.unpack(key) + _PLACE_UNREAD) for key in set(keys)}
+        if all(verdicts.values()):
+            return None
+        return [i for i, key in enumerate(keys) if verdicts[key]]

@@ -66,8 +66,10 @@ def unknown(value: int) -> Any:
     return value
 
 
-def select(flt: gw.Filter, envs: list[pb.Envelope]) -> list[int] | None:
-    return Selector.compile(flt, TABLE).select(b"".join(record_of(e) for e in envs))
+def select(flt: gw.Filter, envs: list[pb.Envelope]) -> list[int]:
+    """The indexes a filter selects (``select`` answers None when it selects every record)."""
+    chosen = Selector.compile(flt, TABLE).select(b"".join(record_of(e) for e in envs))
+    return list(range(len(envs))) if chosen is None else chosen
 
 
 def compile_error(flt: gw.Filter, field: str = "filter") -> InvalidRequestError:
@@ -192,7 +194,7 @@ def test_envelopes_without_geometry_never_match_a_box() -> None:
     world = gw.BoundingBox(min_lat=-90, min_lon=-180, max_lat=90, max_lon=180)
     envs = [envelope(), envelope(geometry=pb.Geometry()), envelope(geometry=point(0, 0))]
     assert select(gw.Filter(bbox=world), envs) == [2]
-    assert select(gw.Filter(), envs) is None
+    assert Selector.compile(gw.Filter(), TABLE).select(b"".join(record_of(e) for e in envs)) is None
 
 
 def test_a_box_at_the_origin_is_a_filter() -> None:
@@ -314,3 +316,33 @@ def test_a_record_says_whether_its_envelope_is_signed() -> None:
     relayed = with_flags(record_of(unsigned), FLAG_RELAYED)
     assert relayed[FLAGS_AT] == FLAG_UNSIGNED | FLAG_RELAYED
     assert RECORD.unpack(relayed) == RECORD.unpack(record_of(unsigned))  # filters see the same fields
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([pb.ALERT, pb.OBSERVATION, pb.INCIDENT]),
+            st.sampled_from(["410105", "410102", "410202", "420102"]),
+            st.sampled_from(["water", "meteorology", "emergency"]),
+        ),
+        max_size=40,
+    ),
+    st.sampled_from([None, "410100", "410000"]),
+    st.booleans(),
+)
+def test_selection_by_key_agrees_with_record_by_record(
+    made: list[tuple[pb.Kind, str, str]], region: str | None, with_box: bool
+) -> None:
+    """Deciding once per distinct key of a batch selects what deciding record by record selects."""
+    inside = point(34.75, 113.65)  # in ZHENGZHOU's box; only alerts get a place here
+    envs = [
+        envelope(place, kind=kind, agency=agency, geometry=inside if kind == pb.ALERT else None)
+        for kind, place, agency in made
+    ]
+    records = b"".join(record_of(e) for e in envs)
+    flt = gw.Filter(regions=[region] if region else [], bbox=ZHENGZHOU if with_box else None)
+    allowed_agencies = {b"water".ljust(24, b"\0"), b"emergency".ljust(24, b"\0")}
+    selector = Selector.compile(flt, TABLE, allow=lambda rec: rec[4] in allowed_agencies, restricted=True)
+    chosen = selector.select(records)
+    expected = [i for i in range(len(envs)) if selector.allows(records[i * RECORD.size : (i + 1) * RECORD.size])]
+    assert (list(range(len(envs))) if chosen is None and envs else chosen) == expected

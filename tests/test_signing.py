@@ -6,7 +6,7 @@ import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import grpc
@@ -193,6 +193,38 @@ def test_a_request_is_verified_whole_and_each_fault_is_named(pki: Authority) -> 
     assert "batch_proof is not the path of batch_index 6" in faults(results[11:20])[6]
     assert faults(results[20:29]).keys() == {3}  # the impostor in place 5 fails its own proof
     assert all(o == identity for i, o in enumerate(results[11:29]) if i not in (6, 12))
+
+
+def test_a_whole_batch_with_one_fault_is_judged_envelope_by_envelope(pki: Authority) -> None:
+    """A request that is one whole signed batch is checked at once; one fault anywhere in it sends
+    it to the envelope-by-envelope check, which names the faulty envelope and passes the others."""
+    water = signer(pki, "jinshui-water")
+    verifier = Verifier(pki.ca_cert)
+    verifier.learn(water.certificate_der)
+    identity = f"spiffe://{DOMAIN}/410105/water/department/jinshui-water"
+
+    def batch(count: int) -> list[pb.Envelope]:
+        envelopes = [factories.observation(region="410105", agency="water", value=i) for i in range(count)]
+        water.sign_batch(envelopes)
+        return envelopes
+
+    for count in (1, 2, 7, 8, 130, 300):  # odd levels, and indexes past one varint byte
+        assert verifier.verify_all(batch(count)) == [identity] * count
+    faults: dict[str, Callable[[list[pb.Envelope]], None]] = {
+        "content": lambda b: setattr(b[129].observation.measurements[0], "value", 99.0),
+        "proof": lambda b: b[129].provenance.signature.batch_proof.__setitem__(0, b"\x07" * 32),
+        "index": lambda b: setattr(b[129].provenance.signature, "batch_index", 128),
+        "extra field": lambda b: setattr(b[129].provenance.signature, "certificate", b"x"),
+        "hop": lambda b: b[129].provenance.hops.append(pb.Hop(node="somewhere")),
+    }
+    for name, spoil in faults.items():
+        envelopes = batch(130)
+        spoil(envelopes)
+        results = verifier.verify_all(envelopes)
+        wrong = {i for i, outcome in enumerate(results) if outcome != identity}
+        assert wrong == (set() if name == "hop" else {129}), name  # hops are not signed content
+        if name != "hop":
+            assert isinstance(results[129], SignatureError), name
 
 
 # -- the node checks on entry ---------------------------------------------------------------------
