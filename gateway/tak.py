@@ -29,6 +29,14 @@ events of everyone else. Here the node is that server, on the sans-IO codec of `
   for ``idle_timeout_s``, not even pings) are closed by one sweeper; connections past
   ``max_connections`` are closed at once; a connection with too many events waiting for the log
   stops being read until they are appended.
+- **TAK protocol version 1.** Every TCP client is sent, first, the announcement that the server
+  reads protobuf (``t-x-takp-v``). A client that asks for it (``t-x-takp-q``) is answered
+  (``t-x-takp-r``) and from then on its connection carries ``TakMessage``s both ways. A client
+  whose first byte is the protobuf magic byte is configured for version 1: what it writes is read
+  as version 1, and it is sent XML, which every TAK client must read (without a negotiation there
+  is no point in the stream at which it could know version 1 begins). Live events are encoded
+  once per protocol version in use, never per client; the picture and what precedes the switch go
+  out in XML. UDP datagrams may be XML or the mesh form of version 1.
 - **TLS.** Given an ssl context, the TCP listener requires a client certificate of the network's
   CA naming an identity that is not revoked; a client whose certificate is revoked later is cut
   off (``cut_revoked``). What it sends is still taken as the configured region and agency.
@@ -41,9 +49,11 @@ import contextlib
 import re
 import ssl
 import time
+import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from xml.etree.ElementTree import Element
 
 import structlog
 from cryptography import x509
@@ -51,17 +61,19 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from yiwang.v1 import envelope_pb2 as pb
 from yiwang.v1 import gateway_pb2 as gw
 
+from adapters import safexml
 from adapters.cot import (
     CotConfig,
+    CotEvent,
     StreamDecoder,
-    check_datagram,
     encode_envelope,
     encode_ping,
-    parse_event,
+    takproto,
     to_envelope,
 )
 from adapters.cot import types as cot_types
-from adapters.cot.codec import DELETE_TYPE, parse_time
+from adapters.cot.codec import DELETE_TYPE, parse_time, read_event
+from adapters.cot.framing import read_datagram
 from adapters.errors import AdapterError
 from adapters.plugin import AdapterContext
 from gateway.errors import UnauthenticatedError
@@ -161,8 +173,10 @@ class TakConnection(asyncio.Protocol):
     __slots__ = (
         "backlog",
         "backlog_bytes",
+        "configured",
         "decoder",
         "last_seen",
+        "out_version",
         "paused_reading",
         "paused_writing",
         "peer",
@@ -179,6 +193,8 @@ class TakConnection(asyncio.Protocol):
         self.peer = ""
         self.serial: int | None = None  # of the client certificate, with TLS
         self.decoder: StreamDecoder | None = None  # made on the first bytes
+        self.out_version = 0  # the TAK protocol version of what is sent: 0 (XML) or 1 (protobuf)
+        self.configured = False  # whether it writes version 1 without having negotiated it
         self.last_seen = time.monotonic()
         self.waiting = 0  # events appended but not yet in the log
         self.paused_reading = False
@@ -205,13 +221,35 @@ class TakConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_seen = time.monotonic()
-        if self.decoder is None:
-            self.decoder = StreamDecoder(self.server.config.max_event_bytes)
-        for item in self.decoder.feed(data):
+        decoder = self.decoder
+        if decoder is None:
+            decoder = self.decoder = StreamDecoder(self.server.config.max_event_bytes, detect_protobuf=True)
+        decoder.receive(data)
+        # one item at a time: a negotiation switches the decoder between two of them
+        while (item := decoder.next_item()) is not None:
             if isinstance(item, AdapterError):
                 self.server.refuse("tcp", self.peer, item)
+            elif decoder.version == 1:
+                self.server.take_message(self, item)
             else:
                 self.server.take_event(self, item)
+        if decoder.version == 1 and self.out_version == 0 and not self.configured:
+            # A client configured for protobuf, that did not negotiate: it is still sent XML, which every
+            # TAK client reads, where version 1 would begin at a point it could not tell.
+            self.configured = True
+            log.info("tak_protocol", peer=self.peer, version=1, how="the client's first byte; sent XML")
+        if decoder.lost:
+            self.server.drop(self, "framing", "its TAK protocol version 1 stream cannot be followed")
+
+    def use_protobuf(self) -> None:
+        """Both directions of the connection carry TAK protocol version 1 from here on."""
+        if self.decoder is not None:
+            self.decoder.use_protobuf()
+        self.out_version = 1
+
+    def send_own(self, document: bytes) -> None:
+        """Sends an event of this connection alone (a pong, a negotiation answer) in its version."""
+        self.send(takproto.stream_frame(takproto.encode_event(document)) if self.out_version else document)
 
     def eof_received(self) -> bool | None:
         if self.decoder is not None:
@@ -292,7 +330,7 @@ class TakConnection(asyncio.Protocol):
 
 
 class TakDatagrams(asyncio.DatagramProtocol):
-    """CoT events over UDP, one per datagram (TAK clients' "UDP" output)."""
+    """CoT events over UDP, one per datagram (TAK clients' "UDP" output), XML or TAK protocol version 1."""
 
     def __init__(self, server: TakServer) -> None:
         self.server = server
@@ -306,11 +344,14 @@ class TakDatagrams(asyncio.DatagramProtocol):
             )
             return
         try:
-            document = check_datagram(data, self.server.config.max_event_bytes)
+            version, body = read_datagram(data, self.server.config.max_event_bytes)
         except AdapterError as exc:
             self.server.refuse("udp", peer, exc)
             return
-        done = self.server.take_document("udp", peer, document)
+        if version == 1:
+            done = self.server.take_payload("udp", peer, body)
+        else:
+            done = self.server.take_document("udp", peer, body)
         if done is not None:
             self.waiting += 1
             done.add_done_callback(lambda future: self.appended(peer, future))
@@ -370,6 +411,7 @@ class TakServer:
             gw.Filter(kinds=KINDS_OUT, statuses=STATUSES_OUT, regions=[settings.jurisdiction]), validator.regions
         )
         self.connections: set[TakConnection] = set()
+        self.protocol_uid = f"yiwang-takp-{uuid.uuid4()}"  # the uid of the server's negotiation events
         self.datagrams: TakDatagrams | None = None
         self._server: asyncio.Server | None = None
         self._udp: asyncio.DatagramTransport | None = None
@@ -433,7 +475,8 @@ class TakServer:
         self.connections.add(connection)
         self.metrics.connections.set(len(self.connections))
         log.info("tak_client_connected", peer=connection.peer)
-        connection.start_picture(self.picture.events(time.time_ns()))
+        announce = takproto.protocol_support(self.protocol_uid, time.time())
+        connection.start_picture([announce, *self.picture.events(time.time_ns())])
 
     def _authenticated(self, connection: TakConnection) -> bool:
         """Whether the client certificate names an identity of the network that is not revoked."""
@@ -486,28 +529,74 @@ class TakServer:
     # -- in
 
     def take_event(self, connection: TakConnection, document: bytes) -> None:
-        """One complete event of a TCP connection."""
+        """One complete XML event of a TCP connection."""
         done = self.take_document("tcp", connection.peer, document, connection)
+        if done is not None:
+            connection.wait_for_log(done)
+
+    def take_message(self, connection: TakConnection, payload: bytes) -> None:
+        """One complete TAK protocol version 1 message of a TCP connection."""
+        done = self.take_payload("tcp", connection.peer, payload, connection)
         if done is not None:
             connection.wait_for_log(done)
 
     def take_document(
         self, transport: str, peer: str, document: bytes, connection: TakConnection | None = None
     ) -> asyncio.Future[list[gw.PublishResult]] | None:
-        """Parses and maps one event; its envelope goes to the log (the future says when), a ping is
-        answered on TCP, anything else is refused with its reason."""
+        """Parses and maps one XML event; its envelope goes to the log (the future says when), a ping
+        or a negotiation is answered on TCP, anything else is refused with its reason."""
         try:
-            event = parse_event(document, limit=self.config.max_event_bytes)
-            if event.type == cot_types.PING:
-                self.metrics.events_in.labels(transport, "ping").inc()
-                if connection is not None:
-                    connection.send(encode_ping(PONG_UID, time.time(), reply=True))
+            root = safexml.parse(document, limit=self.config.max_event_bytes)
+            event = read_event(root)
+        except AdapterError as exc:
+            self.refuse(transport, peer, exc)
+            return None
+        return self._take_read(transport, peer, event, root, connection)
+
+    def take_payload(
+        self, transport: str, peer: str, payload: bytes, connection: TakConnection | None = None
+    ) -> asyncio.Future[list[gw.PublishResult]] | None:
+        """The same for a TAK protocol version 1 message (a message without an event is counted)."""
+        try:
+            message = takproto.decode_message(payload)
+            if not message.HasField("cotEvent"):
+                self.metrics.events_in.labels(transport, "control").inc()
                 return None
+            root = takproto.event_element(message.cotEvent, limit=self.config.max_event_bytes)
+            event = read_event(root)
+        except AdapterError as exc:
+            self.refuse(transport, peer, exc)
+            return None
+        return self._take_read(transport, peer, event, root, connection)
+
+    def _take_read(
+        self, transport: str, peer: str, event: CotEvent, root: Element, connection: TakConnection | None
+    ) -> asyncio.Future[list[gw.PublishResult]] | None:
+        if event.type == cot_types.PING:
+            self.metrics.events_in.labels(transport, "ping").inc()
+            if connection is not None:
+                connection.send_own(encode_ping(PONG_UID, time.time(), reply=True))
+            return None
+        if takproto.is_control(event.type):
+            self.metrics.events_in.labels(transport, "control").inc()
+            if connection is not None and event.type == takproto.REQUEST_TYPE:
+                self._negotiate(connection, root)
+            return None
+        try:
             envelope = to_envelope(event, self.config, self.context, self.validator)
         except AdapterError as exc:
             self.refuse(transport, peer, exc)
             return None
         return self.batcher.submit([envelope])
+
+    def _negotiate(self, connection: TakConnection, request: Element) -> None:
+        """Answers a client's request for a protocol version; yes switches the connection to it."""
+        version = takproto.requested_version(request)
+        accepted = version == takproto.VERSION
+        connection.send_own(takproto.protocol_response(self.protocol_uid, time.time(), accepted=accepted))
+        log.info("tak_protocol", peer=connection.peer, version=version, accepted=accepted, how="negotiated")
+        if accepted:
+            connection.use_protobuf()  # after the answer, which goes out in the version it was asked in
 
     def settled(self, transport: str, peer: str, done: asyncio.Future[list[gw.PublishResult]]) -> None:
         """Counts and logs what became of an event sent to the log."""
@@ -570,10 +659,29 @@ class TakServer:
         if not out:
             return
         self.metrics.events_out.inc(len(out))
-        connections = list(self.connections)
-        for chunk in _chunks(out):
-            for connection in connections:
-                connection.send(chunk)
+        by_version: tuple[list[TakConnection], list[TakConnection]] = ([], [])
+        for connection in self.connections:
+            by_version[connection.out_version].append(connection)
+        xml_clients, protobuf_clients = by_version
+        if xml_clients:
+            for chunk in _chunks(out):
+                for connection in xml_clients:
+                    connection.send(chunk)
+        if protobuf_clients:
+            for chunk in _chunks(self._messages_of(out)):
+                for connection in protobuf_clients:
+                    connection.send(chunk)
+
+    def _messages_of(self, events: list[bytes]) -> list[bytes]:
+        """The version 1 stream frames of XML events (once for all the clients that speak it)."""
+        out: list[bytes] = []
+        for event in events:
+            try:
+                out.append(takproto.stream_frame(takproto.encode_event(event)))
+            except AdapterError as exc:
+                self.metrics.unencodable.inc()
+                log.info("tak_event_not_encoded", version=1, reason=str(exc))
+        return out
 
     def _events_of(self, env: pb.Envelope, now_ns: int) -> list[bytes]:
         """The events of one envelope to send now (those not stale yet), the picture updated."""

@@ -22,5 +22,5 @@ def test_regenerating_the_proto_code_produces_no_diff(tmp_path: Path) -> None:
     for rel in fresh:
         assert (committed / rel).exists(), f"{rel} is generated but not committed (run `make proto`)"
         assert filecmp.cmp(tmp_path / rel, committed / rel, shallow=False), f"{rel} differs: run `make proto`"
-    generated_names = {p.name for p in (committed / "yiwang" / "v1").iterdir() if "_pb2" in p.name}
-    assert generated_names == {p.name for p in fresh}, "stale generated files under proto/yiwang/v1"
+    generated = {p.relative_to(committed) for p in (committed / "yiwang").rglob("*") if "_pb2" in p.name}
+    assert generated == set(fresh), "stale generated files under proto/yiwang"

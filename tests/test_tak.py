@@ -85,6 +85,7 @@ class TakClient:
         self.decoder = StreamDecoder()
         self.events: list[CotEvent] = []
         self.raw: list[bytes] = []
+        self.control: list[CotEvent] = []  # the server's TAK protocol announcement (t-x-takp-v)
 
     @classmethod
     async def connect(cls, node: Node) -> TakClient:
@@ -109,8 +110,12 @@ class TakClient:
                 raise AssertionError("the server closed the connection")
             for item in self.decoder.feed(data):
                 assert not isinstance(item, AdapterError), item
+                event = parse_event(item)
+                if event.type.startswith("t-x-takp-"):
+                    self.control.append(event)
+                    continue
                 self.raw.append(item)
-                self.events.append(parse_event(item))
+                self.events.append(event)
         return {event.uid: event for event in self.events if event.uid in uids}
 
     async def close(self) -> None:
@@ -368,7 +373,9 @@ async def test_idle_clients_are_closed_and_connections_past_the_limit_refused(st
     await eventually(lambda: node.tak is not None and len(node.tak.connections) == 1)
     second = await TakClient.connect(node)
     assert await asyncio.wait_for(second.reader.read(), 5) == b""  # closed at once
-    assert await asyncio.wait_for(first.reader.read(), 5) == b""  # closed once idle
+    sent = await asyncio.wait_for(first.reader.read(), 5)  # closed once idle
+    assert sent.count(b"<event") == 1, sent  # after the server's TAK protocol announcement only
+    assert b"t-x-takp-v" in sent
     await first.close()
     await second.close()
     assert sample(node, "yiwang_tak_clients_dropped_total", {"reason": "connections"}) == 1

@@ -13,8 +13,16 @@ is either part of an event it returns or reported in an ``AdapterError``: bytes 
 an event (garbage), an event larger than the limit, a markup declaration inside an event. After an
 error it skips to the next ``<event`` or ``<?xml`` and goes on, so one bad event costs only itself.
 
-TAK protocol version 1 (protobuf payloads behind a ``0xbf`` magic byte, on streams with a varint
-length) is recognised and refused with that reason: only XML events are read here.
+TAK protocol version 1 carries each event as a protobuf ``TakMessage`` (``takproto`` reads it). On a
+TCP stream each message is ``0xbf``, its length as a varint, then the message; a stream starts in
+XML and switches once both sides agreed (``use_protobuf``, called by the server between two
+events), or is version 1 from its first byte when the decoder is told to look (a client configured
+for protobuf). A length-prefixed stream has no marker to find the next message by: after a byte
+that is not ``0xbf`` where a message must start, or a length that cannot be one, the decoder says
+so and reads nothing more (``lost``), and the connection must be closed. A message over the limit
+is skipped by its length, and a payload is handed out even when it does not decode, so one bad
+message costs only itself. A UDP datagram is either one XML event or the mesh form ``0xbf``,
+version varint, ``0xbf``, message (``read_datagram``).
 """
 
 from __future__ import annotations
@@ -28,6 +36,11 @@ from adapters.errors import AdapterError
 MAX_EVENT_BYTES = 256 * 1024
 #: The TAK protocol's magic byte, which starts every protobuf (version 1) message.
 TAK_MAGIC = 0xBF
+#: The longest varint (a 64-bit value, 7 bits a byte).
+MAX_VARINT_BYTES = 10
+#: A version 1 message over the limit is skipped by its length up to this size; a length beyond it
+#: is taken for garbage, not a message, and the stream is given up.
+MAX_SKIPPED_MESSAGE_BYTES = 64 << 20
 
 _WHITESPACE = frozenset(b" \t\r\n")
 _BOM = b"\xef\xbb\xbf"
@@ -46,6 +59,9 @@ class _State(enum.Enum):
     BETWEEN = "between"  # between events: white space, a declaration, an event start
     EVENT = "event"  # inside an event
     SKIP = "skip"  # after an error: looking for the next event start
+    PROTOBUF = "protobuf"  # version 1: at the start of a message (0xbf, varint length)
+    SKIP_BYTES = "skip-bytes"  # version 1: inside a message over the limit, skipped by its length
+    LOST = "lost"  # version 1: no way to find the next message; nothing more is read
 
 
 class StreamDecoder:
@@ -57,12 +73,19 @@ class StreamDecoder:
     TAK protobuf; ``offset`` is the position in the stream). The outcome does not depend on how the
     stream was split. ``end`` says whether the stream stopped inside an event (``truncated``).
     Memory is bounded: at most one event of ``max_event_bytes`` plus the last read is held.
+
+    Once the stream is version 1 (``version``), the bytes handed out are ``TakMessage`` payloads.
+    A caller that may switch the stream between two events takes them one at a time (``receive``
+    then ``next_item`` until it returns None), so that what follows the switch is read as version 1.
+    ``detect_protobuf`` makes a stream whose first byte is ``0xbf`` version 1 from the start.
     """
 
-    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES, *, detect_protobuf: bool = False) -> None:
         if max_event_bytes < 64:
             raise ValueError(f"max_event_bytes {max_event_bytes} is too small for any CoT event")
         self.max_event_bytes = max_event_bytes
+        self.detect_protobuf = detect_protobuf
+        self._skip_left = 0  # version 1: bytes of an oversized message still to skip
         self._buffer = bytearray()
         self._base = 0  # stream offset of _buffer[0]
         self._state = _State.BETWEEN
@@ -80,17 +103,56 @@ class StreamDecoder:
         """Bytes held for an event not yet complete."""
         return len(self._buffer)
 
+    @property
+    def version(self) -> int:
+        """The TAK protocol version the stream is read in: 0 (XML events) or 1 (protobuf messages)."""
+        return 0 if self._state in (_State.BETWEEN, _State.EVENT, _State.SKIP) else 1
+
+    @property
+    def lost(self) -> bool:
+        """Whether the stream cannot be followed any more (a version 1 stream out of step)."""
+        return self._state is _State.LOST
+
+    def use_protobuf(self) -> None:
+        """Reads what follows as TAK protocol version 1 messages (after a negotiation between two
+        events; what was received but not yet taken with ``next_item`` is read that way too)."""
+        if self._state is _State.EVENT:
+            raise RuntimeError("the stream switches to protobuf between two events, not inside one")
+        if self.version == 1:
+            return
+        if self._declaration is not None:  # an XML declaration with no event after it: not an event
+            self._pos = self._declaration
+            self._declaration = None
+        self._state = _State.PROTOBUF
+
     def feed(self, data: bytes) -> list[bytes | AdapterError]:
         """The events (and refusals) that ``data`` completes."""
-        self._buffer += data
+        self.receive(data)
         out: list[bytes | AdapterError] = []
-        while self._step(out):
-            pass
-        self._compact()
+        while (item := self.next_item()) is not None:
+            out.append(item)
         return out
+
+    def receive(self, data: bytes) -> None:
+        """Takes the next bytes of the stream (``next_item`` hands out what they complete)."""
+        if self._state is _State.LOST:
+            self._base += len(data)
+            return
+        self._buffer += data
+
+    def next_item(self) -> bytes | AdapterError | None:
+        """The next complete event (or refusal), or None until more bytes are received."""
+        out: list[bytes | AdapterError] = []
+        while not out:
+            if not self._step(out):
+                self._compact()
+                return out[0] if out else None
+        return out[0]
 
     def end(self) -> list[AdapterError]:
         """At the end of the stream: an error if it stopped inside an event (or a declaration)."""
+        if self._state in (_State.PROTOBUF, _State.SKIP_BYTES, _State.LOST):
+            return self._end_protobuf()
         skipping = self._state is _State.SKIP
         kept = self._first_kept()
         rest = bytes(self._buffer[kept:])
@@ -110,12 +172,103 @@ class StreamDecoder:
 
     # -- the state machine ------------------------------------------------------------------------
 
+    def _end_protobuf(self) -> list[AdapterError]:
+        state, kept = self._state, self._pos
+        rest = bytes(self._buffer[kept:]).lstrip(b" \t\r\n")
+        offset = self._base + len(self._buffer) - len(rest)
+        self._base += len(self._buffer)
+        self._buffer.clear()
+        self._pos = 0
+        if state is not _State.PROTOBUF or not rest:
+            return []  # an oversized message was reported when it began; a lost stream when it was lost
+        return [
+            AdapterError(
+                f"the stream ended inside a TAK protocol version 1 message ({len(rest)} bytes held: {_excerpt(rest)})",
+                offset=offset,
+                kind="truncated",
+            )
+        ]
+
     def _step(self, out: list[bytes | AdapterError]) -> bool:
-        if self._state is _State.BETWEEN:
+        state = self._state
+        if state is _State.BETWEEN:
             return self._between(out)
-        if self._state is _State.SKIP:
+        if state is _State.SKIP:
             return self._skip()
-        return self._event(out)
+        if state is _State.EVENT:
+            return self._event(out)
+        if state is _State.PROTOBUF:
+            return self._message(out)
+        if state is _State.SKIP_BYTES:
+            return self._skip_bytes()
+        return False  # lost
+
+    # -- version 1 --------------------------------------------------------------------------------
+
+    def _message(self, out: list[bytes | AdapterError]) -> bool:
+        buf, pos = self._buffer, self._pos
+        # white space between messages is let through: a client may end its last XML event with a newline
+        while pos < len(buf) and buf[pos] in _WHITESPACE:
+            pos += 1
+        self._pos = pos
+        if pos >= len(buf):
+            return False
+        if buf[pos] != TAK_MAGIC:
+            return self._lose(
+                out, f"byte {buf[pos]:#04x} where a TAK protocol version 1 message must start with 0xbf", pos
+            )
+        try:
+            header = read_varint(buf, pos + 1)
+        except ValueError as exc:
+            return self._lose(out, f"a message length that is not a varint ({exc})", pos)
+        if header is None:
+            return False  # the length is cut by the read
+        length, start = header
+        if length > self.max_event_bytes:
+            if length > MAX_SKIPPED_MESSAGE_BYTES:
+                return self._lose(out, f"a message length of {length} bytes, beyond any TAK message", pos)
+            out.append(
+                AdapterError(
+                    f"a TAK protocol version 1 message of {length} bytes, more than the limit of "
+                    f"{self.max_event_bytes}; skipped",
+                    offset=self._base + pos,
+                    kind="size",
+                )
+            )
+            self._state, self._skip_left, self._pos = _State.SKIP_BYTES, length, start
+            return True
+        end = start + length
+        if end > len(buf):
+            return False
+        out.append(bytes(buf[start:end]))
+        self._pos = end
+        return True
+
+    def _skip_bytes(self) -> bool:
+        taken = min(self._skip_left, len(self._buffer) - self._pos)
+        self._pos += taken
+        self._skip_left -= taken
+        if self._skip_left:
+            return False
+        self._state = _State.PROTOBUF
+        return True
+
+    def _lose(self, out: list[bytes | AdapterError], reason: str, at: int) -> bool:
+        out.append(
+            AdapterError(
+                f"{reason}: a length-prefixed stream has no marker to find the next message by, so nothing "
+                "more is read from it and the connection must be closed",
+                offset=self._base + at,
+                kind="framing",
+            )
+        )
+        self._state = _State.LOST
+        self._base += len(self._buffer)
+        self._buffer.clear()
+        self._pos = 0
+        return False
+
+    # -- version 0 --------------------------------------------------------------------------------
 
     def _between(self, out: list[bytes | AdapterError]) -> bool:
         buf, pos = self._buffer, self._pos
@@ -128,10 +281,13 @@ class StreamDecoder:
         if not rest or (len(rest) < len(_BOM) and _BOM.startswith(rest)):
             return False
         if rest[0] == TAK_MAGIC:
+            if self.detect_protobuf and self._base + pos == 0 and self._declaration is None:
+                self._state = _State.PROTOBUF  # a client configured for protobuf: version 1 from its first byte
+                return True
             return self._refuse(
                 out,
-                "a TAK protocol version 1 (protobuf, magic byte 0xbf) message: only XML CoT events "
-                "(TAK protocol version 0) are read",
+                "a TAK protocol version 1 (protobuf, magic byte 0xbf) message on a stream that reads XML CoT "
+                "events (version 0): version 1 is used only once the server agreed to it (t-x-takp-q)",
                 pos,
                 "unsupported",
             )
@@ -259,6 +415,8 @@ class StreamDecoder:
     # -- the buffer -------------------------------------------------------------------------------
 
     def _first_kept(self) -> int:
+        if self._state is _State.LOST:
+            return len(self._buffer)
         if self._state is _State.EVENT:
             return self._start
         if self._declaration is not None:
@@ -308,6 +466,65 @@ def check_datagram(data: bytes, max_event_bytes: int = MAX_EVENT_BYTES) -> bytes
             kind="unsupported",
         )
     return data
+
+
+def read_datagram(data: bytes, max_event_bytes: int = MAX_EVENT_BYTES) -> tuple[int, bytes]:
+    """What a UDP datagram carries, with its TAK protocol version: ``(0, the XML event)`` or, for the
+    mesh form ``0xbf`` version ``0xbf`` message, ``(1, the TakMessage bytes)``."""
+    if data[:1] != bytes([TAK_MAGIC]):
+        return 0, check_datagram(data, max_event_bytes)
+    if len(data) > max_event_bytes + 3:  # the mesh header of version 1 is three bytes
+        raise AdapterError(
+            f"a datagram of {len(data)} bytes, more than the limit of {max_event_bytes}", offset=0, kind="size"
+        )
+    try:
+        header = read_varint(data, 1)
+    except ValueError as exc:
+        raise AdapterError(
+            f"a TAK mesh header whose version is not a varint ({exc})", offset=1, kind="framing"
+        ) from None
+    if header is None:
+        raise AdapterError("a datagram that ends inside its TAK mesh header", offset=len(data), kind="truncated")
+    version, at = header
+    if at >= len(data) or data[at] != TAK_MAGIC:
+        raise AdapterError(
+            "a datagram starting with 0xbf without the TAK mesh header's second 0xbf after the version",
+            offset=at,
+            kind="framing",
+        )
+    if version != 1:
+        raise AdapterError(
+            f"TAK protocol version {version} is not read (only 0, XML, and 1, protobuf)", offset=1, kind="unsupported"
+        )
+    return 1, data[at + 1 :]
+
+
+def read_varint(data: bytes | bytearray, pos: int) -> tuple[int, int] | None:
+    """The unsigned varint at ``pos`` and where it ends, or None when ``data`` ends inside it; a
+    ValueError when it runs past the ten bytes a 64-bit value takes."""
+    value = 0
+    for k in range(MAX_VARINT_BYTES):
+        if pos + k >= len(data):
+            return None
+        byte = data[pos + k]
+        value |= (byte & 0x7F) << (7 * k)
+        if not byte & 0x80:
+            if value >= 1 << 64:
+                raise ValueError("more than 64 bits")
+            return value, pos + k + 1
+    raise ValueError(f"more than {MAX_VARINT_BYTES} bytes")
+
+
+def encode_varint(value: int) -> bytes:
+    """``value`` (0 .. 2**64-1) as an unsigned varint."""
+    if not 0 <= value < 1 << 64:
+        raise ValueError(f"{value} is not an unsigned 64-bit value")
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def _common_prefix(a: bytes, b: bytes) -> int:
