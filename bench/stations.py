@@ -3,8 +3,10 @@
 Prints, in one run, for each protocol:
   (a) connections held: N stations connect and each sends one upload (answered once durable), then
       stay connected and silent; the resident memory of the node and its processes (station workers,
-      admission) before and after, per connection
-      (goal: 5,000 stations at once, under 50 KiB each);
+      admission) before and after, per connection and by process
+      (goal: 5,000 stations at once, under 50 KiB each); how many connections each process holds
+      (counted from /proc: with workers, the split between them); the CPU each process spent per
+      connection (for the node: accepting and handing the connection to a worker, and the append);
   (b) ingest: M stations send uploads as fast as their acknowledgements come back (a window of W
       uploads each), every upload a distinct reading; acknowledgements/s over the window, each one
       sent by the node only after the upload is in its durable log (fsync on; goal: at least
@@ -19,7 +21,7 @@ answer is checked: an HJ 212 9014 must equal, byte for byte, the one built for i
 MN, Flag and CRC), and an SL 651 confirmation must carry the station, function code and serial of
 its report (compared as bytes), end in ESC and have a right CRC. A wrong answer stops the run.
 (b) also prints the CPU each process spent per acknowledged upload (node, its worker processes,
-the stations). Usage:
+the stations) and how many of the sending stations each process serves. Usage:
 
     .venv/bin/python bench/stations.py [--connections 5000] [--stations 200] [--window 8]
                                        [--seconds 10] [--only hj212,sl651] [--no-fsync]
@@ -230,14 +232,20 @@ def family(pid: int) -> list[int]:
     return out
 
 
+def rss_by_process(pid: int) -> dict[int, int]:
+    """Resident memory (KiB) of ``pid`` and of each of its descendants."""
+    out = {}
+    for member in family(pid):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    out[member] = int(line.split()[1])
+    return out
+
+
 def rss_kib(pid: int) -> int:
     """Resident memory of ``pid`` and its descendants."""
-    total = 0
-    for member in family(pid):
-        for line in Path(f"/proc/{member}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1])
-    return total
+    return sum(rss_by_process(pid).values())
 
 
 def cpu_s(pid: int) -> float:
@@ -314,6 +322,40 @@ def finish(stations: subprocess.Popen[str]) -> None:
     stations.wait(60)
 
 
+def connections_by_process(node: int, port: int) -> dict[int, int]:
+    """How many established TCP connections to ``port`` each process of the node's family holds
+    (read from /proc: which worker serves how many stations, whatever the node's own figures say)."""
+    established: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "01" and int(fields[1].rpartition(":")[2], 16) == port:
+                    established.add(fields[9])
+    out = {}
+    for member in family(node):
+        count = 0
+        with contextlib.suppress(FileNotFoundError):
+            for fd in Path(f"/proc/{member}/fd").iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    target = str(fd.readlink())
+                    if target.startswith("socket:[") and target[8:-1] in established:
+                        count += 1
+        out[member] = count
+    return out
+
+
+def cpu_text(before: dict[int, float], after: dict[int, float], count: float, node: int) -> str:
+    """Each process's CPU between two readings, in µs per one of ``count`` things done."""
+    return ", ".join(
+        f"{process_name(pid, node)} {(used - before.get(pid, 0.0)) / count * 1e6:.1f}" for pid, used in after.items()
+    )
+
+
+def split_text(split: dict[int, int], node: int) -> str:
+    return ", ".join(f"{process_name(pid, node)} {count:,}" for pid, count in split.items())
+
+
 def process_name(pid: int, node: int) -> str:
     if pid == node:
         return "node"
@@ -360,19 +402,27 @@ def main() -> None:
                 probe = spawn_stations(protocol, ports[protocol], stations, 1, 1, 1, 0)  # answered: all is running
                 read_json(probe, 600)
                 finish(probe)
-                before = rss_kib(node.pid)
+                rss_before, cpu_before = rss_by_process(node.pid), cpu_of_family(node.pid)
                 held = spawn_stations(protocol, ports[protocol], 0, args.connections, 1, 1, 0)
                 read_json(held, 600)
-                after = rss_kib(node.pid)
+                rss_after, cpu_after = rss_by_process(node.pid), cpu_of_family(node.pid)
+                before, after = sum(rss_before.values()), sum(rss_after.values())
                 per_connection = (after - before) / args.connections
                 print(f"({protocol}) (a) {args.connections:,} stations connected, each answered once: RSS of the "
                       f"node and its processes {before / 1024:,.0f} -> {after / 1024:,.0f} MiB, "
                       f"{per_connection:.1f} KiB per connection (goal: under 50 KiB)", flush=True)  # fmt: skip
+                split = connections_by_process(node.pid, ports[protocol])
+                print(f"({protocol}) (a) connections held by: {split_text(split, node.pid)}", flush=True)
+                grown = {pid: kib - rss_before.get(pid, 0) for pid, kib in rss_after.items()}
+                print(f"({protocol}) (a) KiB of RSS grown, by process: {split_text(grown, node.pid)}", flush=True)
+                print(f"({protocol}) (a) CPU µs per connection (accepted, one upload answered): "
+                      f"{cpu_text(cpu_before, cpu_after, args.connections, node.pid)}", flush=True)  # fmt: skip
                 finish(held)
                 sending = spawn_stations(
                     protocol, ports[protocol], args.connections, args.stations, args.window, per, args.seconds
                 )
                 read_json(sending, 600)
+                split = connections_by_process(node.pid, ports[protocol])
                 cpu_before = cpu_of_family(node.pid)
                 result = read_json(sending, args.seconds + 600)
                 cpu_after = cpu_of_family(node.pid)
@@ -384,11 +434,9 @@ def main() -> None:
                 print(f"({protocol}) (b) {args.stations} stations, window {args.window}: {rate:,.0f} uploads/s "
                       f"acknowledged after the durable append, every answer checked "
                       f"(goal: at least 20,000/s)", flush=True)  # fmt: skip
-                used = [f"stations {result['cpu_s'] / done * 1e6:.1f}"]
-                for pid, after_s in cpu_after.items():
-                    spent = after_s - cpu_before.get(pid, 0.0)
-                    used.append(f"{process_name(pid, node.pid)} {spent / done * 1e6:.1f}")
-                print(f"({protocol}) (b) CPU µs per acknowledged upload: {', '.join(used)}", flush=True)
+                print(f"({protocol}) (b) CPU µs per acknowledged upload: stations {result['cpu_s'] / done * 1e6:.1f}, "
+                      f"{cpu_text(cpu_before, cpu_after, done, node.pid)}", flush=True)  # fmt: skip
+                print(f"({protocol}) (b) sending stations served by: {split_text(split, node.pid)}", flush=True)
             finally:
                 throughput.stop(node)
 

@@ -3,13 +3,20 @@
 The codecs of HJ 212 and SL 651 cost tens of microseconds of CPU per upload; on the node's event
 loop they compete with admission and the durable append. Here each worker process runs the
 station servers of every protocol (``gateway.stations.StationServer``: framing, registry,
-sessions, idle timeouts, connection limits) and the node keeps only the append:
+sessions, idle timeouts) and the node keeps only accepting and the append:
 
-- **Listening.** The node binds each protocol's listening socket itself and every worker inherits
-  it and accepts on it. Not SO_REUSEPORT: with one socket the node knows its port at once (port 0
-  works), no other program of the same user can join the port and take stations' connections, and
-  connections waiting in the backlog survive a worker's death (the restarted worker takes them),
-  where a SO_REUSEPORT socket's backlog dies with its process.
+- **Listening and accepting.** The node binds each protocol's listening socket and is the only
+  process that holds it: it accepts the stations' connections itself and hands each one's file
+  descriptor to a worker (SCM_RIGHTS over a socket pair of its own per worker, several descriptors
+  in one message), choosing the ready worker with the fewest live connections of that protocol
+  (ties in turn), so stations are spread evenly whoever wakes first. A worker reports every
+  connection it closes, so the node knows each worker's count and the total: past
+  ``max_connections`` (per protocol, all workers together) a new connection is closed at once by
+  the node and counted. Accepting costs the node an accept and its share of one sendmsg per
+  connection, nothing per upload. With one socket the node knows its port at once (port 0 works)
+  and no other program of the same user can join the port (no SO_REUSEPORT). While no worker is
+  ready (at the start, or all of them died) the node does not accept: connections wait in the
+  backlog, which lives in the node, and are taken when a worker is ready again.
 - **Publishing.** A worker hands its batches to the node over a socket pair the node created and
   passed only to it: a frame holds a ``PublishRequest`` as the gRPC API would carry it; the node
   admits and appends it with its own identity, exactly as the in-loop station server does
@@ -19,11 +26,15 @@ sessions, idle timeouts, connection limits) and the node keeps only the append:
   durable before acknowledgement, and nobody else can reach the channel.
 - **Failure.** A worker that dies loses only its connections: the node may have stored part of
   what it was sending, but nothing it stored was acknowledged wrongly, and stations resend what was
-  not acknowledged (ids come from the readings, so a resent reading is stored once). The node logs
-  the death and starts a new worker with growing delays. A worker whose channel closes (the node
-  stopped or died) closes its connections and exits.
+  not acknowledged (ids come from the readings, so a resent reading is stored once). Connections
+  handed to a worker that died before it took them are closed by the kernel with its end of the
+  socket pair; those stations, never answered, connect again and reach another worker. Connections
+  the node accepted but had not yet sent go to another ready worker. The node logs the death and
+  starts a new worker with growing delays. A worker whose channel closes (the node stopped or
+  died) closes its connections and exits.
 - **Logs and metrics.** A worker's log events and metric counts are sent to the node over the same
-  channel, so they appear in the node's log and on its /metrics as with the in-loop servers.
+  channel, so they appear in the node's log and on its /metrics as with the in-loop servers; the
+  connections gauge is the node's own count.
 """
 
 from __future__ import annotations
@@ -31,8 +42,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
-import math
 import os
 import signal
 import socket
@@ -40,7 +51,7 @@ import sqlite3
 import struct
 import sys
 import time
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,19 +62,23 @@ from yiwang.v1 import gateway_pb2 as gw
 
 from adapters.station_protocol import Limits, Station
 from gateway.errors import YiwangError
-from gateway.stations import Batcher, Publish, StationMetrics, StationServer, protocol_named
+from gateway.stations import Batcher, Publish, StationConnection, StationMetrics, StationServer, protocol_named
 
 log = structlog.get_logger("yiwang.stations")
 
 # A frame on the channel: payload length, kind, request number, then the payload.
 HEADER = struct.Struct(">IBI")
-PUBLISH, REPLY, FAILED, SETUP, READY, LOG, METRICS = range(1, 8)
+PUBLISH, REPLY, FAILED, SETUP, READY, LOG, METRICS, CLOSED = range(1, 9)
 MAX_FRAME_BYTES = 256 * 1024 * 1024
 METRICS_INTERVAL_S = 1.0
 FIRST_RESTART_DELAY_S = 0.2
 MOST_RESTART_DELAY_S = 30.0
 HEALTHY_AFTER_S = 60.0  # a worker that ran this long starts again after the first delay
 STOP_GRACE_S = 5.0  # how long a stopping worker may take before it is killed
+HANDOFF_BATCH = 64  # most descriptors in one handoff message (the kernel's limit is 253)
+ACCEPT_BURST = 256  # most connections accepted per wake-up of one listening socket, so the loop stays fair
+ACCEPT_PAUSE_S = 1.0  # how long the node stops accepting after running out of descriptors or memory
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _RELAYED_COUNTERS = frozenset({"messages", "refused", "envelopes"})  # StationMetrics' counters a worker reports
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -139,14 +154,14 @@ def stations_from_json(table: Mapping[str, list[dict[str, Any]]]) -> dict[str, d
 class WorkerSettings:
     """What every worker is told at its start (sent as JSON in the SETUP frame)."""
 
-    protocols: list[str]
+    protocols: list[str]  # in this order: a handed connection names its protocol by index
     registry: dict[str, list[dict[str, Any]]]
     idle_timeout_s: float
-    max_connections: int  # per protocol, for this worker
+    max_connections: int  # per protocol (the node enforces it across all workers; here only a safety net)
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
-    """A bound, listening TCP socket the workers inherit (the node never accepts on it)."""
+    """A bound, listening, non-blocking TCP socket; only the node holds it and accepts on it."""
     family, _, _, _, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
                                                   flags=socket.AI_PASSIVE)[0]  # fmt: skip
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -154,6 +169,7 @@ def listening_socket(host: str, port: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
         sock.listen(1024)
+        sock.settimeout(0.0)
     except OSError as exc:
         sock.close()
         raise OSError(exc.errno, f"cannot listen for stations on {host}:{port}: {exc.strerror}") from None
@@ -165,7 +181,7 @@ class _Counts:
     """A worker's last reported metric totals, to turn them into increments on the node."""
 
     totals: dict[str, float] = field(default_factory=dict)
-    connections: dict[str, float] = field(default_factory=dict)  # by protocol
+    connections: dict[str, float] = field(default_factory=dict)  # by protocol, as the worker counts them
 
 
 class StationWorker:
@@ -176,8 +192,12 @@ class StationWorker:
         self.index = index
         self.process: asyncio.subprocess.Process | None = None
         self.starts = 0  # how many times a process was started
-        self.ready = asyncio.Event()  # the current process listens
+        self.ready = asyncio.Event()  # the current process takes connections
         self.counts = _Counts()
+        self.live: dict[str, int] = {}  # connections handed to the current process and not closed, by protocol
+        self.handoff: socket.socket | None = None  # the node's end of the socket pair connections go over
+        self._outbox: list[tuple[int, socket.socket]] = []  # (protocol index, connection) not yet sent
+        self._waiting_writable = False
         self._publishing: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -212,25 +232,27 @@ class StationWorker:
     async def _run_once(self) -> str:
         """Runs one worker process until it ends; says how it ended."""
         ours, theirs = socket.socketpair()
-        listening = self.pool.listening
-        fds = [theirs.fileno(), *(sock.fileno() for sock in listening.values())]
-        args = ["--channel", str(theirs.fileno())]
-        for protocol, sock in listening.items():
-            args += ["--listen", f"{protocol}={sock.fileno()}"]
+        # SOCK_SEQPACKET: one handoff is one message, its descriptors never split from its bytes
+        handoff, their_handoff = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        handoff.settimeout(0.0)
+        args = ["--channel", str(theirs.fileno()), "--handoff", str(their_handoff.fileno())]
         self.ready.clear()
         self.counts = _Counts()
         try:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "gateway.station_workers", *args,
-                pass_fds=fds, stdin=asyncio.subprocess.DEVNULL, env=_child_environment(),
+                pass_fds=[theirs.fileno(), their_handoff.fileno()], stdin=asyncio.subprocess.DEVNULL,
+                env=_child_environment(),
             )  # fmt: skip
         except OSError as exc:
             ours.close()
-            theirs.close()
+            handoff.close()
             return f"cannot start: {exc}"
         finally:
             theirs.close()
+            their_handoff.close()
         self.starts += 1
+        self.handoff = handoff
         process = self.process
         reader, writer = await asyncio.open_connection(sock=ours)
         try:
@@ -240,11 +262,11 @@ class StationWorker:
             pass
         finally:
             self.ready.clear()
+            self._end_handoff()
             await self._end_publishing()
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
-            self._forget_connections()
             if process.returncode is None:
                 await self._end(process)
         code = process.returncode
@@ -273,6 +295,8 @@ class StationWorker:
                 task = asyncio.create_task(self._publish(writer, number, payload))
                 self._publishing.add(task)
                 task.add_done_callback(self._published)
+            elif kind == CLOSED:
+                self._closed(json.loads(payload))
             elif kind == LOG:
                 _relay_log(self.index, json.loads(payload))
             elif kind == METRICS:
@@ -280,8 +304,69 @@ class StationWorker:
             elif kind == READY:
                 self.ready.set()
                 log.info("station_worker_listening", worker=self.index, pid=self.pid)
+                self.pool.accept_when_ready()
             else:
                 raise ChannelClosedError(f"a frame of unknown kind {kind} from station worker {self.index}")
+
+    # -- handing connections over
+
+    def take(self, protocol_index: int, protocol: str, connection: socket.socket) -> None:
+        """Counts ``connection`` as this worker's; it leaves with the next ``send_taken``."""
+        self.live[protocol] = self.live.get(protocol, 0) + 1
+        self._outbox.append((protocol_index, connection))
+
+    def send_taken(self) -> None:
+        """Sends the connections taken so far to the worker, HANDOFF_BATCH descriptors a message; the
+        node's copies close once sent. Waits for the socket pair to be writable when it is full."""
+        handoff = self.handoff
+        while self._outbox and handoff is not None:
+            batch = self._outbox[:HANDOFF_BATCH]
+            try:
+                socket.send_fds(handoff, [bytes(index for index, _ in batch)], [conn.fileno() for _, conn in batch])
+            except BlockingIOError:
+                if not self._waiting_writable:
+                    asyncio.get_running_loop().add_writer(handoff.fileno(), self.send_taken)
+                    self._waiting_writable = True
+                return
+            except (BrokenPipeError, ConnectionResetError):
+                return  # the worker is gone: its channel ends too, and _end_handoff passes these on
+            except OSError as exc:  # e.g. too many descriptors in flight: these stations connect again
+                log.error("station_handoff_failed", worker=self.index, connections=len(batch), error=repr(exc))
+                self._forget([index for index, _ in batch])
+            for _, connection in batch:
+                connection.close()
+            del self._outbox[: len(batch)]
+        if self._waiting_writable and handoff is not None:
+            asyncio.get_running_loop().remove_writer(handoff.fileno())
+            self._waiting_writable = False
+
+    def _forget(self, protocol_indexes: list[int]) -> None:
+        for index in protocol_indexes:
+            protocol = self.pool.protocols[index]
+            self.live[protocol] = max(0, self.live.get(protocol, 0) - 1)
+        self.pool.show_connections()
+
+    def _end_handoff(self) -> None:
+        """The process ended: what it was handed is gone with it (the kernel closes what it had not
+        taken); what was not sent yet goes to another worker, or is closed when the node stops."""
+        handoff, self.handoff = self.handoff, None
+        if handoff is not None:
+            if self._waiting_writable:
+                asyncio.get_running_loop().remove_writer(handoff.fileno())
+                self._waiting_writable = False
+            handoff.close()
+        unsent, self._outbox = self._outbox, []
+        self.live = {}
+        self.pool.accept_when_ready()
+        self.pool.hand_on(unsent)
+        self.pool.show_connections()
+
+    def _closed(self, report: dict[str, int]) -> None:
+        for protocol, count in report.items():
+            self.live[protocol] = max(0, self.live.get(protocol, 0) - count)
+        self.pool.show_connections()
+
+    # -- publishing
 
     async def _publish(self, writer: asyncio.StreamWriter, number: int, raw: bytes) -> None:
         """Appends a worker's batch with the node's identity; answers once it is durable (or refused)."""
@@ -322,15 +407,11 @@ class StationWorker:
             if delta > 0:
                 getattr(metrics, name).labels(*labels).inc(delta)
         self.counts.connections = dict(report["connections"])
-        self.pool.show_connections()
-
-    def _forget_connections(self) -> None:
-        self.counts.connections = {}
-        self.pool.show_connections()
 
 
 class StationWorkers:
-    """The node's station workers: the listening sockets, the processes and their channel's other end."""
+    """The node's station workers: the listening sockets it accepts on, the processes it hands the
+    connections to, and their channels' other ends."""
 
     def __init__(
         self,
@@ -344,37 +425,146 @@ class StationWorkers:
         max_connections: int,
     ) -> None:
         self.listening = dict(listening)
+        self.protocols = list(listening)
         self.publish = publish
         self.metrics = metrics
+        self.max_connections = max_connections
         self.settings = WorkerSettings(
-            protocols=list(listening),
+            protocols=self.protocols,
             registry=stations_to_json({name: registry.get(name, {}) for name in listening}),
             idle_timeout_s=idle_timeout_s,
-            max_connections=max(1, math.ceil(max_connections / processes)),
+            max_connections=max_connections,
         )
         self.workers = [StationWorker(self, index) for index in range(processes)]
+        self._turn = 0  # where the search for the least busy worker starts, so ties go round
+        self._accepting = False
+        self._paused: asyncio.TimerHandle | None = None  # accepting again after running out of descriptors
+        self._stopping = False
 
     @property
     def ports(self) -> dict[str, int]:
         return {name: int(sock.getsockname()[1]) for name, sock in self.listening.items()}
 
     def start(self) -> None:
+        for sock in self.listening.values():
+            sock.settimeout(0.0)
         for worker in self.workers:
             worker.start()
 
     async def ready(self) -> None:
-        """Waits until every worker listens."""
+        """Waits until every worker takes connections."""
         await asyncio.gather(*(worker.ready.wait() for worker in self.workers))
 
     async def stop(self) -> None:
+        self._stopping = True
+        self.accept_when_ready()
+        if self._paused is not None:
+            self._paused.cancel()
         await asyncio.gather(*(worker.stop() for worker in self.workers))
         for sock in self.listening.values():
             sock.close()
 
+    def live(self, protocol: str) -> int:
+        """Connections of ``protocol`` open in all workers together (as far as the node knows)."""
+        return sum(worker.live.get(protocol, 0) for worker in self.workers)
+
     def show_connections(self) -> None:
-        for protocol in self.listening:
-            total = sum(w.counts.connections.get(protocol, 0.0) for w in self.workers)
-            self.metrics.connections.labels(protocol).set(total)
+        for protocol in self.protocols:
+            self.metrics.connections.labels(protocol).set(self.live(protocol))
+
+    # -- accepting
+
+    def accept_when_ready(self) -> None:
+        """Accepts while at least one worker is ready; otherwise connections wait in the backlog."""
+        wanted = not self._stopping and self._paused is None and any(w.ready.is_set() for w in self.workers)
+        if wanted == self._accepting:
+            return
+        loop = asyncio.get_running_loop()
+        for index, sock in enumerate(self.listening.values()):
+            if wanted:
+                loop.add_reader(sock.fileno(), self._accept, index)
+            else:
+                loop.remove_reader(sock.fileno())
+        self._accepting = wanted
+
+    def _accept(self, protocol_index: int) -> None:
+        """Accepts the connections waiting on one protocol's socket (a bounded number, so the loop
+        stays fair) and hands them out, one message per worker."""
+        protocol = self.protocols[protocol_index]
+        listening = self.listening[protocol]
+        taken: set[StationWorker] = set()
+        for _ in range(ACCEPT_BURST):
+            try:
+                connection, peer = listening.accept()
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno in _OUT_OF_RESOURCES:
+                    self._pause(protocol, exc)
+                    break
+                continue  # e.g. ECONNABORTED: that station is gone already
+            if self.live(protocol) >= self.max_connections:
+                self._refuse(protocol, connection, peer)
+                continue
+            worker = self._least_busy(protocol)
+            if worker is None:
+                connection.close()
+                continue
+            worker.take(protocol_index, protocol, connection)
+            taken.add(worker)
+        for worker in taken:
+            worker.send_taken()
+        if taken:
+            self.show_connections()
+
+    def hand_on(self, unsent: list[tuple[int, socket.socket]]) -> None:
+        """Connections accepted for a worker that ended before they were sent: to another one."""
+        taken: set[StationWorker] = set()
+        for protocol_index, connection in unsent:
+            worker = None if self._stopping else self._least_busy(self.protocols[protocol_index])
+            if worker is None:
+                connection.close()  # never answered: the station connects again
+                continue
+            worker.take(protocol_index, self.protocols[protocol_index], connection)
+            taken.add(worker)
+        for worker in taken:
+            worker.send_taken()
+
+    def _least_busy(self, protocol: str) -> StationWorker | None:
+        """The ready worker with the fewest live connections of ``protocol``; ties go in turn."""
+        count = len(self.workers)
+        start, self._turn = self._turn, (self._turn + 1) % count
+        best: StationWorker | None = None
+        for step in range(count):
+            worker = self.workers[(start + step) % count]
+            if (
+                worker.ready.is_set()
+                and worker.handoff is not None
+                and (best is None or worker.live.get(protocol, 0) < best.live.get(protocol, 0))
+            ):
+                best = worker
+        return best
+
+    def _refuse(self, protocol: str, connection: socket.socket, peer: Any) -> None:
+        """Past max_connections: closed at once. Not with a reset: one that reaches the station before
+        its connect call returned makes the connect fail, where a refusal must look like a close."""
+        self.metrics.refused.labels(protocol, "connections").inc()
+        log.warning("station_connection_refused", protocol=protocol, peer=_peer_text(peer),
+                    reason=f"more than {self.max_connections} connections")  # fmt: skip
+        connection.close()
+
+    def _pause(self, protocol: str, error: OSError) -> None:
+        log.error("station_accept_paused", protocol=protocol, error=repr(error), resume_in_s=ACCEPT_PAUSE_S)
+        self._paused = asyncio.get_running_loop().call_later(ACCEPT_PAUSE_S, self._resume)
+        self.accept_when_ready()
+
+    def _resume(self) -> None:
+        self._paused = None
+        self.accept_when_ready()
+
+
+def _peer_text(peer: Any) -> str:
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
 
 
 def _relay_log(index: int, event: dict[str, Any]) -> None:
@@ -463,8 +653,120 @@ def _metric_report(registry: CollectorRegistry, protocols: list[str]) -> dict[st
     return {"counters": counters, "connections": connections}
 
 
-async def serve_worker(channel_fd: int, listening: Mapping[str, int]) -> None:
-    """A worker process's life: station servers on the inherited sockets until the channel closes."""
+@dataclass
+class HandedStationServer(StationServer):
+    """A station server for the connections the node accepted and handed over; it reports each one
+    it closes, so the node knows how many this worker holds."""
+
+    report_closed: Callable[[str], None] = field(kw_only=True)  # told the protocol of each closed connection
+
+    def start_serving(self) -> None:
+        """Starts closing idle connections (there is no listening socket to start)."""
+        self._sweeper = asyncio.create_task(self._sweep(), name=f"{self.protocol.name}-idle")
+
+    async def adopt(self, sock: socket.socket) -> None:
+        await asyncio.get_running_loop().connect_accepted_socket(lambda: StationConnection(self), sock)
+
+    def closed(self, connection: StationConnection) -> None:
+        super().closed(connection)
+        self.report_closed(self.protocol.name)
+
+    async def stop(self) -> None:
+        await super().stop()
+        for connection in list(self.connections):
+            if connection.transport is not None:
+                connection.transport.abort()
+
+
+class ClosedReports:
+    """Tells the node of closed connections: those of one turn of the event loop in one frame."""
+
+    def __init__(self, channel: NodeChannel) -> None:
+        self.channel = channel
+        self._counts: dict[str, int] = {}
+
+    def closed(self, protocol: str) -> None:
+        if not self._counts:
+            asyncio.get_running_loop().call_soon(self._send)
+        self._counts[protocol] = self._counts.get(protocol, 0) + 1
+
+    def _send(self) -> None:
+        counts, self._counts = self._counts, {}
+        self.channel.send(CLOSED, counts)
+
+
+class Handoff:
+    """The worker's end of the socket pair the node hands accepted connections over: each message
+    carries descriptors, and one byte per descriptor naming its protocol (an index of the servers)."""
+
+    def __init__(self, sock: socket.socket, servers: list[HandedStationServer], reports: ClosedReports) -> None:
+        self.sock = sock
+        self.servers = servers
+        self.reports = reports
+        self._adopting: set[asyncio.Task[None]] = set()
+        self._reading = False
+
+    def start(self) -> None:
+        self.sock.settimeout(0.0)
+        asyncio.get_running_loop().add_reader(self.sock.fileno(), self._readable)
+        self._reading = True
+
+    async def stop(self) -> None:
+        self._stop_reading()
+        for task in self._adopting:
+            task.cancel()
+        await asyncio.gather(*self._adopting, return_exceptions=True)
+        self.sock.close()
+
+    def _stop_reading(self) -> None:
+        if self._reading:
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
+            self._reading = False
+
+    def _readable(self) -> None:
+        while True:
+            try:
+                data, fds, _, _ = socket.recv_fds(self.sock, HANDOFF_BATCH, HANDOFF_BATCH)
+            except BlockingIOError:
+                return
+            except ConnectionError:
+                data, fds = b"", []
+            if not data and not fds:
+                self._stop_reading()  # the node closed its end; the channel's end stops this worker
+                return
+            handed: list[tuple[HandedStationServer, socket.socket]] = []
+            for position, fd in enumerate(fds):
+                sock = socket.socket(fileno=fd)
+                if position < len(data) and data[position] < len(self.servers):
+                    handed.append((self.servers[data[position]], sock))
+                else:  # cannot happen with the node's messages; closed rather than served by a guess
+                    sock.close()
+            for index in data[len(fds) :]:  # descriptors the kernel did not pass: gone, and so reported
+                if index < len(self.servers):
+                    self.reports.closed(self.servers[index].protocol.name)
+            task = asyncio.create_task(self._adopt(handed), name="adopt-connections")
+            self._adopting.add(task)
+            task.add_done_callback(self._adopting.discard)
+
+    async def _adopt(self, handed: list[tuple[HandedStationServer, socket.socket]]) -> None:
+        """Serves the connections of one handoff message, one after the other (no task each)."""
+        adopted = 0
+        try:
+            for server, sock in handed:
+                try:
+                    await server.adopt(sock)
+                except OSError:  # the station is gone already: nothing to serve
+                    sock.close()
+                    self.reports.closed(server.protocol.name)
+                adopted += 1
+        finally:  # cancelled when the worker stops: what it did not take is closed (and reported)
+            for server, sock in handed[adopted:]:
+                sock.close()
+                self.reports.closed(server.protocol.name)
+
+
+async def serve_worker(channel_fd: int, handoff_fd: int) -> None:
+    """A worker process's life: serves the connections the node hands over until the channel closes."""
     reader, writer = await asyncio.open_connection(sock=socket.socket(fileno=channel_fd))
     channel = NodeChannel(reader, writer)
     _forward_logs(channel)
@@ -475,21 +777,26 @@ async def serve_worker(channel_fd: int, listening: Mapping[str, int]) -> None:
     registry = stations_from_json(settings.registry)
     metrics_registry = CollectorRegistry()
     metrics = StationMetrics(metrics_registry)
+    reports = ClosedReports(channel)
     batcher = Batcher(channel.publish)
     batcher.start()
-    servers = []
+    servers = [
+        HandedStationServer(
+            protocol_named(protocol),
+            registry.get(protocol, {}),
+            batcher,
+            metrics,
+            idle_timeout_s=settings.idle_timeout_s,
+            max_connections=settings.max_connections,
+            report_closed=reports.closed,
+        )
+        for protocol in settings.protocols
+    ]
+    handoff = Handoff(socket.socket(fileno=handoff_fd), servers, reports)
     try:
-        for protocol in settings.protocols:
-            server = StationServer(
-                protocol_named(protocol),
-                registry.get(protocol, {}),
-                batcher,
-                metrics,
-                idle_timeout_s=settings.idle_timeout_s,
-                max_connections=settings.max_connections,
-            )
-            await server.start_on(socket.socket(fileno=listening[protocol]))
-            servers.append(server)
+        for server in servers:
+            server.start_serving()
+        handoff.start()
         channel.send(READY, {})
         answers = asyncio.create_task(channel.answers(), name="node-answers")
         try:
@@ -501,6 +808,7 @@ async def serve_worker(channel_fd: int, listening: Mapping[str, int]) -> None:
             with contextlib.suppress(asyncio.CancelledError, ChannelClosedError):
                 await answers
     finally:
+        await handoff.stop()
         for server in servers:
             await server.stop()
         await batcher.stop()
@@ -510,15 +818,12 @@ async def serve_worker(channel_fd: int, listening: Mapping[str, int]) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="A station worker process, started by the node.")
     parser.add_argument("--channel", type=int, required=True, help="file descriptor of the node's channel")
-    parser.add_argument("--listen", action="append", default=[], help="PROTOCOL=FD of an inherited listening socket")
+    parser.add_argument("--handoff", type=int, required=True,
+                        help="file descriptor of the socket pair the node hands connections over")  # fmt: skip
     args = parser.parse_args(argv)
-    listening = {}
-    for item in args.listen:
-        protocol, _, fd = item.partition("=")
-        listening[protocol] = int(fd)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is the node's to handle; the channel ends us
     with contextlib.suppress(ChannelClosedError):
-        asyncio.run(serve_worker(args.channel, listening))
+        asyncio.run(serve_worker(args.channel, args.handoff))
 
 
 if __name__ == "__main__":

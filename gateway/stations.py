@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import hmac
 import math
-import socket
 import sqlite3
 import time
 import tomllib
@@ -365,12 +364,6 @@ class StationServer:
         self._sweeper = asyncio.create_task(self._sweep(), name=f"{self.protocol.name}-idle")
         sock = self._server.sockets[0]
         return int(sock.getsockname()[1])
-
-    async def start_on(self, sock: socket.socket) -> None:
-        """Accepts on a socket that already listens (a station worker's, inherited from the node)."""
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: StationConnection(self), sock=sock, backlog=1024)
-        self._sweeper = asyncio.create_task(self._sweep(), name=f"{self.protocol.name}-idle")
 
     async def stop(self) -> None:
         if self._sweeper is not None:
