@@ -87,6 +87,13 @@ def _batch_from_row(row: tuple[Any, ...]) -> StoredBatch:
     return StoredBatch(first, appended_ns, bytes(records), ends, bytes(data), ids_tuple)
 
 
+#: Bytes per database page of a new log. Batches are stored as one blob each, hundreds of KiB with
+#: signatures: large pages keep the chain of pages (and WAL frames) per batch short.
+PAGE_SIZE = 65536
+#: The write-ahead log's size at which its pages are copied into the database.
+WAL_CHECKPOINT_BYTES = 64 << 20
+
+
 class SqliteLog(Log):
     """The embedded log. Open it with ``await SqliteLog.open(...)`` and close it when done."""
 
@@ -139,6 +146,8 @@ class SqliteLog(Log):
 
     def _connect(self) -> sqlite3.Connection:
         con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        # Only a new database takes a page size, and only before it is switched to WAL.
+        con.execute(f"PRAGMA page_size={PAGE_SIZE}")
         con.execute("PRAGMA journal_mode=WAL")
         con.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}")
         con.execute("PRAGMA foreign_keys=OFF")
@@ -162,8 +171,7 @@ class SqliteLog(Log):
 
     def _prepare(self) -> sqlite3.Connection:
         con = self._connect()
-        con.execute("PRAGMA page_size=16384")
-        con.execute("PRAGMA wal_autocheckpoint=4000")
+        con.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_BYTES // PAGE_SIZE}")
         con.executescript(_SCHEMA)
         version = con.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         if version is None:

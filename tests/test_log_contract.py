@@ -5,7 +5,9 @@ one message per append batch); one server here, the replicated cluster is tested
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -16,7 +18,7 @@ from gateway.errors import LogClosedError
 from gateway.jetstream_log import JetStreamLog, JetStreamSettings
 from gateway.log import AppendBatch, Log, StoredBatch
 from gateway.selection import record_of
-from gateway.sqlite_log import SqliteLog
+from gateway.sqlite_log import PAGE_SIZE, SqliteLog
 from tests import factories
 from tests.nats_cluster import NatsCluster
 
@@ -241,3 +243,26 @@ async def test_a_closed_log_refuses_work(open_log: LogOpener) -> None:
     with pytest.raises(LogClosedError):
         await log.find(["x"])
     await log.wait_beyond(log.next_offset)  # returns at once on a closed log
+
+
+async def test_a_new_embedded_log_takes_large_pages_and_an_older_one_keeps_its_own(tmp_path: Path) -> None:
+    """Batches are stored as one blob each: a new log gets large pages (sqlite takes a page size only
+    before a database is switched to WAL); a log made with smaller pages still opens and appends."""
+
+    def page_size(path: Path) -> int:
+        with contextlib.closing(sqlite3.connect(path)) as con:
+            return int(con.execute("PRAGMA page_size").fetchone()[0])
+
+    older = tmp_path / "older.sqlite"
+    with contextlib.closing(sqlite3.connect(older)) as con:
+        con.execute("PRAGMA page_size=4096")
+        con.execute("PRAGMA journal_mode=WAL")
+    for path in (tmp_path / "new.sqlite", older):
+        log = await SqliteLog.open(path, node_id="test-node", fsync=False)
+        try:
+            await log.append(batch_of(3))
+            assert len(await read_all(log, log.oldest_offset)) == 3
+        finally:
+            await log.close()
+    assert page_size(tmp_path / "new.sqlite") == PAGE_SIZE
+    assert page_size(older) == 4096
