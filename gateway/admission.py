@@ -23,6 +23,7 @@ from typing import Any, cast
 
 from cryptography import x509
 from google.protobuf.message import DecodeError
+from yiwang.v1 import envelope_pb2 as pb
 from yiwang.v1 import gateway_pb2 as gw
 
 from gateway.certstore import CertificateStore
@@ -30,7 +31,7 @@ from gateway.errors import InvalidEnvelopeError, InvalidRequestError
 from gateway.id_index import die_with_parent, id_hash
 from gateway.policy import Decision
 from gateway.regions import default_table
-from gateway.selection import KEY, KEY_BYTES
+from gateway.selection import FLAG_RELAYED, KEY, KEY_BYTES, record_of
 from gateway.signing import SignatureError, Verifier
 from gateway.validation import Limits, Validator
 from gateway.wire import field_spans
@@ -160,6 +161,81 @@ class Admission:
             add_record(record)
             add_position(index)
         return out
+
+    def relay(self, raw: bytes, revoked: frozenset[int] = frozenset()) -> Admitted:
+        """Admits a batch that another node of the network sends over a federation link.
+
+        That node validated every envelope when it entered the network, with the same rules, and
+        checked its signature; the link's peer is a gateway whose identity its certificate proves.
+        This node checks again what it relies on itself: that the batch and each envelope decode,
+        each envelope's size and id, that its kind and region are known (policy, routing and
+        selection decide on them), and the signature of each signed envelope; it does not repeat
+        the field-by-field validation, which costs several times as much as everything else a
+        node does with an envelope it relays. Records are marked relayed.
+        """
+        try:
+            request = gw.PublishRequest.FromString(raw)
+        except DecodeError as exc:
+            raise InvalidRequestError("request", f"not a valid PublishRequest: {exc}") from None
+        envelopes = request.envelopes
+        if len(envelopes) > self.max_batch_envelopes:
+            raise InvalidRequestError(
+                "envelopes",
+                f"{len(envelopes)} envelopes in one request, more than {self.max_batch_envelopes}",
+            )
+        if request.certificates:
+            self._learn_certificates(request.certificates)
+        verified: dict[int, str | SignatureError | None] = {}
+        signed = [i for i, env in enumerate(envelopes) if env.provenance.HasField("signature")]
+        if signed and self.verifier is not None:
+            self.verifier.revoked = revoked
+            verified = dict(zip(signed, self.verifier.verify_all([envelopes[i] for i in signed]), strict=True))
+        spans = field_spans(raw, 1)
+        if spans is not None and len(spans) != len(envelopes):
+            spans = None
+        limits = self.validator.limits
+        regions = self.validator.regions
+        out = Admitted(request.batch_id, len(envelopes))
+        for index, env in enumerate(envelopes):
+            encoded = env.SerializeToString() if spans is None else raw[spans[index][0] : spans[index][1]]
+            envelope_id = env.id
+            problem = _relay_problem(env, envelope_id, len(encoded), limits.max_envelope_bytes, limits.max_id_chars)
+            if problem is None and env.region not in regions:
+                problem = ("region", f"{env.region[:20]!r} is not a known GB/T 2260 region code")
+            if problem is not None:
+                out.rejections.append((index, envelope_id[:256], *problem, INVALID_ARGUMENT))
+                continue
+            outcome = verified.get(index)
+            if isinstance(outcome, SignatureError):
+                out.rejections.append((index, envelope_id[:256], "provenance.signature", str(outcome), UNAUTHENTICATED))
+                continue
+            if outcome is None and index in signed:
+                outcome = env.provenance.signature.signer  # a plaintext development node cannot check it
+            out.signers.append(outcome or "")
+            out.ids.append(envelope_id)
+            out.hashes.append(id_hash(envelope_id))
+            out.envelopes.append(encoded)
+            out.records.append(record_of(env, FLAG_RELAYED))
+            out.positions.append(index)
+        return out
+
+
+def _relay_problem(
+    env: pb.Envelope, envelope_id: str, size: int, max_bytes: int, max_id_chars: int
+) -> tuple[str, str] | None:
+    """What makes an envelope from another node unusable here: (field, reason), or None."""
+    if size > max_bytes:
+        return "envelope", f"is {size} bytes, more than the limit of {max_bytes}"
+    if not envelope_id or len(envelope_id) > max_id_chars:
+        return "id", f"must be 1 to {max_id_chars} characters"
+    if env.kind not in _KINDS:
+        return "kind", f"unknown kind {env.kind}"
+    if not env.region.isdigit():
+        return "region", f"{env.region[:20]!r} is not a six-digit GB/T 2260 code"
+    return None
+
+
+_KINDS = frozenset(pb.Kind.values()) - {pb.KIND_UNSPECIFIED}
 
 
 MAX_CERTIFICATES = 16  # per request: the signers of its envelopes, usually one

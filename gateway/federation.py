@@ -43,7 +43,7 @@ from gateway.pki import Identity, PkiError, Role
 from gateway.policy import Decision
 from gateway.regions import level_of
 from gateway.routing import Routing, concerns
-from gateway.selection import FLAG_RELAYED, FLAG_UNSIGNED, FLAGS_AT, RECORD, with_flags
+from gateway.selection import FLAG_UNSIGNED, FLAGS_AT, RECORD
 from gateway.service import GatewayService, Peer
 from gateway.tls import ClientTls
 from gateway.wire import delivery_envelope, length_delimited, read_varint, varint
@@ -248,7 +248,7 @@ class LinkEnd:
     async def on_batch(self, raw: bytes) -> None:
         """Appends the other end's batch (an encoded PublishRequest) durably, then acknowledges it."""
         try:
-            admitted = await self.service.admit(raw, self.peer, decide=self.accept)
+            admitted = await self.service.admit(raw, self.peer, decide=self.accept, relayed=True)
         except YiwangError as exc:  # the whole batch is refused: say so, and let the link move on
             refused = gw.PublishResult(
                 id="", outcome=gw.PublishResult.REJECTED, code=exc.grpc_code.value[0], field="batch", reason=str(exc)
@@ -263,17 +263,15 @@ class LinkEnd:
                 fed.LinkMessage(ack=fed.LinkAck(cursor=request.batch_id, refused=[refused])).SerializeToString()
             )
             return
-        # marked as relayed in their records: station summaries, for one, are made where data entered the network
-        admitted.records[:] = [with_flags(record, FLAG_RELAYED) for record in admitted.records]
-        reply = self.service.reply(admitted, await self.service.append(admitted))
-        ack = fed.LinkAck(cursor=admitted.batch_id)
-        for result in reply.results:
-            if result.outcome == gw.PublishResult.ACCEPTED:
-                ack.accepted += 1
-            elif result.outcome == gw.PublishResult.DUPLICATE:
-                ack.duplicates += 1
-            else:
-                ack.refused.append(result)
+        # Their records are marked relayed: station summaries, for one, are made where data entered the network.
+        appended = await self.service.append(admitted)
+        self.service.count(admitted, appended)
+        duplicates = len(appended.duplicates)
+        ack = fed.LinkAck(cursor=admitted.batch_id, accepted=len(admitted.ids) - duplicates, duplicates=duplicates)
+        for _, envelope_id, field_path, reason, code in admitted.rejections:
+            ack.refused.add(
+                id=envelope_id, outcome=gw.PublishResult.REJECTED, code=code, field=field_path, reason=reason
+            )
         counts = {"accepted": ack.accepted, "duplicate": ack.duplicates, "refused": len(ack.refused)}
         for outcome, count in counts.items():
             if count:

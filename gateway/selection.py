@@ -69,8 +69,9 @@ def bounding_box(geometry: pb.Geometry) -> tuple[float, float, float, float] | N
     return min(lats), min(lons), max(lats), max(lons)
 
 
-def record_of(env: pb.Envelope) -> bytes:
-    """The selection record of a validated envelope (``Validator.admit`` makes the same while it checks)."""
+def record_of(env: pb.Envelope, flags: int = 0) -> bytes:
+    """The selection record of a validated envelope (``Validator.admit`` makes the same while it checks),
+    with ``flags`` set besides the unsigned flag."""
     box = bounding_box(env.geometry) if env.HasField("geometry") else None
     if box is None:
         box = (_NAN, _NAN, _NAN, _NAN)
@@ -84,7 +85,9 @@ def record_of(env: pb.Envelope) -> bytes:
         *box,
         when.seconds + when.nanos / 1e9,
     )
-    return record if env.provenance.HasField("signature") else with_flags(record, FLAG_UNSIGNED)
+    if not env.provenance.HasField("signature"):
+        flags |= FLAG_UNSIGNED
+    return with_flags(record, flags) if flags else record
 
 
 def region_rule(code: str) -> tuple[int, int]:

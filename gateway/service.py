@@ -187,13 +187,21 @@ class GatewayService:
     # -- publish --------------------------------------------------------------------------------
 
     async def admit(
-        self, raw: bytes, peer: Peer = _ANONYMOUS, decide: Callable[[int, str, str], Decision] | None = None
+        self,
+        raw: bytes,
+        peer: Peer = _ANONYMOUS,
+        decide: Callable[[int, str, str], Decision] | None = None,
+        *,
+        relayed: bool = False,
     ) -> Admitted:
         """Parses and validates an encoded PublishRequest (in the worker pool when it is large), then
         refuses what the sharing policy does not let the peer publish (``decide`` instead of the
-        policy: what a node takes from its parent, see gateway.federation)."""
+        policy: what a node takes from its parent, see gateway.federation). ``relayed``: a batch
+        of another node over a federation link, which validated it (``Admission.relay``)."""
         now = time.time()
-        if self.pool is not None and len(raw) >= self.limits.pool_min_request_bytes:
+        if relayed:
+            admitted = self.admission.relay(raw, self.revocations.serials)
+        elif self.pool is not None and len(raw) >= self.limits.pool_min_request_bytes:
             admitted = await self.pool.admit(raw, now, self.revocations.serials)
         else:
             admitted = self.admission.admit(raw, now, self.revocations.serials)
@@ -247,6 +255,14 @@ class GatewayService:
         """Queues the admitted envelopes for the log, in call order; the result comes after the commit."""
         return self.log.append_nowait(AppendBatch(admitted.ids, admitted.envelopes, admitted.records, admitted.hashes))
 
+    def count(self, admitted: Admitted, appended: AppendResult) -> None:
+        """Counts what an append stored and what it found stored already."""
+        duplicates = len(appended.duplicates)
+        if duplicates:
+            self.metrics.duplicates.inc(duplicates)
+        if len(admitted.ids) - duplicates:
+            self.metrics.published.inc(len(admitted.ids) - duplicates)
+
     def reply(self, admitted: Admitted, appended: AppendResult) -> gw.PublishReply:
         """One result per envelope of the request, in its order."""
         reply = gw.PublishReply(batch_id=admitted.batch_id)
@@ -270,10 +286,7 @@ class GatewayService:
                 outcome = _DUPLICATE if position in duplicates else _ACCEPTED
                 results.add(id=admitted.ids[position], outcome=outcome, offset=offsets[position])
                 position += 1
-        if duplicates:
-            self.metrics.duplicates.inc(len(duplicates))
-        if len(admitted.ids) - len(duplicates):
-            self.metrics.published.inc(len(admitted.ids) - len(duplicates))
+        self.count(admitted, appended)
         return reply
 
     async def publish_batch(self, raw: bytes, peer: Peer = _ANONYMOUS) -> gw.PublishReply:

@@ -36,7 +36,7 @@ from yiwang.v1 import envelope_pb2 as pb
 from yiwang.v1 import gateway_pb2 as gw
 
 from gateway.log import StoredBatch
-from gateway.observations import series_arrays, single_measurements
+from gateway.observations import series_arrays
 from gateway.routing import SUMMARY_ATTRIBUTE
 from gateway.selection import FLAG_RELAYED, FLAGS_AT, RECORD
 from gateway.service import GatewayService, Peer
@@ -159,31 +159,50 @@ class StationSummaries:
                 self.add(delivery.envelope)
 
     def add(self, env: pb.Envelope) -> None:
-        """Sums up one raw observation (summaries themselves are not summed up again)."""
-        if SUMMARY_ATTRIBUTE in env.attributes:
+        """Sums up one raw observation (summaries themselves are not summed up again).
+
+        This runs for every observation the node takes in: each field is read once, and what only
+        the latest observation of a station decides (its region and place) is read only for that.
+        """
+        attributes = env.attributes
+        if attributes and SUMMARY_ATTRIBUTE in attributes:
             return
         obs = env.observation
         key = (env.origin.agency, obs.station_id)
         station = self._stations.get(key)
         if station is None:
             station = self._stations[key] = _Station(env.region, env.origin.region)
-        observed = _observed_ns(env)
-        station.first_ns = min(station.first_ns, observed) if station.first_ns else observed
+        stamp = env.observed_at if env.HasField("observed_at") else env.sent_at
+        observed = stamp.seconds * 1_000_000_000 + stamp.nanos
+        if not station.first_ns or observed < station.first_ns:
+            station.first_ns = observed
         if observed >= station.last_ns:
             station.last_ns = observed
             station.region = env.region
-            if env.geometry.HasField("point"):
-                station.point = (env.geometry.point.lat, env.geometry.point.lon)
-        station.severity = max(station.severity, env.severity)
-        station.name = obs.station_name or station.name
-        station.station_type = obs.station_type or station.station_type
-        for m in single_measurements(obs):
-            if not math.isfinite(m.value):
+            geometry = env.geometry
+            if geometry.HasField("point"):
+                point = geometry.point
+                station.point = (point.lat, point.lon)
+        severity = env.severity
+        station.severity = max(station.severity, severity)
+        name, station_type = obs.station_name, obs.station_type
+        if name:
+            station.name = name
+        if station_type:
+            station.station_type = station_type
+        metrics = station.metrics
+        for m in obs.measurements:
+            value = m.value
+            if not math.isfinite(value):
                 continue
-            metric = station.metrics.get(m.metric)
+            metric = metrics.get(m.metric)
             if metric is None:
-                metric = station.metrics[m.metric] = _Metric(m.unit)
-            metric.add(m.value, observed if m.at_ns is None else m.at_ns)
+                metric = metrics[m.metric] = _Metric(m.unit)
+            if m.HasField("at"):
+                at = m.at
+                metric.add(value, at.seconds * 1_000_000_000 + at.nanos)
+            else:
+                metric.add(value, observed)
         for series in obs.series:  # whole arrays at a time: a sampled block costs no object per point
             arrays = series_arrays(series)
             metric = station.metrics.get(arrays.metric)

@@ -1,0 +1,100 @@
+"""What a node takes from another node over a federation link (``Admission.relay``): the envelopes
+as they came, checked for what the node relies on, each fault refused alone with its reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from yiwang.v1 import envelope_pb2 as pb
+from yiwang.v1 import gateway_pb2 as gw
+
+from gateway.admission import Admission
+from gateway.errors import InvalidRequestError
+from gateway.pki import Authority, Role
+from gateway.regions import default_table
+from gateway.selection import FLAG_RELAYED, FLAGS_AT, with_flags
+from gateway.signing import Signer, Verifier
+from gateway.validation import Validator
+from tests import factories
+
+VALIDATOR = Validator(default_table())
+INVALID_ARGUMENT, UNAUTHENTICATED = 3, 16
+
+
+def request(envelopes: list[pb.Envelope], certificates: tuple[bytes, ...] = ()) -> bytes:
+    return gw.PublishRequest(envelopes=envelopes, batch_id=9, certificates=certificates).SerializeToString()
+
+
+def test_a_relayed_batch_is_stored_as_it_came_with_the_records_validation_makes() -> None:
+    envelopes = [factories.observation(envelope_id=f"o-{n}", value=n) for n in range(3)]
+    envelopes += [factories.alert(envelope_id="a-1"), factories.incident(envelope_id="i-1")]
+    raw = request(envelopes)
+    relayed = Admission(VALIDATOR, 1_000).relay(raw)
+    full = Admission(VALIDATOR, 1_000).admit(raw)
+    assert relayed.ids == full.ids == [env.id for env in envelopes]
+    assert relayed.envelopes == full.envelopes  # the bytes as the sender encoded them
+    assert relayed.hashes == full.hashes
+    assert relayed.records == [with_flags(record, FLAG_RELAYED) for record in full.records]
+    assert all(record[FLAGS_AT] & FLAG_RELAYED for record in relayed.records)
+    assert relayed.batch_id == 9
+    assert not relayed.rejections
+
+
+@given(st.lists(st.sampled_from(["observation", "alert", "incident"]), min_size=1, max_size=6))
+def test_relayed_records_agree_with_full_validation(kinds: list[str]) -> None:
+    envelopes = [getattr(factories, kind)(envelope_id=f"e-{n}") for n, kind in enumerate(kinds)]
+    raw = request(envelopes)
+    full = Admission(VALIDATOR, 1_000).admit(raw)
+    assert Admission(VALIDATOR, 1_000).relay(raw).records == [with_flags(r, FLAG_RELAYED) for r in full.records]
+
+
+def test_each_unusable_envelope_is_refused_alone_with_its_reason() -> None:
+    good = [factories.observation(envelope_id=f"good-{n}") for n in range(4)]
+    no_id = factories.observation(envelope_id="x")
+    no_id.id = ""
+    no_kind = factories.observation(envelope_id="no-kind")
+    no_kind.kind = pb.KIND_UNSPECIFIED
+    nowhere = factories.observation(envelope_id="nowhere", region="419999")
+    letters = factories.observation(envelope_id="letters", region="41O105")
+    huge = factories.observation(envelope_id="huge")
+    huge.attributes["padding"] = "x" * (VALIDATOR.limits.max_envelope_bytes + 1)
+    batch = [good[0], no_id, good[1], no_kind, nowhere, good[2], letters, huge, good[3]]
+    admitted = Admission(VALIDATOR, 1_000).relay(request(batch))
+    assert admitted.ids == [env.id for env in good]
+    assert admitted.positions == [0, 2, 5, 8]
+    reasons = {index: (field, reason, code) for index, _, field, reason, code in admitted.rejections}
+    assert reasons.keys() == {1, 3, 4, 6, 7}
+    assert [reasons[i][0] for i in (1, 3, 7)] == ["id", "kind", "envelope"]
+    assert reasons[4][:2] == ("region", "'419999' is not a known GB/T 2260 region code")
+    assert reasons[6][:2] == ("region", "'41O105' is not a six-digit GB/T 2260 code")
+    assert {code for _, _, code in reasons.values()} == {INVALID_ARGUMENT}
+
+
+def test_a_batch_that_does_not_decode_is_refused_whole() -> None:
+    with pytest.raises(InvalidRequestError, match="not a valid PublishRequest"):
+        Admission(VALIDATOR, 1_000).relay(b"\x0a\xff\xff\xff")
+    with pytest.raises(InvalidRequestError, match="more than 3"):
+        Admission(VALIDATOR, 3).relay(request([factories.observation(envelope_id=f"e{n}") for n in range(4)]))
+
+
+def test_signatures_are_checked_again_and_a_forged_one_is_refused(tmp_path: Path) -> None:
+    ca = Authority.init(tmp_path / "pki", trust_domain="yjt.henan.gov.cn")
+    ca.issue(ca.identity(Role.DEPARTMENT, "410105", "jinshui-water", "water"))
+    issued = ca.dir / "issued"
+    water = Signer.load(
+        (issued / "jinshui-water.sign.key").read_bytes(), (issued / "jinshui-water.sign.pem").read_bytes()
+    )
+    envelopes = [factories.observation(envelope_id=f"s-{n}", region="410105", agency="water") for n in range(5)]
+    water.sign_batch(envelopes)
+    envelopes[3].observation.measurements[0].value = 1e6  # altered on the way
+    unsigned = factories.observation(envelope_id="plain")
+    admission = Admission(VALIDATOR, 1_000, verifier=Verifier(ca.ca_cert))
+    admitted = admission.relay(request([*envelopes, unsigned], (water.certificate_der,)))
+    assert admitted.ids == ["s-0", "s-1", "s-2", "s-4", "plain"]
+    assert admitted.signers == [water.identity] * 4 + [""]
+    [(index, envelope_id, field, reason, code)] = admitted.rejections
+    assert (index, envelope_id, field, code) == (3, "s-3", "provenance.signature", UNAUTHENTICATED)
+    assert "altered" in reason
