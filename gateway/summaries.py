@@ -110,6 +110,27 @@ def iso_period(seconds: float) -> str:
     return f"PT{whole}S"
 
 
+@dataclass(slots=True)
+class _Pending:
+    """What a batch of observations leaves to be done once for the batch (``_flush``)."""
+
+    points: dict[int, tuple[_Metric, list[float], list[int]]] = field(default_factory=dict)  # by id(metric)
+    latest: dict[int, tuple[_Station, pb.Envelope]] = field(default_factory=dict)  # by id(station)
+
+
+def _flush(pending: _Pending) -> None:
+    """Adds the points gathered per metric, in the order they were gathered, and takes each
+    station's region and place from its latest observation."""
+    for metric, values, at_ns in pending.points.values():
+        metric.add_many(np.array(values, dtype=np.float64), np.array(at_ns, dtype=np.int64))
+    for station, env in pending.latest.values():
+        station.region = env.region
+        geometry = env.geometry
+        if geometry.HasField("point"):
+            point = geometry.point
+            station.point = (point.lat, point.lon)
+
+
 class StationSummaries:
     """Follows the node's log for raw observations and appends a summary per station and period."""
 
@@ -154,12 +175,19 @@ class StationSummaries:
             for index in stored.of_kind(pb.OBSERVATION, start)
             if not records[index * width + FLAGS_AT] & FLAG_RELAYED  # the node below summed those up
         ]
-        if chosen:
-            for delivery in stored.deliveries(chosen):
-                self.add(delivery.envelope)
+        if not chosen:
+            return
+        pending = _Pending()
+        whole = len(chosen) == stored.count - start  # every entry from start on: one slice, no join
+        entries = stored.entries(start, stored.count) if whole else stored.entries(0, stored.count, chosen)
+        for delivery in gw.DeliveryBatch.FromString(entries).deliveries:
+            self._add(delivery.envelope, pending)
+        _flush(pending)
 
-    def add(self, env: pb.Envelope) -> None:
-        """Sums up one raw observation (summaries themselves are not summed up again).
+    def _add(self, env: pb.Envelope, pending: _Pending) -> None:
+        """Sums up one raw observation (summaries themselves are not summed up again), leaving in
+        ``pending`` its single measurements' points, to be added to their metrics at once for a whole
+        batch of observations, and itself if it is its station's latest so far, for the place.
 
         This runs for every observation the node takes in: each field is read once, and what only
         the latest observation of a station decides (its region and place) is read only for that.
@@ -178,11 +206,7 @@ class StationSummaries:
             station.first_ns = observed
         if observed >= station.last_ns:
             station.last_ns = observed
-            station.region = env.region
-            geometry = env.geometry
-            if geometry.HasField("point"):
-                point = geometry.point
-                station.point = (point.lat, point.lon)
+            pending.latest[id(station)] = (station, env)
         severity = env.severity
         station.severity = max(station.severity, severity)
         name, station_type = obs.station_name, obs.station_type
@@ -192,17 +216,18 @@ class StationSummaries:
             station.station_type = station_type
         metrics = station.metrics
         for m in obs.measurements:
-            value = m.value
-            if not math.isfinite(value):
-                continue
             metric = metrics.get(m.metric)
             if metric is None:
                 metric = metrics[m.metric] = _Metric(m.unit)
+            points = pending.points.get(id(metric))
+            if points is None:
+                points = pending.points[id(metric)] = (metric, [], [])
+            points[1].append(m.value)
             if m.HasField("at"):
                 at = m.at
-                metric.add(value, at.seconds * 1_000_000_000 + at.nanos)
+                points[2].append(at.seconds * 1_000_000_000 + at.nanos)
             else:
-                metric.add(value, observed)
+                points[2].append(observed)
         for series in obs.series:  # whole arrays at a time: a sampled block costs no object per point
             arrays = series_arrays(series)
             metric = station.metrics.get(arrays.metric)
