@@ -31,7 +31,7 @@ from gateway.errors import InvalidEnvelopeError, InvalidRequestError
 from gateway.id_index import die_with_parent, id_hash
 from gateway.policy import Decision
 from gateway.regions import default_table
-from gateway.selection import FLAG_RELAYED, KEY, KEY_BYTES, record_of
+from gateway.selection import FLAG_RELAYED, FLAG_UNSIGNED, FLAGS_AT, KEY, KEY_BYTES, RECORD, record_of
 from gateway.signing import SignatureError, Verifier
 from gateway.validation import Limits, Validator
 from gateway.wire import field_spans
@@ -162,7 +162,7 @@ class Admission:
             add_position(index)
         return out
 
-    def relay(self, raw: bytes, revoked: frozenset[int] = frozenset()) -> Admitted:
+    def relay(self, raw: bytes, revoked: frozenset[int] = frozenset(), records: bytes = b"") -> Admitted:
         """Admits a batch that another node of the network sends over a federation link.
 
         That node validated every envelope when it entered the network, with the same rules, and
@@ -172,6 +172,10 @@ class Admission:
         selection decide on them), and the signature of each signed envelope; it does not repeat
         the field-by-field validation, which costs several times as much as everything else a
         node does with an envelope it relays. Records are marked relayed.
+
+        ``records`` are the selection records the sending node keeps for the envelopes: where a
+        record's kind, severity, status, region and agency are the envelope's, its place and time
+        are taken as they are; otherwise (or without them) the record is made here.
         """
         try:
             request = gw.PublishRequest.FromString(raw)
@@ -195,6 +199,9 @@ class Admission:
             spans = None
         limits = self.validator.limits
         regions = self.validator.regions
+        width = RECORD.size
+        hinted = len(records) == len(envelopes) * width
+        unsigned = set(range(len(envelopes))).difference(signed)
         out = Admitted(request.batch_id, len(envelopes))
         for index, env in enumerate(envelopes):
             encoded = env.SerializeToString() if spans is None else raw[spans[index][0] : spans[index][1]]
@@ -215,7 +222,14 @@ class Admission:
             out.ids.append(envelope_id)
             out.hashes.append(id_hash(envelope_id))
             out.envelopes.append(encoded)
-            out.records.append(record_of(env, FLAG_RELAYED))
+            record = b""
+            if hinted:
+                hint = records[index * width : (index + 1) * width]
+                key = KEY.pack(env.kind, env.severity, env.status, int(env.region), env.origin.agency.encode())
+                if hint[:FLAGS_AT] == key[:FLAGS_AT] and hint[FLAGS_AT + 1 : KEY_BYTES] == key[FLAGS_AT + 1 :]:
+                    flags = FLAG_RELAYED | FLAG_UNSIGNED if index in unsigned else FLAG_RELAYED
+                    record = hint[:FLAGS_AT] + _FLAG_BYTES[flags] + hint[FLAGS_AT + 1 :]
+            out.records.append(record or record_of(env, FLAG_RELAYED))
             out.positions.append(index)
         return out
 
@@ -236,6 +250,7 @@ def _relay_problem(
 
 
 _KINDS = frozenset(pb.Kind.values()) - {pb.KIND_UNSPECIFIED}
+_FLAG_BYTES = [bytes((flags,)) for flags in range(256)]
 
 
 MAX_CERTIFICATES = 16  # per request: the signers of its envelopes, usually one

@@ -177,7 +177,7 @@ class LinkEnd:
                 and self._peer_bytes not in raw  # a hop record names every node it went through
                 and (kind != pb.INCIDENT or self.chain is None)
             ):
-                batch.envelopes.append(raw)  # routing, hops and signature settled without reading it
+                batch.add(raw, records[at : at + width])  # routing, hops and signature settled without reading it
                 continue
             delivery = gw.DeliveryBatch.FromString(entry).deliveries[0]
             env = delivery.envelope
@@ -187,7 +187,7 @@ class LinkEnd:
                 continue
             if env.kind == pb.INCIDENT and self.chain is not None:
                 await self._add_earlier_reports(batch, env, delivery.offset)
-            self._add(batch, env, raw or env.SerializeToString())
+            self._add(batch, env, raw or env.SerializeToString(), records[at : at + width])
         if not batch.envelopes:
             if self._pending:
                 self._pending.append((upto, False))
@@ -199,7 +199,7 @@ class LinkEnd:
         self.metrics.sent.labels(link=self.label).inc(len(batch.envelopes))
         await self.out.put(batch.message())
 
-    def _add(self, batch: _Outgoing, env: pb.Envelope, raw: bytes) -> None:
+    def _add(self, batch: _Outgoing, env: pb.Envelope, raw: bytes, record: bytes) -> None:
         """Adds an envelope to a batch, with the signing certificate its signature names (once per link)."""
         sha256 = env.provenance.signature.certificate_sha256
         if sha256 and sha256 not in self._certificates_sent and self.service.certificates is not None:
@@ -207,7 +207,7 @@ class LinkEnd:
             if der is not None:
                 batch.certificates.append(der)
                 self._certificates_sent.add(sha256)
-        batch.envelopes.append(raw)
+        batch.add(raw, record)
 
     async def _add_earlier_reports(self, batch: _Outgoing, env: pb.Envelope, offset: int) -> None:
         """A follow-up that goes up (its grade was raised) takes the incident's earlier reports along,
@@ -225,7 +225,8 @@ class LinkEnd:
             earlier = gw.DeliveryBatch.FromString(entry).deliveries[0].envelope
             if self.routes(earlier) or self.came_from_peer(earlier):
                 continue  # it went (or goes) up by itself, or came from there
-            self._add(batch, earlier, delivery_envelope(entry) or earlier.SerializeToString())
+            record = stored.records[index * RECORD.size : (index + 1) * RECORD.size]
+            self._add(batch, earlier, delivery_envelope(entry) or earlier.SerializeToString(), record)
 
     async def on_ack(self, ack: fed.LinkAck) -> None:
         """The other end has a batch durably: the cursor moves past it (and past skipped ranges after it)."""
@@ -245,10 +246,11 @@ class LinkEnd:
 
     # -- receiving ------------------------------------------------------------------------------
 
-    async def on_batch(self, raw: bytes) -> None:
-        """Appends the other end's batch (an encoded PublishRequest) durably, then acknowledges it."""
+    async def on_batch(self, raw: bytes, records: bytes = b"") -> None:
+        """Appends the other end's batch (an encoded PublishRequest, with the selection records its
+        sender keeps) durably, then acknowledges it."""
         try:
-            admitted = await self.service.admit(raw, self.peer, decide=self.accept, relayed=True)
+            admitted = await self.service.admit(raw, self.peer, decide=self.accept, relayed=True, records=records)
         except YiwangError as exc:  # the whole batch is refused: say so, and let the link move on
             refused = gw.PublishResult(
                 id="", outcome=gw.PublishResult.REJECTED, code=exc.grpc_code.value[0], field="batch", reason=str(exc)
@@ -283,7 +285,7 @@ class LinkEnd:
         async for raw in messages:
             batch = batch_of(raw)
             if batch is not None:
-                await self.on_batch(batch)  # admitted from its bytes: not parsed here, and not re-encoded
+                await self.on_batch(*batch)  # admitted from its bytes: not parsed here, and not re-encoded
                 continue
             try:
                 message = fed.LinkMessage.FromString(raw)
@@ -291,7 +293,7 @@ class LinkEnd:
                 raise FederationError(f"not a LinkMessage: {exc}") from None
             which = message.WhichOneof("body")
             if which == "batch":
-                await self.on_batch(message.batch.SerializeToString())
+                await self.on_batch(message.batch.SerializeToString(), message.records)
             elif which == "ack":
                 await self.on_ack(message.ack)
             else:
@@ -302,37 +304,56 @@ _BATCH_TAG: Final = 0x12  # LinkMessage.batch: field 2, length-delimited
 _ENVELOPES_TAG: Final = b"\x0a"  # PublishRequest.envelopes: field 1, length-delimited
 _BATCH_ID_TAG: Final = b"\x10"  # PublishRequest.batch_id: field 2, varint
 _CERTIFICATES_TAG: Final = b"\x1a"  # PublishRequest.certificates: field 3, length-delimited
+_RECORDS_TAG: Final = b"\x22"  # LinkMessage.records: field 4, length-delimited
 
 
 class _Outgoing:
     """A batch for the other end, assembled from encoded envelopes: a LinkMessage holding a
-    PublishRequest (envelopes = 1, batch_id = 2, certificates = 3), written out by hand."""
+    PublishRequest (envelopes = 1, batch_id = 2, certificates = 3) and the envelopes' selection
+    records (LinkMessage.records = 4), written out by hand."""
 
     def __init__(self, upto: int) -> None:
         self.upto = upto
         self.envelopes: list[bytes] = []
+        self.records: list[bytes] = []
         self.certificates: list[bytes] = []
+
+    def add(self, envelope: bytes, record: bytes) -> None:
+        self.envelopes.append(envelope)
+        self.records.append(record)
 
     def message(self) -> bytes:
         parts = [length_delimited(_ENVELOPES_TAG, raw) for raw in self.envelopes]
         parts.append(_BATCH_ID_TAG + varint(self.upto))
         parts += (length_delimited(_CERTIFICATES_TAG, der) for der in self.certificates)
         request = b"".join(parts)
-        return bytes((_BATCH_TAG,)) + varint(len(request)) + request
+        return (
+            bytes((_BATCH_TAG,))
+            + varint(len(request))
+            + request
+            + length_delimited(_RECORDS_TAG, b"".join(self.records))
+        )
 
 
-def batch_of(raw: bytes) -> bytes | None:
-    """The encoded PublishRequest of a LinkMessage that holds only a batch (as every sender writes
-    them), cut from its bytes; None for anything else, which is then parsed in full."""
+def batch_of(raw: bytes) -> tuple[bytes, bytes] | None:
+    """The encoded PublishRequest of a LinkMessage that holds a batch (and perhaps its records) as
+    every sender writes them, cut from its bytes, with the records; None for anything else, which
+    is then parsed in full."""
     if not raw or raw[0] != _BATCH_TAG:
         return None
     try:
         size, start = read_varint(raw, 1)
+        end = start + size
+        if end == len(raw):
+            return raw[start:end], b""
+        if end > len(raw) or raw[end] != _RECORDS_TAG[0]:
+            return None
+        records_size, records_start = read_varint(raw, end + 1)
     except ValueError:
         return None
-    if start + size != len(raw):
+    if records_start + records_size != len(raw):
         return None
-    return raw[start:]
+    return raw[start:end], raw[records_start:]
 
 
 async def run_link(end: LinkEnd, messages: AsyncIterator[bytes], write: Callable[[bytes], Any]) -> None:

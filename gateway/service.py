@@ -193,14 +193,16 @@ class GatewayService:
         decide: Callable[[int, str, str], Decision] | None = None,
         *,
         relayed: bool = False,
+        records: bytes = b"",
     ) -> Admitted:
         """Parses and validates an encoded PublishRequest (in the worker pool when it is large), then
         refuses what the sharing policy does not let the peer publish (``decide`` instead of the
         policy: what a node takes from its parent, see gateway.federation). ``relayed``: a batch
-        of another node over a federation link, which validated it (``Admission.relay``)."""
+        of another node over a federation link, which validated it, with the selection records it
+        keeps for them (``Admission.relay``)."""
         now = time.time()
         if relayed:
-            admitted = self.admission.relay(raw, self.revocations.serials)
+            admitted = self.admission.relay(raw, self.revocations.serials, records)
         elif self.pool is not None and len(raw) >= self.limits.pool_min_request_bytes:
             admitted = await self.pool.admit(raw, now, self.revocations.serials)
         else:

@@ -15,7 +15,7 @@ from gateway.admission import Admission
 from gateway.errors import InvalidRequestError
 from gateway.pki import Authority, Role
 from gateway.regions import default_table
-from gateway.selection import FLAG_RELAYED, FLAGS_AT, with_flags
+from gateway.selection import FLAG_RELAYED, FLAGS_AT, RECORD, record_of, with_flags
 from gateway.signing import Signer, Verifier
 from gateway.validation import Validator
 from tests import factories
@@ -98,3 +98,23 @@ def test_signatures_are_checked_again_and_a_forged_one_is_refused(tmp_path: Path
     [(index, envelope_id, field, reason, code)] = admitted.rejections
     assert (index, envelope_id, field, code) == (3, "s-3", "provenance.signature", UNAUTHENTICATED)
     assert "altered" in reason
+
+
+def test_the_sending_nodes_records_are_taken_where_they_agree_with_their_envelopes() -> None:
+    """The records a link carries are hints: a record whose kind, severity, status, region or agency
+    is not its envelope's is made anew here; one that agrees is taken with its place and time."""
+    envelopes = [factories.observation(envelope_id=f"h-{n}", region="410105") for n in range(4)]
+    hints = [record_of(env) for env in envelopes]
+    elsewhere = factories.observation(envelope_id="x", region="410102")
+    hints[1] = record_of(elsewhere)  # claims another region
+    place = RECORD.unpack(hints[2])
+    hints[2] = RECORD.pack(*place[:5], 1.0, 2.0, 1.0, 2.0, place[9])  # another place: taken as it is
+    admitted = Admission(VALIDATOR, 1_000).relay(request(envelopes), records=b"".join(hints))
+    own = [record_of(env, FLAG_RELAYED) for env in envelopes]
+    assert admitted.records[0] == own[0]
+    assert admitted.records[1] == own[1]  # made here: the claimed region is not the envelope's
+    assert RECORD.unpack(admitted.records[2])[5:9] == (1.0, 2.0, 1.0, 2.0)
+    assert admitted.records[2][FLAGS_AT] == own[2][FLAGS_AT]  # relayed and unsigned, as it is
+    assert admitted.records[3] == own[3]
+    short = Admission(VALIDATOR, 1_000).relay(request(envelopes), records=b"".join(hints)[:-1])
+    assert short.records == own  # records that do not fit the batch are not used at all

@@ -28,11 +28,13 @@ class LinkAck(_message.Message):
     def __init__(self, cursor: _Optional[int] = ..., accepted: _Optional[int] = ..., duplicates: _Optional[int] = ..., refused: _Optional[_Iterable[_Union[_gateway_pb2.PublishResult, _Mapping]]] = ...) -> None: ...
 
 class LinkMessage(_message.Message):
-    __slots__ = ("hello", "batch", "ack")
+    __slots__ = ("hello", "batch", "ack", "records")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
     hello: LinkHello
     batch: _gateway_pb2.PublishRequest
     ack: LinkAck
-    def __init__(self, hello: _Optional[_Union[LinkHello, _Mapping]] = ..., batch: _Optional[_Union[_gateway_pb2.PublishRequest, _Mapping]] = ..., ack: _Optional[_Union[LinkAck, _Mapping]] = ...) -> None: ...
+    records: bytes
+    def __init__(self, hello: _Optional[_Union[LinkHello, _Mapping]] = ..., batch: _Optional[_Union[_gateway_pb2.PublishRequest, _Mapping]] = ..., ack: _Optional[_Union[LinkAck, _Mapping]] = ..., records: _Optional[bytes] = ...) -> None: ...
