@@ -71,6 +71,19 @@ class Admission:
         if verifier is not None and certificates is not None:
             verifier.certificates = certificates.get
 
+    def _parse(self, raw: bytes) -> gw.PublishRequest:
+        """Decodes a request, refusing one that does not decode or holds too many envelopes."""
+        try:
+            request = gw.PublishRequest.FromString(raw)
+        except DecodeError as exc:
+            raise InvalidRequestError("request", f"not a valid PublishRequest: {exc}") from None
+        if len(request.envelopes) > self.max_batch_envelopes:
+            raise InvalidRequestError(
+                "envelopes",
+                f"{len(request.envelopes)} envelopes in one request, more than {self.max_batch_envelopes}",
+            )
+        return request
+
     def _learn_certificates(self, certificates: Sequence[bytes]) -> None:
         """Checks and keeps the signing certificates a request carries, before its envelopes are stored."""
         if self.verifier is None:
@@ -96,16 +109,8 @@ class Admission:
         message from them as the validator did). ``by_reference`` gives their places in ``raw``
         (``spans``) instead of the bytes.
         """
-        try:
-            request = gw.PublishRequest.FromString(raw)
-        except DecodeError as exc:
-            raise InvalidRequestError("request", f"not a valid PublishRequest: {exc}") from None
+        request = self._parse(raw)
         envelopes = request.envelopes
-        if len(envelopes) > self.max_batch_envelopes:
-            raise InvalidRequestError(
-                "envelopes",
-                f"{len(envelopes)} envelopes in one request, more than {self.max_batch_envelopes}",
-            )
         now = time.time() if now is None else now
         admit = self.validator.admit
         verifier = self.verifier
@@ -177,16 +182,8 @@ class Admission:
         record's kind, severity, status, region and agency are the envelope's, its place and time
         are taken as they are; otherwise (or without them) the record is made here.
         """
-        try:
-            request = gw.PublishRequest.FromString(raw)
-        except DecodeError as exc:
-            raise InvalidRequestError("request", f"not a valid PublishRequest: {exc}") from None
+        request = self._parse(raw)
         envelopes = request.envelopes
-        if len(envelopes) > self.max_batch_envelopes:
-            raise InvalidRequestError(
-                "envelopes",
-                f"{len(envelopes)} envelopes in one request, more than {self.max_batch_envelopes}",
-            )
         if request.certificates:
             self._learn_certificates(request.certificates)
         verified: dict[int, str | SignatureError | None] = {}

@@ -159,16 +159,24 @@ def test_a_batch_signature_verifies_each_envelope_alone(pki: Authority) -> None:
         verifier.verify(envelopes[5])
 
 
-def test_a_request_is_verified_whole_and_each_fault_is_named(pki: Authority) -> None:
+def water_batches(pki: Authority) -> tuple[Verifier, Callable[[int], list[pb.Envelope]]]:
+    """A verifier that knows the water department's signing certificate, and a maker of batches of
+    water-level observations that department signs with one signature each."""
     water = signer(pki, "jinshui-water")
     verifier = Verifier(pki.ca_cert)
     verifier.learn(water.certificate_der)
-    identity = f"spiffe://{DOMAIN}/410105/water/department/jinshui-water"
 
     def batch(count: int) -> list[pb.Envelope]:
         envelopes = [factories.observation(region="410105", agency="water", value=i) for i in range(count)]
         water.sign_batch(envelopes)
         return envelopes
+
+    return verifier, batch
+
+
+def test_a_request_is_verified_whole_and_each_fault_is_named(pki: Authority) -> None:
+    verifier, batch = water_batches(pki)
+    identity = f"spiffe://{DOMAIN}/410105/water/department/jinshui-water"
 
     whole = batch(9)
     assert verifier.verify_all(whole) == [identity] * 9
@@ -198,15 +206,8 @@ def test_a_request_is_verified_whole_and_each_fault_is_named(pki: Authority) -> 
 def test_a_whole_batch_with_one_fault_is_judged_envelope_by_envelope(pki: Authority) -> None:
     """A request that is one whole signed batch is checked at once; one fault anywhere in it sends
     it to the envelope-by-envelope check, which names the faulty envelope and passes the others."""
-    water = signer(pki, "jinshui-water")
-    verifier = Verifier(pki.ca_cert)
-    verifier.learn(water.certificate_der)
+    verifier, batch = water_batches(pki)
     identity = f"spiffe://{DOMAIN}/410105/water/department/jinshui-water"
-
-    def batch(count: int) -> list[pb.Envelope]:
-        envelopes = [factories.observation(region="410105", agency="water", value=i) for i in range(count)]
-        water.sign_batch(envelopes)
-        return envelopes
 
     for count in (1, 2, 7, 8, 130, 300):  # odd levels, and indexes past one varint byte
         assert verifier.verify_all(batch(count)) == [identity] * count
