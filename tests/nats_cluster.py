@@ -5,8 +5,10 @@ again with the same ports and store."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -15,7 +17,14 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import free_port
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports that were free a moment ago (all bound at once, then released)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
 
 
 def nats_server_binary() -> str | None:
@@ -41,17 +50,25 @@ class NatsServer:
     def __init__(self, folder: Path, name: str, cluster_name: str | None) -> None:
         self.name = name
         self.folder = folder
-        self.port = free_port()
-        self.monitor_port = free_port()
-        self.cluster_port = free_port() if cluster_name else 0
         self.cluster_name = cluster_name
+        self.port = self.monitor_port = self.cluster_port = 0
+        self.take_ports()
         self.conf = folder / f"{name}.conf"
         self.log = folder / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def take_ports(self) -> None:
+        self.port, self.monitor_port, self.cluster_port = free_ports(3)
+        if not self.cluster_name:
+            self.cluster_port = 0
+
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
+
+    def lost_a_port(self) -> bool:
+        """Whether the server exited because a port it was given was taken meanwhile."""
+        return self.proc is not None and self.proc.poll() is not None and "address already in use" in _tail(self)
 
     def write_config(self, routes: list[int]) -> None:
         store = self.folder / f"{self.name}-store"
@@ -107,6 +124,9 @@ class NatsCluster:
         folder.mkdir(parents=True, exist_ok=True)
         cluster_name = "yiwang-test" if size > 1 else None
         self.servers = [NatsServer(folder, f"n{i + 1}", cluster_name) for i in range(size)]
+        self._write_configs()
+
+    def _write_configs(self) -> None:
         routes = [s.cluster_port for s in self.servers]
         for server in self.servers:
             server.write_config(routes)
@@ -115,10 +135,25 @@ class NatsCluster:
     def urls(self) -> list[str]:
         return [s.url for s in self.servers]
 
-    def start(self) -> None:
-        for server in self.servers:
-            server.start(self.binary)
-        self.wait_healthy(self.servers)
+    def start(self, attempts: int = 3) -> None:
+        """Starts every server and waits until all are healthy. A port that another program took
+        between choosing it and the server binding it costs an attempt with new ports; on failure
+        no server is left running."""
+        for attempt in range(attempts):
+            for server in self.servers:
+                server.start(self.binary)
+            try:
+                self.wait_healthy(self.servers)
+            except AssertionError:
+                lost = any(server.lost_a_port() for server in self.servers)
+                self.stop()
+                if not lost or attempt == attempts - 1:
+                    raise
+            else:
+                return
+            for server in self.servers:
+                server.take_ports()
+            self._write_configs()
 
     def wait_healthy(self, servers: list[NatsServer], timeout: float = 30.0) -> None:
         """Waits (synchronously: fixtures run this before any event loop) until every server is healthy."""
@@ -126,7 +161,7 @@ class NatsCluster:
         for server in servers:
             while not server.healthy():
                 if server.proc is None or server.proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"nats-server {server.name} did not become healthy: " + self._tail(server))
+                    raise AssertionError(f"nats-server {server.name} did not become healthy: " + _tail(server))
                 time.sleep(0.05)
 
     async def wait_healthy_async(self, server: NatsServer, timeout: float = 30.0) -> None:
@@ -135,7 +170,7 @@ class NatsCluster:
         deadline = loop.time() + timeout
         while not await asyncio.to_thread(server.healthy):
             if server.proc is None or server.proc.poll() is not None or loop.time() > deadline:
-                raise AssertionError(f"nats-server {server.name} did not become healthy: " + self._tail(server))
+                raise AssertionError(f"nats-server {server.name} did not become healthy: " + _tail(server))
             await asyncio.sleep(0.1)
 
     def restart(self, index: int) -> NatsServer:
@@ -148,9 +183,9 @@ class NatsCluster:
         for server in self.servers:
             server.stop()
 
-    @staticmethod
-    def _tail(server: NatsServer) -> str:
-        try:
-            return server.log.read_text(errors="replace")[-2000:]
-        except OSError:
-            return "(no log)"
+
+def _tail(server: NatsServer) -> str:
+    try:
+        return server.log.read_text(errors="replace")[-2000:]
+    except OSError:
+        return "(no log)"

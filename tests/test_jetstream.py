@@ -9,6 +9,7 @@ import dataclasses
 import json
 import random
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -607,3 +608,19 @@ async def test_a_node_on_jetstream_serves_publish_get_query_and_info(
         assert found == [e.id for e in envelopes]
         info = await client.info()
         assert (info.oldest_offset, info.next_offset) == (1, 6)
+
+
+def test_a_test_cluster_whose_port_was_taken_meanwhile_starts_on_new_ports(tmp_path: Path) -> None:
+    """The fixtures' servers choose free ports before they bind them; another program may take one in
+    between. The cluster then starts again on new ports instead of failing the test."""
+    cluster = NatsCluster(tmp_path / "nats", size=1)
+    taken = cluster.servers[0].port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.bind(("127.0.0.1", taken))
+        squatter.listen()
+        cluster.start()
+        try:
+            assert cluster.servers[0].port != taken
+            assert cluster.servers[0].healthy()
+        finally:
+            cluster.stop()
