@@ -183,27 +183,52 @@ class Admission:
         are taken as they are; otherwise (or without them) the record is made here.
         """
         request = self._parse(raw)
-        envelopes = request.envelopes
         if request.certificates:
             self._learn_certificates(request.certificates)
+        spans = field_spans(raw, 1)
+        if spans is None or len(spans) != len(request.envelopes):
+            encoded = [env.SerializeToString() for env in request.envelopes]
+        else:
+            encoded = [raw[start:end] for start, end in spans]
+        return self._relay(request.envelopes, encoded, request.batch_id, revoked, records)
+
+    def relay_entries(
+        self, deliveries: bytes, batch_id: int, revoked: frozenset[int] = frozenset(), records: bytes = b""
+    ) -> Admitted:
+        """``relay`` of a range of another node's log sent as its entries (an encoded DeliveryBatch)."""
+        try:
+            envelopes = [delivery.envelope for delivery in gw.DeliveryBatch.FromString(deliveries).deliveries]
+        except DecodeError as exc:
+            raise InvalidRequestError("entries", f"not a valid DeliveryBatch: {exc}") from None
+        if len(envelopes) > self.max_batch_envelopes:
+            raise InvalidRequestError(
+                "entries", f"{len(envelopes)} envelopes in one batch, more than {self.max_batch_envelopes}"
+            )
+        encoded = [env.SerializeToString() for env in envelopes]
+        return self._relay(envelopes, encoded, batch_id, revoked, records)
+
+    def _relay(
+        self,
+        envelopes: Sequence[pb.Envelope],
+        encoded: list[bytes],
+        batch_id: int,
+        revoked: frozenset[int],
+        records: bytes,
+    ) -> Admitted:
         verified: dict[int, str | SignatureError | None] = {}
         signed = [i for i, env in enumerate(envelopes) if env.provenance.HasField("signature")]
         if signed and self.verifier is not None:
             self.verifier.revoked = revoked
             verified = dict(zip(signed, self.verifier.verify_all([envelopes[i] for i in signed]), strict=True))
-        spans = field_spans(raw, 1)
-        if spans is not None and len(spans) != len(envelopes):
-            spans = None
         limits = self.validator.limits
         regions = self.validator.regions
         width = RECORD.size
         hinted = len(records) == len(envelopes) * width
         unsigned = set(range(len(envelopes))).difference(signed)
-        out = Admitted(request.batch_id, len(envelopes))
-        for index, env in enumerate(envelopes):
-            encoded = env.SerializeToString() if spans is None else raw[spans[index][0] : spans[index][1]]
+        out = Admitted(batch_id, len(envelopes))
+        for index, (env, envelope) in enumerate(zip(envelopes, encoded, strict=True)):
             envelope_id = env.id
-            problem = _relay_problem(env, envelope_id, len(encoded), limits.max_envelope_bytes, limits.max_id_chars)
+            problem = _relay_problem(env, envelope_id, len(envelope), limits.max_envelope_bytes, limits.max_id_chars)
             if problem is None and env.region not in regions:
                 problem = ("region", f"{env.region[:20]!r} is not a known GB/T 2260 region code")
             if problem is not None:
@@ -218,7 +243,7 @@ class Admission:
             out.signers.append(outcome or "")
             out.ids.append(envelope_id)
             out.hashes.append(id_hash(envelope_id))
-            out.envelopes.append(encoded)
+            out.envelopes.append(envelope)
             record = b""
             if hinted:
                 hint = records[index * width : (index + 1) * width]

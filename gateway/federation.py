@@ -36,6 +36,7 @@ from yiwang.v1 import envelope_pb2 as pb
 from yiwang.v1 import federation_pb2 as fed
 from yiwang.v1 import gateway_pb2 as gw
 
+from gateway.admission import Admitted
 from gateway.config import ParentSection, parse_address
 from gateway.errors import YiwangError
 from gateway.log import StoredBatch
@@ -137,6 +138,10 @@ class LinkEnd:
                 continue
             for stored in await log_.read(position, self.batch):
                 start = stored.index_at(position)
+                if self._sends_whole(stored, start):
+                    await self._send_entries(stored, start)
+                    position = stored.next_offset
+                    continue
                 chosen: list[int] = []
                 size = 0
                 records, width, kinds = stored.records, RECORD.size, self.kinds
@@ -151,6 +156,48 @@ class LinkEnd:
                         chosen, size = [], 0
                 position = stored.next_offset
                 await self._send(stored, chosen, position)
+
+    def _sends_whole(self, stored: StoredBatch, start: int) -> bool:
+        """Whether routing sends every entry of ``stored`` from ``start`` on, as stored, settled from
+        the records alone: kinds and severities that routing sends without reading the envelope,
+        all unsigned (no certificate to send along), no incident while report chains are kept
+        (an incident may take its earlier reports along), and none that went through the other end.
+        Each of these is decided once per distinct value in the range, not per entry."""
+        if self.by_record is None or start >= stored.count:
+            return False
+        width = RECORD.size
+        records = stored.records[start * width :]
+        kinds = set(records[0::width])
+        if not kinds <= self.kinds or (self.chain is not None and pb.INCIDENT in kinds):
+            return False
+        if any(not flags & FLAG_UNSIGNED for flags in set(records[FLAGS_AT::width])):
+            return False
+        pairs = set(zip(records[0::width], records[1::width], strict=True))
+        if not all(self.by_record(kind, severity) is True for kind, severity in pairs):
+            return False
+        begin = stored.ends[start - 1] if start else 0
+        return self._peer_bytes not in stored.data[begin:]  # a hop record names every node it went through
+
+    async def _send_entries(self, stored: StoredBatch, start: int) -> None:
+        """Sends the entries of ``stored`` from ``start`` on as they are stored (``LinkEntries``), in
+        batches of at most ``batch`` entries and ``MAX_BATCH_BYTES``."""
+        ends, width = stored.ends, RECORD.size
+        first = start
+        while first < stored.count:
+            stop = min(stored.count, first + self.batch)
+            begin = ends[first - 1] if first else 0
+            while stop > first + 1 and ends[stop - 1] - begin > MAX_BATCH_BYTES:
+                stop = first + (stop - first) // 2
+            upto = stored.first_offset + stop
+            message = fed.LinkMessage(
+                entries=fed.LinkEntries(batch_id=upto, deliveries=stored.data[begin : ends[stop - 1]]),
+                records=stored.records[first * width : stop * width],
+            ).SerializeToString()
+            await self._room.acquire()
+            self._pending.append((upto, True))
+            self.metrics.sent.labels(link=self.label).inc(stop - first)
+            await self.out.put(message)
+            first = stop
 
     def came_from_peer(self, env: pb.Envelope) -> bool:
         """Whether the envelope went through the other end of this link (a hop record names it): it is
@@ -252,19 +299,37 @@ class LinkEnd:
         try:
             admitted = await self.service.admit(raw, self.peer, decide=self.accept, relayed=True, records=records)
         except YiwangError as exc:  # the whole batch is refused: say so, and let the link move on
-            refused = gw.PublishResult(
-                id="", outcome=gw.PublishResult.REJECTED, code=exc.grpc_code.value[0], field="batch", reason=str(exc)
-            )
-            log.warning("federation_batch_refused", link=self.label, reason=str(exc))
             try:
                 request = gw.PublishRequest.FromString(raw)
             except DecodeError:
                 raise FederationError(f"not a batch: {exc}") from None  # without its cursor, no answer
-            self.metrics.received.labels(link=self.label, outcome="refused").inc(len(request.envelopes))
-            await self.out.put(
-                fed.LinkMessage(ack=fed.LinkAck(cursor=request.batch_id, refused=[refused])).SerializeToString()
-            )
+            await self._refuse(request.batch_id, len(request.envelopes), exc)
             return
+        await self._store(admitted)
+
+    async def on_entries(self, entries: fed.LinkEntries, records: bytes) -> None:
+        """Appends the other end's log entries (a range it sends whole) durably, then acknowledges them."""
+        service = self.service
+        try:
+            admitted = service.admission.relay_entries(
+                entries.deliveries, entries.batch_id, service.revocations.serials, records
+            )
+        except YiwangError as exc:
+            await self._refuse(entries.batch_id, 0, exc)
+            return
+        await self._store(service.screen(admitted, self.peer, self.accept))
+
+    async def _refuse(self, cursor: int, count: int, exc: YiwangError) -> None:
+        """Refuses a whole batch with the reason: the other end counts and logs it, and moves on."""
+        refused = gw.PublishResult(
+            id="", outcome=gw.PublishResult.REJECTED, code=exc.grpc_code.value[0], field="batch", reason=str(exc)
+        )
+        log.warning("federation_batch_refused", link=self.label, reason=str(exc))
+        self.metrics.received.labels(link=self.label, outcome="refused").inc(count)
+        await self.out.put(fed.LinkMessage(ack=fed.LinkAck(cursor=cursor, refused=[refused])).SerializeToString())
+
+    async def _store(self, admitted: Admitted) -> None:
+        """Appends what was admitted from the other end, then acknowledges it with the counts."""
         # Their records are marked relayed: station summaries, for one, are made where data entered the network.
         appended = await self.service.append(admitted)
         self.service.count(admitted, appended)
@@ -294,6 +359,8 @@ class LinkEnd:
             which = message.WhichOneof("body")
             if which == "batch":
                 await self.on_batch(message.batch.SerializeToString(), message.records)
+            elif which == "entries":
+                await self.on_entries(message.entries, message.records)
             elif which == "ack":
                 await self.on_ack(message.ack)
             else:

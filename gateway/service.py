@@ -207,6 +207,13 @@ class GatewayService:
             admitted = await self.pool.admit(raw, now, self.revocations.serials)
         else:
             admitted = self.admission.admit(raw, now, self.revocations.serials)
+        return self.screen(admitted, peer, decide)
+
+    def screen(
+        self, admitted: Admitted, peer: Peer, decide: Callable[[int, str, str], Decision] | None = None
+    ) -> Admitted:
+        """Counts and logs what admission refused, then refuses what the sharing policy does not let
+        the peer publish (``decide`` instead of the policy, see ``admit``)."""
         for _, envelope_id, field_path, reason, code in admitted.rejections:
             self.metrics.rejected.labels(reason=field_path.split("[", 1)[0]).inc()
             log.info("envelope_rejected", id=envelope_id, field=field_path, reason=reason)

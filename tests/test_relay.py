@@ -18,6 +18,7 @@ from gateway.regions import default_table
 from gateway.selection import FLAG_RELAYED, FLAGS_AT, RECORD, record_of, with_flags
 from gateway.signing import Signer, Verifier
 from gateway.validation import Validator
+from gateway.wire import encode_deliveries, hop_suffix
 from tests import factories
 
 VALIDATOR = Validator(default_table())
@@ -118,3 +119,27 @@ def test_the_sending_nodes_records_are_taken_where_they_agree_with_their_envelop
     assert admitted.records[3] == own[3]
     short = Admission(VALIDATOR, 1_000).relay(request(envelopes), records=b"".join(hints)[:-1])
     assert short.records == own  # records that do not fit the batch are not used at all
+
+
+def test_a_range_of_another_nodes_log_is_taken_as_its_requests_are() -> None:
+    """What a link sends whole as its log's entries (each envelope with the sender's hop record)
+    is admitted as the same envelopes sent in a request would be."""
+    envelopes = [factories.observation(envelope_id=f"r-{n}", value=n) for n in range(5)]
+    envelopes.append(factories.alert(envelope_id="w-1"))
+    hop = hop_suffix("jinshui-county", 1_700_000_000_000_000_000)
+    stored = [env.SerializeToString() + hop for env in envelopes]
+    deliveries, _ = encode_deliveries(41, stored, b"", 1_700_000_000_000_000_000)
+    records = b"".join(record_of(env) for env in envelopes)
+    admission = Admission(VALIDATOR, 1_000)
+    from_entries = admission.relay_entries(deliveries, 46, records=records)
+    from_request = admission.relay(request([pb.Envelope.FromString(raw) for raw in stored]), records=records)
+    assert from_entries.batch_id == 46
+    assert from_entries.ids == from_request.ids == [env.id for env in envelopes]
+    assert from_entries.records == from_request.records
+    assert [pb.Envelope.FromString(raw) for raw in from_entries.envelopes] == [
+        pb.Envelope.FromString(raw) for raw in stored
+    ]  # the sender's hop record kept
+    with pytest.raises(InvalidRequestError, match="not a valid DeliveryBatch"):
+        admission.relay_entries(b"\x0a\xff\xff", 47)
+    with pytest.raises(InvalidRequestError, match="more than 3"):
+        Admission(VALIDATOR, 3).relay_entries(deliveries, 48)

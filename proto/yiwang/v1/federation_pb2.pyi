@@ -27,14 +27,24 @@ class LinkAck(_message.Message):
     refused: _containers.RepeatedCompositeFieldContainer[_gateway_pb2.PublishResult]
     def __init__(self, cursor: _Optional[int] = ..., accepted: _Optional[int] = ..., duplicates: _Optional[int] = ..., refused: _Optional[_Iterable[_Union[_gateway_pb2.PublishResult, _Mapping]]] = ...) -> None: ...
 
+class LinkEntries(_message.Message):
+    __slots__ = ("batch_id", "deliveries")
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    DELIVERIES_FIELD_NUMBER: _ClassVar[int]
+    batch_id: int
+    deliveries: bytes
+    def __init__(self, batch_id: _Optional[int] = ..., deliveries: _Optional[bytes] = ...) -> None: ...
+
 class LinkMessage(_message.Message):
-    __slots__ = ("hello", "batch", "ack", "records")
+    __slots__ = ("hello", "batch", "ack", "entries", "records")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     hello: LinkHello
     batch: _gateway_pb2.PublishRequest
     ack: LinkAck
+    entries: LinkEntries
     records: bytes
-    def __init__(self, hello: _Optional[_Union[LinkHello, _Mapping]] = ..., batch: _Optional[_Union[_gateway_pb2.PublishRequest, _Mapping]] = ..., ack: _Optional[_Union[LinkAck, _Mapping]] = ..., records: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, hello: _Optional[_Union[LinkHello, _Mapping]] = ..., batch: _Optional[_Union[_gateway_pb2.PublishRequest, _Mapping]] = ..., ack: _Optional[_Union[LinkAck, _Mapping]] = ..., entries: _Optional[_Union[LinkEntries, _Mapping]] = ..., records: _Optional[bytes] = ...) -> None: ...
