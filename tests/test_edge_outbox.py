@@ -189,10 +189,12 @@ while True:
 """
 
 
-def _put_until_killed(path: Path, batches: int) -> list[tuple[int, int, int, int]]:
-    """Runs a child that puts batches, reads what put() confirmed, and SIGKILLs it mid-stream."""
+def puts_until_killed(child_script: str, path: Path, confirmations: int) -> list[tuple[int, int, int, int]]:
+    """Runs ``child_script`` on the outbox at ``path``: it puts in a loop and prints a line
+    ``stored SESSION FIRST LAST AT`` for each put that returned. Once ``confirmations`` lines are read
+    it is SIGKILLed mid-stream; returns what the lines confirmed."""
     child = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, str(path)],
+        [sys.executable, "-c", child_script, str(path)],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -201,7 +203,7 @@ def _put_until_killed(path: Path, batches: int) -> list[tuple[int, int, int, int
     confirmed: list[tuple[int, int, int, int]] = []
     try:
         assert child.stdout is not None
-        while len(confirmed) < batches:
+        while len(confirmed) < confirmations:
             line = child.stdout.readline()
             assert line, "the child stopped before it was killed"
             if not line.startswith("stored "):
@@ -219,8 +221,8 @@ def _put_until_killed(path: Path, batches: int) -> list[tuple[int, int, int, int
 
 def test_kill_9_during_puts_loses_nothing_confirmed_and_duplicates_nothing(tmp_path: Path, clock: Clock) -> None:
     path = tmp_path / "outbox.sqlite"
-    first_run = _put_until_killed(path, 20)
-    second_run = _put_until_killed(path, 10)
+    first_run = puts_until_killed(_CHILD, path, 20)
+    second_run = puts_until_killed(_CHILD, path, 10)
     assert {run[0] for run in first_run} == {1}
     assert {run[0] for run in second_run} == {2}
     with open_box(path, clock) as box:

@@ -4,10 +4,7 @@ The clock is injected; nothing sleeps."""
 
 from __future__ import annotations
 
-import signal
 import sqlite3
-import subprocess
-import sys
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,8 +24,8 @@ from gateway.edge_ingest import SeriesPiece, series_message
 from gateway.edge_ledger import RangeSet
 from gateway.observations import measurements, point_count, series_arrays
 from gateway.summaries import _Metric
+from tests.test_edge_outbox import puts_until_killed
 
-REPO = Path(__file__).resolve().parents[1]
 T0 = 1_750_000_000.0
 AT0 = 1_700_000_000_000
 FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -268,36 +265,10 @@ while True:
 """
 
 
-def _put_series_until_killed(path: Path, blocks: int) -> list[tuple[int, int, int, int]]:
-    child = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, str(path)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    confirmed: list[tuple[int, int, int, int]] = []
-    try:
-        assert child.stdout is not None
-        while len(confirmed) < blocks:
-            line = child.stdout.readline()
-            assert line, "the child stopped before it was killed"
-            if line.startswith("stored "):
-                session, first, last, at = map(int, line.split()[1:])
-                confirmed.append((session, first, last, at))
-        child.send_signal(signal.SIGKILL)
-    finally:
-        child.kill()
-        child.wait()
-        if child.stdout is not None:
-            child.stdout.close()
-    return confirmed
-
-
 def test_kill_9_during_series_puts_loses_nothing_confirmed(tmp_path: Path, clock: Clock) -> None:
     path = tmp_path / "outbox.sqlite"
-    first_run = _put_series_until_killed(path, 15)
-    second_run = _put_series_until_killed(path, 5)
+    first_run = puts_until_killed(_CHILD, path, 15)
+    second_run = puts_until_killed(_CHILD, path, 5)
     with open_box(path, clock) as box:
         assert box.session == 3
         chunks = take_all_chunks(box)
