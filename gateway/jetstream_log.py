@@ -508,19 +508,21 @@ class JetStreamLog(Log):
         return out
 
     async def _refresh_loop(self) -> None:
-        """Re-reads the stream's first sequence and size: the servers apply retention, not this replica."""
+        """Re-reads the stream's state now and then: the servers apply retention, not this replica."""
         js = self._js
         assert js is not None
         while not self._closed:
             await asyncio.sleep(self.settings.refresh_s)
             try:
-                state = (await js.stream_info(self.settings.stream)).state
+                await self._take_state((await js.stream_info(self.settings.stream)).state)
             except (nats.errors.Error, TimeoutError) as exc:
                 log.warning("jetstream_info_failed", stream=self.settings.stream, error=str(exc) or type(exc).__name__)
-                continue
-            self._oldest = state.first_seq if state.messages else max(self._next, state.last_seq + 1)
-            self._messages, self._bytes = state.messages, state.bytes
-            self._cache.trim(self._oldest)
+
+    async def _take_state(self, state: jsapi.StreamState) -> None:
+        """Takes the stream's first sequence and size (one envelope a message: sequence is offset)."""
+        self._oldest = state.first_seq if state.messages else max(self._next, state.last_seq + 1)
+        self._messages, self._bytes = state.messages, state.bytes
+        self._cache.trim(self._oldest)
 
     # -- appending ------------------------------------------------------------------------------
 
@@ -1160,27 +1162,20 @@ class JetStreamBatchLog(JetStreamLog):
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
-    async def _refresh_loop(self) -> None:
-        """Re-reads where the stream begins (the servers apply retention) and remembers where it ends."""
-        js = self._js
-        assert js is not None
-        while not self._closed:
-            await asyncio.sleep(self.settings.refresh_s)
-            try:
-                state = (await js.stream_info(self.settings.stream)).state
-                self._messages, self._bytes = state.messages, state.bytes
-                if not state.messages:
-                    self._oldest = self._next
-                elif state.first_seq != self._first_seq:
-                    first = await self._batch_at_seq(state.first_seq)
-                    if first is not None:
-                        self._first_seq, self._oldest = state.first_seq, max(self._oldest, first.first_offset)
-                        self._cache.trim(self._oldest)
-                        self._index.forget_before(self._oldest)
-                if self._next > self._remembered:
-                    await self._remember_next(self._next)
-            except (nats.errors.Error, TimeoutError) as exc:
-                log.warning("jetstream_info_failed", stream=self.settings.stream, error=str(exc) or type(exc).__name__)
+    async def _take_state(self, state: jsapi.StreamState) -> None:
+        """Takes where the stream begins (a message holds a batch: its first offset is read from the
+        first message) and its size, and remembers where the log ends."""
+        self._messages, self._bytes = state.messages, state.bytes
+        if not state.messages:
+            self._oldest = self._next
+        elif state.first_seq != self._first_seq:
+            first = await self._batch_at_seq(state.first_seq)
+            if first is not None:
+                self._first_seq, self._oldest = state.first_seq, max(self._oldest, first.first_offset)
+                self._cache.trim(self._oldest)
+                self._index.forget_before(self._oldest)
+        if self._next > self._remembered:
+            await self._remember_next(self._next)
 
     async def _load_remembered_next(self) -> int:
         kv = self._kv
