@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from gateway.client import GatewayClient
 from gateway.config import NodeConfig, from_dict
 from gateway.node import Node
-from gateway.pki import Authority, Identity
+from gateway.pki import Authority, Identity, Role
 from gateway.tls import ClientTls
 
 NodeFactory = Callable[..., Awaitable[Node]]
@@ -146,6 +146,23 @@ def no_leftover_threads() -> Iterator[None]:
         deadline -= 1
         threading.Event().wait(0.05)
     pytest.fail(f"threads left running: {ours}")
+
+
+def henan_network(folder: Path, *more: tuple[Role, str, str, str]) -> Authority:
+    """The CA of a test network: the province's gateway (certified for 127.0.0.1), the water
+    departments of Jinshui and Zhongyuan, Zhengzhou's meteorological and emergency bureaus, and
+    ``more`` identities as (role, region, name, agency)."""
+    ca = Authority.init(folder, trust_domain="yjt.henan.gov.cn")
+    ca.issue(ca.identity(Role.GATEWAY, "410000", "henan-province", "henan-province"), ip_addresses=("127.0.0.1",))
+    for role, region, name, agency in [
+        (Role.DEPARTMENT, "410105", "jinshui-water", "water"),
+        (Role.DEPARTMENT, "410102", "zhongyuan-water", "water"),
+        (Role.DEPARTMENT, "410100", "zz-qxj", "meteorology"),
+        (Role.DEPARTMENT, "410100", "zz-yjj", "emergency"),
+        *more,
+    ]:
+        ca.issue(ca.identity(role, region, name, agency))
+    return ca
 
 
 def free_port() -> int:

@@ -13,7 +13,7 @@ from yiwang.v1 import gateway_pb2 as gw
 from gateway.node import Node
 from gateway.pki import Authority, Role
 from tests import factories
-from tests.conftest import client_as, running_tls_node
+from tests.conftest import client_as, henan_network, running_tls_node
 
 DOMAIN = "yjt.henan.gov.cn"
 REJECTED = gw.PublishResult.REJECTED
@@ -23,17 +23,7 @@ PERMISSION_DENIED = 7
 
 @pytest.fixture
 def pki(tmp_path: Path) -> Authority:
-    ca = Authority.init(tmp_path / "pki", trust_domain=DOMAIN)
-    ca.issue(ca.identity(Role.GATEWAY, "410000", "henan-province", "henan-province"), ip_addresses=("127.0.0.1",))
-    for role, region, name, agency in [
-        (Role.DEPARTMENT, "410105", "jinshui-water", "water"),
-        (Role.DEPARTMENT, "410102", "zhongyuan-water", "water"),
-        (Role.DEPARTMENT, "410100", "zz-qxj", "meteorology"),
-        (Role.DEPARTMENT, "410100", "zz-yjj", "emergency"),
-        (Role.PLATFORM, "410000", "province-desk", "emergency"),
-    ]:
-        ca.issue(ca.identity(role, region, name, agency))
-    return ca
+    return henan_network(tmp_path / "pki", (Role.PLATFORM, "410000", "province-desk", "emergency"))
 
 
 @pytest.fixture

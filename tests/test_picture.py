@@ -23,7 +23,7 @@ from gateway.pki import Authority, Role
 from gateway.signing import Signer
 from gateway.webauth import ScryptCost, User, UserStore, users_db
 from tests import factories
-from tests.conftest import NodeFactory, client_as, eventually, free_port, running_tls_node
+from tests.conftest import NodeFactory, client_as, eventually, free_port, henan_network, running_tls_node
 
 DOMAIN = "yjt.henan.gov.cn"
 PASSWORD = "correct horse battery"
@@ -37,16 +37,7 @@ USERS = {
 
 @pytest.fixture
 def pki(tmp_path: Path) -> Authority:
-    ca = Authority.init(tmp_path / "pki", trust_domain=DOMAIN)
-    ca.issue(ca.identity(Role.GATEWAY, "410000", "henan-province", "henan-province"), ip_addresses=("127.0.0.1",))
-    for role, region, name, agency in [
-        (Role.DEPARTMENT, "410105", "jinshui-water", "water"),
-        (Role.DEPARTMENT, "410102", "zhongyuan-water", "water"),
-        (Role.DEPARTMENT, "410100", "zz-qxj", "meteorology"),
-        (Role.DEPARTMENT, "410100", "zz-yjj", "emergency"),
-    ]:
-        ca.issue(ca.identity(role, region, name, agency))
-    return ca
+    return henan_network(tmp_path / "pki")
 
 
 @pytest.fixture
