@@ -18,7 +18,6 @@ Use from a test module::
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 import re
 from collections.abc import AsyncIterator
@@ -31,6 +30,8 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Error, Page, Route, async_playwright
 
+from gateway import config
+
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; Playwright's own browser downloads are not used
 SCREENSHOTS = Path(os.environ.get("YIWANG_SCREENSHOTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
 
@@ -40,13 +41,7 @@ def is_loopback(url: str) -> bool:
     parts = urlsplit(url)
     if parts.scheme in ("data", "blob", "about"):
         return True
-    host = parts.hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return config.is_loopback(parts.hostname or "")
 
 
 @dataclass
