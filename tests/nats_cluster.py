@@ -160,9 +160,11 @@ class NatsCluster:
         deadline = time.monotonic() + timeout
         for server in servers:
             while not server.healthy():
-                if server.proc is None or server.proc.poll() is not None or time.monotonic() > deadline:
+                if server.proc is None or time.monotonic() > deadline:
                     raise AssertionError(f"nats-server {server.name} did not become healthy: " + _tail(server))
-                time.sleep(0.05)
+                with contextlib.suppress(subprocess.TimeoutExpired):  # between probes, watch for its exit
+                    server.proc.wait(0.05)
+                    raise AssertionError(f"nats-server {server.name} exited: " + _tail(server))
 
     async def wait_healthy_async(self, server: NatsServer, timeout: float = 30.0) -> None:
         """The same wait from inside a test's event loop (the probe runs in a thread)."""
