@@ -217,6 +217,7 @@ class Admission:
     ) -> Admitted:
         verified: dict[int, str | SignatureError | None] = {}
         signed = [i for i, env in enumerate(envelopes) if env.provenance.HasField("signature")]
+        is_signed = frozenset(signed)
         if signed and self.verifier is not None:
             self.verifier.revoked = revoked
             verified = dict(zip(signed, self.verifier.verify_all([envelopes[i] for i in signed]), strict=True))
@@ -224,7 +225,6 @@ class Admission:
         regions = self.validator.regions
         width = RECORD.size
         hinted = len(records) == len(envelopes) * width
-        unsigned = set(range(len(envelopes))).difference(signed)
         out = Admitted(batch_id, len(envelopes))
         for index, (env, envelope) in enumerate(zip(envelopes, encoded, strict=True)):
             envelope_id = env.id
@@ -238,7 +238,7 @@ class Admission:
             if isinstance(outcome, SignatureError):
                 out.rejections.append((index, envelope_id[:256], "provenance.signature", str(outcome), UNAUTHENTICATED))
                 continue
-            if outcome is None and index in signed:
+            if outcome is None and index in is_signed:
                 outcome = env.provenance.signature.signer  # a plaintext development node cannot check it
             out.signers.append(outcome or "")
             out.ids.append(envelope_id)
@@ -249,7 +249,7 @@ class Admission:
                 hint = records[index * width : (index + 1) * width]
                 key = KEY.pack(env.kind, env.severity, env.status, int(env.region), env.origin.agency.encode())
                 if hint[:FLAGS_AT] == key[:FLAGS_AT] and hint[FLAGS_AT + 1 : KEY_BYTES] == key[FLAGS_AT + 1 :]:
-                    flags = FLAG_RELAYED | FLAG_UNSIGNED if index in unsigned else FLAG_RELAYED
+                    flags = FLAG_RELAYED if index in is_signed else FLAG_RELAYED | FLAG_UNSIGNED
                     record = hint[:FLAGS_AT] + _FLAG_BYTES[flags] + hint[FLAGS_AT + 1 :]
             out.records.append(record or record_of(env, FLAG_RELAYED))
             out.positions.append(index)
