@@ -176,7 +176,7 @@ class LinkEnd:
         if not all(self.by_record(kind, severity) is True for kind, severity in pairs):
             return False
         begin = stored.ends[start - 1] if start else 0
-        return self._peer_bytes not in stored.data[begin:]  # a hop record names every node it went through
+        return stored.data.find(self._peer_bytes, begin) < 0  # a hop record names every node it went through
 
     async def _send_entries(self, stored: StoredBatch, start: int) -> None:
         """Sends the entries of ``stored`` from ``start`` on as they are stored (``LinkEntries``), in
@@ -297,7 +297,10 @@ class LinkEnd:
         """Appends the other end's batch (an encoded PublishRequest, with the selection records its
         sender keeps) durably, then acknowledges it."""
         try:
-            admitted = await self.service.admit(raw, self.peer, decide=self.accept, relayed=True, records=records)
+            service = self.service
+            admitted = service.screen(
+                service.admission.relay(raw, service.revocations.serials, records), self.peer, self.accept
+            )
         except YiwangError as exc:  # the whole batch is refused: say so, and let the link move on
             try:
                 request = gw.PublishRequest.FromString(raw)

@@ -186,34 +186,22 @@ class GatewayService:
 
     # -- publish --------------------------------------------------------------------------------
 
-    async def admit(
-        self,
-        raw: bytes,
-        peer: Peer = _ANONYMOUS,
-        decide: Callable[[int, str, str], Decision] | None = None,
-        *,
-        relayed: bool = False,
-        records: bytes = b"",
-    ) -> Admitted:
+    async def admit(self, raw: bytes, peer: Peer = _ANONYMOUS) -> Admitted:
         """Parses and validates an encoded PublishRequest (in the worker pool when it is large), then
-        refuses what the sharing policy does not let the peer publish (``decide`` instead of the
-        policy: what a node takes from its parent, see gateway.federation). ``relayed``: a batch
-        of another node over a federation link, which validated it, with the selection records it
-        keeps for them (``Admission.relay``)."""
+        refuses what the sharing policy does not let the peer publish (``screen``)."""
         now = time.time()
-        if relayed:
-            admitted = self.admission.relay(raw, self.revocations.serials, records)
-        elif self.pool is not None and len(raw) >= self.limits.pool_min_request_bytes:
+        if self.pool is not None and len(raw) >= self.limits.pool_min_request_bytes:
             admitted = await self.pool.admit(raw, now, self.revocations.serials)
         else:
             admitted = self.admission.admit(raw, now, self.revocations.serials)
-        return self.screen(admitted, peer, decide)
+        return self.screen(admitted, peer)
 
     def screen(
         self, admitted: Admitted, peer: Peer, decide: Callable[[int, str, str], Decision] | None = None
     ) -> Admitted:
         """Counts and logs what admission refused, then refuses what the sharing policy does not let
-        the peer publish (``decide`` instead of the policy, see ``admit``)."""
+        the peer publish (``decide`` instead of the policy: what a node takes from another over a
+        federation link, see gateway.federation)."""
         for _, envelope_id, field_path, reason, code in admitted.rejections:
             self.metrics.rejected.labels(reason=field_path.split("[", 1)[0]).inc()
             log.info("envelope_rejected", id=envelope_id, field=field_path, reason=reason)
