@@ -119,8 +119,20 @@ class Admission:
             verifier.revoked = revoked
         if request.certificates:
             self._learn_certificates(request.certificates)
+        spans = field_spans(raw, 1)
+        if spans is not None and len(spans) != len(envelopes):
+            spans = None
+        records: list[bytes | InvalidEnvelopeError] = []
+        for index, env in enumerate(envelopes):
+            size = len(env.SerializeToString()) if spans is None else spans[index][1] - spans[index][0]
+            try:
+                records.append(admit(env, size, now))
+            except InvalidEnvelopeError as exc:
+                records.append(exc)
         if verifier is not None:
-            verified = verifier.verify_all(envelopes)
+            # Once validated, the envelopes are needed only for their ids: their digests may take
+            # their provenance out instead of copying each (unless stored from them, without spans).
+            verified = verifier.verify_all(envelopes, consume=spans is not None)
         out = Admitted(request.batch_id, len(envelopes))
         add_id, add_hash, add_envelope, add_record, add_position = (
             out.ids.append,
@@ -129,20 +141,9 @@ class Admission:
             out.records.append,
             out.positions.append,
         )
-        spans = field_spans(raw, 1)
-        if spans is not None and len(spans) != len(envelopes):
-            spans = None
-        for index, env in enumerate(envelopes):
-            if spans is None:
-                encoded = env.SerializeToString()
-                size = len(encoded)
-            else:
-                start, end = spans[index]
-                size = end - start
-            try:
-                record = admit(env, size, now)
-            except InvalidEnvelopeError as exc:
-                out.rejections.append((index, env.id[:256], exc.field, exc.reason, INVALID_ARGUMENT))
+        for index, (env, record) in enumerate(zip(envelopes, records, strict=True)):
+            if isinstance(record, InvalidEnvelopeError):
+                out.rejections.append((index, env.id[:256], record.field, record.reason, INVALID_ARGUMENT))
                 continue
             signer = ""
             if verifier is not None:
@@ -158,10 +159,11 @@ class Admission:
             add_id(envelope_id)
             add_hash(id_hash(envelope_id))
             if spans is None:
-                add_envelope(encoded)
+                add_envelope(env.SerializeToString())
             elif by_reference:
                 out.spans += spans[index]
             else:
+                start, end = spans[index]
                 add_envelope(raw[start:end])
             add_record(record)
             add_position(index)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import subprocess
 import sys
@@ -218,14 +219,32 @@ def test_a_whole_batch_with_one_fault_is_judged_envelope_by_envelope(pki: Author
         "extra field": lambda b: setattr(b[129].provenance.signature, "certificate", b"x"),
         "hop": lambda b: b[129].provenance.hops.append(pb.Hop(node="somewhere")),
     }
-    for name, spoil in faults.items():
+    for (name, spoil), consume in itertools.product(faults.items(), (False, True)):
         envelopes = batch(130)
         spoil(envelopes)
-        results = verifier.verify_all(envelopes)
+        sent = [env.SerializeToString() for env in envelopes]
+        results = verifier.verify_all(envelopes, consume=consume)
         wrong = {i for i, outcome in enumerate(results) if outcome != identity}
         assert wrong == (set() if name == "hop" else {129}), name  # hops are not signed content
         if name != "hop":
             assert isinstance(results[129], SignatureError), name
+            # the general path judged the envelopes as they came, whatever the whole check consumed
+            assert [env.SerializeToString() for env in envelopes] == sent, name
+
+
+def test_consuming_a_whole_batch_takes_only_the_provenance_out(pki: Authority) -> None:
+    """An admission worker lets the check of a whole batch clear the provenance of its copies:
+    the verdicts are the same, and everything but the provenance is left as it was."""
+    verifier, batch = water_batches(pki)
+    envelopes = batch(40)
+    envelopes[7].provenance.original_format = "SL 651"  # signed content: kept, and its digest copies
+    signer(pki, "jinshui-water").sign_batch(envelopes)
+    expected = verifier.verify_all([pb.Envelope.FromString(env.SerializeToString()) for env in envelopes])
+    assert verifier.verify_all(envelopes, consume=True) == expected
+    assert all(isinstance(outcome, str) for outcome in expected)
+    assert [env.HasField("provenance") for env in envelopes] == [i == 7 for i in range(40)]
+    assert envelopes[7].provenance.original_format == "SL 651"
+    assert [env.observation.measurements[0].value for env in envelopes] == list(range(40))
 
 
 # -- the node checks on entry ---------------------------------------------------------------------
