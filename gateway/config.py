@@ -71,7 +71,7 @@ class LimitsSection:
     max_batch_envelopes: int = 10_000
     max_clock_skew_s: float = 600.0
     max_message_bytes: int | str = "64MiB"
-    admission_workers: int = -1  # processes that validate large publish requests; -1: one per spare core
+    admission_workers: int = -1  # processes that validate large publish requests; -1: one per core (up to 4)
 
 
 @dataclass(frozen=True)
