@@ -336,7 +336,7 @@ class Verifier:
         """
         if not envelopes:
             return None
-        first = envelopes[0].provenance.signature
+        first = envelopes[0].provenance.signature  # keeps its fields if its envelope's provenance is cleared
         if first.algorithm != BATCH or first.batch_index != 0:
             return None
         head, tail = _shared_fields(first)
