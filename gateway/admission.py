@@ -228,48 +228,58 @@ class Admission:
         width = RECORD.size
         hinted = len(records) == len(envelopes) * width
         out = Admitted(batch_id, len(envelopes))
+        add_signer, add_id, add_hash, add_envelope, add_record, add_position = (
+            out.signers.append,
+            out.ids.append,
+            out.hashes.append,
+            out.envelopes.append,
+            out.records.append,
+            out.positions.append,
+        )
+        pack = KEY.pack
         for index, (env, envelope) in enumerate(zip(envelopes, encoded, strict=True)):
-            envelope_id = env.id
-            problem = _relay_problem(env, envelope_id, len(envelope), limits.max_envelope_bytes, limits.max_id_chars)
-            if problem is None and env.region not in regions:
-                problem = ("region", f"{env.region[:20]!r} is not a known GB/T 2260 region code")
+            # Each field is read once: this runs for every envelope a node relays.
+            envelope_id, kind, region = env.id, env.kind, env.region
+            problem = _relay_problem(kind, region, envelope_id, len(envelope), limits)
+            if problem is None and region not in regions:
+                problem = ("region", f"{region[:20]!r} is not a known GB/T 2260 region code")
             if problem is not None:
                 out.rejections.append((index, envelope_id[:256], *problem, INVALID_ARGUMENT))
                 continue
+            carries_signature = index in is_signed
             outcome = verified.get(index)
             if isinstance(outcome, SignatureError):
                 out.rejections.append((index, envelope_id[:256], "provenance.signature", str(outcome), UNAUTHENTICATED))
                 continue
-            if outcome is None and index in is_signed:
+            if outcome is None and carries_signature:
                 outcome = env.provenance.signature.signer  # a plaintext development node cannot check it
-            out.signers.append(outcome or "")
-            out.ids.append(envelope_id)
-            out.hashes.append(id_hash(envelope_id))
-            out.envelopes.append(envelope)
+            add_signer(outcome or "")
+            add_id(envelope_id)
+            add_hash(id_hash(envelope_id))
+            add_envelope(envelope)
             record = b""
             if hinted:
                 hint = records[index * width : (index + 1) * width]
-                key = KEY.pack(env.kind, env.severity, env.status, int(env.region), env.origin.agency.encode())
+                key = pack(kind, env.severity, env.status, int(region), env.origin.agency.encode())
                 if hint[:FLAGS_AT] == key[:FLAGS_AT] and hint[FLAGS_AT + 1 : KEY_BYTES] == key[FLAGS_AT + 1 :]:
-                    flags = FLAG_RELAYED if index in is_signed else FLAG_RELAYED | FLAG_UNSIGNED
+                    flags = FLAG_RELAYED if carries_signature else FLAG_RELAYED | FLAG_UNSIGNED
                     record = hint[:FLAGS_AT] + _FLAG_BYTES[flags] + hint[FLAGS_AT + 1 :]
-            out.records.append(record or record_of(env, FLAG_RELAYED))
-            out.positions.append(index)
+            add_record(record or record_of(env, FLAG_RELAYED))
+            add_position(index)
         return out
 
 
-def _relay_problem(
-    env: pb.Envelope, envelope_id: str, size: int, max_bytes: int, max_id_chars: int
-) -> tuple[str, str] | None:
+def _relay_problem(kind: int, region: str, envelope_id: str, size: int, limits: Limits) -> tuple[str, str] | None:
     """What makes an envelope from another node unusable here: (field, reason), or None."""
+    max_bytes, max_id_chars = limits.max_envelope_bytes, limits.max_id_chars
     if size > max_bytes:
         return "envelope", f"is {size} bytes, more than the limit of {max_bytes}"
     if not envelope_id or len(envelope_id) > max_id_chars:
         return "id", f"must be 1 to {max_id_chars} characters"
-    if env.kind not in _KINDS:
-        return "kind", f"unknown kind {env.kind}"
-    if not env.region.isdigit():
-        return "region", f"{env.region[:20]!r} is not a six-digit GB/T 2260 code"
+    if kind not in _KINDS:
+        return "kind", f"unknown kind {kind}"
+    if not region.isdigit():
+        return "region", f"{region[:20]!r} is not a six-digit GB/T 2260 code"
     return None
 
 
