@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -304,9 +305,16 @@ def metric(http_port: int, name: str, labels: str = "") -> float:
 
 
 def wait_metric(http_port: int, name: str, at_least: float, labels: str = "", timeout: float = 30.0) -> None:
-    """Waits until a node's metric reaches ``at_least`` (polled: the process is another one)."""
+    """Waits until a node's metric reaches ``at_least`` (polled: the process is another one). A node
+    opens its HTTP port after its gRPC port, so a refused connection counts as not yet."""
     deadline = time.monotonic() + timeout
-    while metric(http_port, name, labels) < at_least:
+    while True:
+        try:
+            if metric(http_port, name, labels) >= at_least:
+                return
+        except urllib.error.URLError as exc:
+            if not isinstance(exc.reason, ConnectionRefusedError) or time.monotonic() > deadline:
+                raise
         if time.monotonic() > deadline:
             raise SystemExit(f"{name}{{{labels}}} on 127.0.0.1:{http_port} did not reach {at_least:g}")
         time.sleep(0.05)
