@@ -122,9 +122,11 @@ class Admission:
         spans = field_spans(raw, 1)
         if spans is not None and len(spans) != len(envelopes):
             spans = None
+        # Without spans (bytes that are not the usual encoding) each envelope is stored re-encoded.
+        encoded = [env.SerializeToString() for env in envelopes] if spans is None else []
         records: list[bytes | InvalidEnvelopeError] = []
         for index, env in enumerate(envelopes):
-            size = len(env.SerializeToString()) if spans is None else spans[index][1] - spans[index][0]
+            size = len(encoded[index]) if spans is None else spans[index][1] - spans[index][0]
             try:
                 records.append(admit(env, size, now))
             except InvalidEnvelopeError as exc:
@@ -159,7 +161,7 @@ class Admission:
             add_id(envelope_id)
             add_hash(id_hash(envelope_id))
             if spans is None:
-                add_envelope(env.SerializeToString())
+                add_envelope(encoded[index])
             elif by_reference:
                 out.spans += spans[index]
             else:
