@@ -74,3 +74,15 @@ def local_name(tag: str) -> str:
 
 def namespace(tag: str) -> str:
     return tag[1:].split("}", 1)[0] if tag.startswith("{") else ""
+
+
+def escape_text(text: str) -> str:
+    """``text`` escaped for element content. ``\r`` is escaped too: a parser turns a raw one into
+    ``\n``, which would change the value read back."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\r", "&#13;")
+
+
+def escape_attribute(text: str) -> str:
+    """``text`` escaped for a double-quoted attribute value; ``\n`` and ``\t`` too, which a parser
+    would read back as spaces."""
+    return escape_text(text).replace('"', "&quot;").replace("\n", "&#10;").replace("\t", "&#9;")

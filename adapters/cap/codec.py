@@ -633,19 +633,19 @@ def _serialise(element: Element, parent_ns: str) -> str:
     ns, name = safexml.namespace(tag), safexml.local_name(tag)
     head = [name]
     if ns != parent_ns:
-        head.append(f'xmlns="{_escape_attribute(ns)}"')
+        head.append(f'xmlns="{safexml.escape_attribute(ns)}"')
     for i, (key, value) in enumerate(element.attrib.items()):
         key_ns = safexml.namespace(key)
         if key_ns:
-            head.append(f'xmlns:a{i}="{_escape_attribute(key_ns)}" a{i}:{safexml.local_name(key)}=')
-            head[-1] += f'"{_escape_attribute(value)}"'
+            head.append(f'xmlns:a{i}="{safexml.escape_attribute(key_ns)}" a{i}:{safexml.local_name(key)}=')
+            head[-1] += f'"{safexml.escape_attribute(value)}"'
         else:
-            head.append(f'{key}="{_escape_attribute(value)}"')
-    inner = _escape_text(element.text or "")
+            head.append(f'{key}="{safexml.escape_attribute(value)}"')
+    inner = safexml.escape_text(element.text or "")
     for child in element:
         if isinstance(child.tag, str):
             inner += _serialise(child, ns)
-        inner += _escape_text(child.tail or "")
+        inner += safexml.escape_text(child.tail or "")
     return f"<{' '.join(head)}>{inner}</{name}>"
 
 
@@ -809,15 +809,6 @@ def _checked_signature(signature: str) -> str:
     return signature
 
 
-def _escape_text(text: str) -> str:
-    # \r is escaped because a parser turns a raw one into \n, which would change the value on re-import
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\r", "&#13;")
-
-
-def _escape_attribute(text: str) -> str:
-    return _escape_text(text).replace('"', "&quot;").replace("\n", "&#10;").replace("\t", "&#9;")
-
-
 class _Writer:
     """An indented XML writer for CAP's text-only leaves; text is checked to be legal XML."""
 
@@ -839,7 +830,7 @@ class _Writer:
             raise AdapterError(
                 f"character U+{ord(illegal.group()):04X} cannot be written in XML", field=path or name, kind="canonical"
             )
-        self.parts.append(f"{'  ' * self.depth}<{name}>{_escape_text(text)}</{name}>\n")
+        self.parts.append(f"{'  ' * self.depth}<{name}>{safexml.escape_text(text)}</{name}>\n")
 
     def optional(self, name: str, text: str, path: str) -> None:
         if text:

@@ -790,14 +790,11 @@ def _plain(value: float) -> str:
 
 
 def _escape_text(text: str) -> str:
-    # \r is escaped because a parser turns a raw one into \n, which would change the value on re-import;
-    # \n so that every event is one line (for line-based tools and logs)
-    escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return escaped.replace("\r", "&#13;").replace("\n", "&#10;")
+    # \n too, so that every event is one line (for line-based tools and logs)
+    return safexml.escape_text(text).replace("\n", "&#10;")
 
 
-def _escape_attribute(text: str) -> str:
-    return _escape_text(text).replace('"', "&quot;").replace("\t", "&#9;")
+_escape_attribute = safexml.escape_attribute
 
 
 def _legal(text: str, what: str) -> str:

@@ -253,21 +253,11 @@ def _xml(element: Element) -> str:
     tag = element.tag
     if "{" in tag:
         raise AdapterError(f"a <detail> child in a namespace ({tag!r}) is not carried", field="event.detail")
-    attributes = "".join(f' {name}="{_escape_attribute(value)}"' for name, value in element.items())
-    inner = _escape_text(element.text or "") + "".join(
-        _xml(child) + _escape_text(child.tail or "") for child in element if isinstance(child.tag, str)
+    attributes = "".join(f' {name}="{safexml.escape_attribute(value)}"' for name, value in element.items())
+    inner = safexml.escape_text(element.text or "") + "".join(
+        _xml(child) + safexml.escape_text(child.tail or "") for child in element if isinstance(child.tag, str)
     )
     return f"<{tag}{attributes}>{inner}</{tag}>" if inner else f"<{tag}{attributes}/>"
-
-
-def _escape_text(text: str) -> str:
-    escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return escaped.replace("\r", "&#13;")  # a raw \r would be read back as \n
-
-
-def _escape_attribute(text: str) -> str:
-    escaped = _escape_text(text).replace('"', "&quot;")
-    return escaped.replace("\n", "&#10;").replace("\t", "&#9;")
 
 
 def stream_frame(message: bytes) -> bytes:
@@ -304,7 +294,7 @@ def _control_event(uid: str, cot_type: str, now: float, control: str) -> bytes:
     time = _cot_time(millis, "event.time")
     stale = _cot_time(millis + round(ANNOUNCE_STALE_S * 1000), "event.stale")
     return (
-        f'{_DECLARATION}<event version="2.0" uid="{_escape_attribute(uid)}" type="{cot_type}" how="m-g" '
+        f'{_DECLARATION}<event version="2.0" uid="{safexml.escape_attribute(uid)}" type="{cot_type}" how="m-g" '
         f'time="{time}" start="{time}" stale="{stale}"><point lat="0.0" lon="0.0" hae="0.0" ce="{_UNKNOWN}" '
         f'le="{_UNKNOWN}"/><detail><TakControl>{control}</TakControl></detail></event>'
     ).encode()

@@ -611,8 +611,7 @@ class _Writer:
         bad = _NOT_XML_CHAR.search(text)
         if bad:
             raise AdapterError(f"character U+{ord(bad[0]):04X} cannot be written in XML", field=name, kind="encoding")
-        escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\r", "&#13;")
-        self._lines.append(f"{indent}<{name}>{escaped}</{name}>")
+        self._lines.append(f"{indent}<{name}>{safexml.escape_text(text)}</{name}>")
 
     def optional(self, name: str, text: str) -> None:
         """A CAP element the national profile leaves out unless it has a value."""
