@@ -31,6 +31,7 @@ import enum
 import re
 
 from adapters.errors import AdapterError
+from gateway.wire import varint
 
 #: The largest event accepted, in bytes (declaration included). TAK events are a few kilobytes.
 MAX_EVENT_BYTES = 256 * 1024
@@ -519,12 +520,7 @@ def encode_varint(value: int) -> bytes:
     """``value`` (0 .. 2**64-1) as an unsigned varint."""
     if not 0 <= value < 1 << 64:
         raise ValueError(f"{value} is not an unsigned 64-bit value")
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+    return varint(value)
 
 
 def _common_prefix(a: bytes, b: bytes) -> int:
