@@ -333,7 +333,7 @@ class LinkEnd:
 
     async def _store(self, admitted: Admitted) -> None:
         """Appends what was admitted from the other end, then acknowledges it with the counts."""
-        # Their records are marked relayed: station summaries, for one, are made where data entered the network.
+        # (Admission marked their records relayed: station summaries, for one, are made where data entered the network.)
         appended = await self.service.append(admitted)
         self.service.count(admitted, appended)
         duplicates = len(appended.duplicates)
@@ -397,12 +397,7 @@ class _Outgoing:
         parts.append(_BATCH_ID_TAG + varint(self.upto))
         parts += (length_delimited(_CERTIFICATES_TAG, der) for der in self.certificates)
         request = b"".join(parts)
-        return (
-            bytes((_BATCH_TAG,))
-            + varint(len(request))
-            + request
-            + length_delimited(_RECORDS_TAG, b"".join(self.records))
-        )
+        return length_delimited(bytes((_BATCH_TAG,)), request) + length_delimited(_RECORDS_TAG, b"".join(self.records))
 
 
 def batch_of(raw: bytes) -> tuple[bytes, bytes] | None:
