@@ -95,11 +95,6 @@ class _Station:
     metrics: dict[str, _Metric] = field(default_factory=dict)
 
 
-def _observed_ns(env: pb.Envelope) -> int:
-    stamp = env.observed_at if env.HasField("observed_at") else env.sent_at
-    return int(stamp.seconds * 1_000_000_000 + stamp.nanos)
-
-
 def iso_period(seconds: float) -> str:
     """An ISO 8601 duration for a period (PT15M, PT1H, PT90S)."""
     whole = round(seconds)
