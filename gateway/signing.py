@@ -44,15 +44,19 @@ def content_digest(env: pb.Envelope) -> bytes:
     """SHA-256 of the envelope's signed content (without hops and signature)."""
     if not env.HasField("provenance"):
         return hashlib.sha256(env.SerializeToString(deterministic=True)).digest()  # nothing to leave out
-    provenance = env.provenance
     content = pb.Envelope()
     content.CopyFrom(env)
-    if not provenance.original_format and not provenance.original_id:
-        content.ClearField("provenance")  # the usual case: the provenance holds only hops and the signature
+    if _holds_no_content(env.provenance):
+        content.ClearField("provenance")  # the usual case
     else:
         content.provenance.ClearField("hops")
         content.provenance.ClearField("signature")
     return hashlib.sha256(content.SerializeToString(deterministic=True)).digest()
+
+
+def _holds_no_content(provenance: pb.Provenance) -> bool:
+    """Whether a provenance holds only hops and the signature (nothing that is signed)."""
+    return not provenance.original_format and not provenance.original_id
 
 
 def _digests_consuming(
@@ -64,7 +68,7 @@ def _digests_consuming(
     digests = []
     cleared = []
     for position, (env, provenance) in enumerate(zip(envelopes, provenances, strict=True)):
-        if provenance.original_format or provenance.original_id or not env.HasField("provenance"):
+        if not env.HasField("provenance") or not _holds_no_content(provenance):
             digests.append(content_digest(env))
             continue
         env.ClearField("provenance")
