@@ -95,6 +95,18 @@ def request_signed(prefix: str, start: int, count: int, batch_id: int) -> bytes:
     return request.SerializeToString()
 
 
+def request_shared(prefix: str, start: int, count: int, batch_id: int) -> bytes:
+    """As ``request_signed``, with the batch's signature shared: sent once, each envelope referring to it."""
+    now_ns = time.time_ns()
+    request = gw.PublishRequest(batch_id=batch_id)
+    for n in range(start, start + count):
+        fill(request.envelopes.add(id=f"{prefix}-{n}"), now_ns)
+    signer = bench_signer()
+    request.batch_signatures.append(signer.sign_batch(request.envelopes, shared=True))
+    request.certificates.append(signer.certificate_der)
+    return request.SerializeToString()
+
+
 @functools.cache
 def bench_signer() -> Signer:
     tls_dir, name = Path(os.environ["YIWANG_BENCH_TLS_DIR"]), os.environ["YIWANG_BENCH_IDENTITY"]
@@ -169,9 +181,8 @@ async def role_publisher(
         PUBLISH_STREAM, request_serializer=lambda b: b, response_deserializer=gw.PublishReply.FromString
     )
     prefix = f"p{os.getpid()}-{time.time_ns()}"
-    make: Callable[[str, int, int, int], bytes] = {"messages": request_built, "signed": request_signed}.get(
-        build, request_bytes
-    )
+    builders = {"messages": request_built, "signed": request_signed, "shared": request_shared}
+    make: Callable[[str, int, int, int], bytes] = builders.get(build, request_bytes)
     if ahead:
         prepared = iter([make(prefix, n, batch, n // batch + 1) for n in range(0, ahead, batch)])
 
@@ -213,8 +224,9 @@ async def role_publisher(
     print(json.dumps({"sent": sent, "acked": acked, "accepted": accepted, "seconds": elapsed}), flush=True)
 
 
-async def role_subscriber(target: str, expect_idle: float, sample_every: int) -> None:
-    """Counts deliveries from the live tail and measures publish-to-delivery latency (now - sent_at)."""
+async def role_subscriber(target: str, expect_idle: float, sample_every: int, shared: bool = False) -> None:
+    """Counts deliveries from the live tail and measures publish-to-delivery latency (now - sent_at);
+    with ``shared``, it takes batch-signed envelopes in their shared form (SubscribeRequest.shared_signatures)."""
     channel = bench_channel(target, [("grpc.max_receive_message_length", 64 << 20)])
     await asyncio.wait_for(channel.channel_ready(), 30)
     call = channel.unary_stream(
@@ -222,7 +234,7 @@ async def role_subscriber(target: str, expect_idle: float, sample_every: int) ->
         request_serializer=gw.SubscribeRequest.SerializeToString,
         response_deserializer=gw.DeliveryBatch.FromString,
     )
-    stream = call(gw.SubscribeRequest(position=gw.LATEST, max_batch=5000))
+    stream = call(gw.SubscribeRequest(position=gw.LATEST, max_batch=5000, shared_signatures=shared))
     print(json.dumps({"ready": True}), flush=True)
     count = 0
     latencies: list[float] = []
@@ -373,9 +385,11 @@ def run_durable(
         node, port = start_node(data, not args.no_fsync, tls_dir, getattr(args, "workers", -1))
         try:
             target = f"127.0.0.1:{port}"
+            shared = ["--shared"] if build == "shared" else []
             sub = spawn(
-                "--role", "subscriber", "--target", target, "--idle", str(idle), "--sample", str(sample), env=sub_env
-            )
+                "--role", "subscriber", "--target", target, "--idle", str(idle), "--sample", str(sample), *shared,
+                env=sub_env,
+            )  # fmt: skip
             assert sub.stdout is not None
             sub.stdout.readline()  # ready
             time.sleep(0.3)
@@ -432,7 +446,8 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=8, help="requests in flight per stream")
     parser.add_argument("--idle", type=float, default=3.0)
     parser.add_argument("--sample", type=int, default=1)
-    parser.add_argument("--build", choices=["bytes", "messages", "signed"], default="bytes")
+    parser.add_argument("--build", choices=["bytes", "messages", "signed", "shared"], default="bytes")
+    parser.add_argument("--shared", action="store_true", help="subscriber: take shared batch signatures")
     parser.add_argument("--ahead", type=int, default=0, help="envelopes the publisher prepares before the clock starts")
     parser.add_argument("--no-fsync", action="store_true", help="commit without fsync (crash-safe, not power-safe)")
     args = parser.parse_args()
@@ -446,7 +461,7 @@ def main() -> None:
         )
         return
     if args.role == "subscriber":
-        asyncio.run(role_subscriber(args.target, args.idle, args.sample))
+        asyncio.run(role_subscriber(args.target, args.idle, args.sample, args.shared))
         return
 
     print(

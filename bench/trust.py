@@ -3,7 +3,9 @@
 Prints, in one run:
   (a) the durable path of the foundation benchmark, plaintext and unsigned, against the same run over
       mutual TLS with one batch signature per request (verified by the node on entry), and their
-      ratio (goal: at least 70%). The two runs are repeated ``--repeat`` times, in alternating order
+      ratio (goal: at least 70%). The signature is shared by the batch's envelopes, as publishers of
+      telemetry send it and as the subscriber asks for it (``--form full``: each envelope with its
+      own proof instead). The two runs are repeated ``--repeat`` times, in alternating order
       (the machine's speed drifts between runs), and each pair's ratio is printed with the median.
       Measured twice:
         - the gateway's cost: the publisher builds and signs its envelopes before the clock starts,
@@ -16,6 +18,7 @@ Prints, in one run:
       core in the same run (goal: at least 80%).
 
     .venv/bin/python bench/trust.py [--seconds 10] [--repeat 3] [--batch 500] [--ahead-rate 130000]
+                                    [--form shared|full]
 """
 
 from __future__ import annotations
@@ -80,8 +83,9 @@ def measure(args: argparse.Namespace, ca: Authority, signed: bool, prepared: int
     """Envelopes/s at the subscriber of one durable run, plaintext and unsigned or mutual TLS and signed;
     every envelope the node accepted must arrive."""
     if signed:
+        build = "shared" if args.form == "shared" else "signed"
         published, delivered = throughput.run_durable(
-            args, 0.0, args.idle, 10, build="signed", tls_dir=ca.dir, ahead=prepared
+            args, 0.0, args.idle, 10, build=build, tls_dir=ca.dir, ahead=prepared
         )
     else:
         published, delivered = throughput.run_durable(args, 0.0, args.idle, 10, build="messages", ahead=prepared)
@@ -100,11 +104,21 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=8)
     parser.add_argument("--no-fsync", action="store_true")
     parser.add_argument(
+        "--form",
+        choices=["shared", "full"],
+        default="shared",
+        help="batch signatures shared by the batch's envelopes (as publishers of telemetry send them) "
+        "or each envelope with its own proof",
+    )
+    parser.add_argument(
         "--ahead-rate", type=float, default=130_000, help="envelopes per second of run to prepare ahead"
     )
     args = parser.parse_args()
     args.idle, args.rate_batch = 3.0, 50
-    print(f"yiwang trust benchmark: batch {args.batch}, {args.seconds:g} s per run", flush=True)
+    form = "shared by each batch" if args.form == "shared" else "with each envelope's own proof"
+    print(
+        f"yiwang trust benchmark: batch {args.batch}, {args.seconds:g} s per run, batch signatures {form}", flush=True
+    )
     with tempfile.TemporaryDirectory(prefix="yiwang-trust-") as folder:
         ca = make_pki(Path(folder))
         ahead = int(args.seconds * args.ahead_rate)

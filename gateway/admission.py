@@ -32,9 +32,9 @@ from gateway.id_index import die_with_parent, id_hash
 from gateway.policy import Decision
 from gateway.regions import default_table
 from gateway.selection import FLAG_RELAYED, FLAG_UNSIGNED, FLAGS_AT, KEY, KEY_BYTES, RECORD, record_of
-from gateway.signing import SignatureError, Verifier
+from gateway.signing import SharedSignatures, SignatureError, Verifier, is_reference
 from gateway.validation import Limits, Validator
-from gateway.wire import field_spans
+from gateway.wire import TAG_BATCH_SIGNATURES, field_spans, length_delimited
 
 
 @dataclass(slots=True)
@@ -52,6 +52,9 @@ class Admitted:
     records: list[bytes] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)  # index in the request of each admitted envelope
     signers: list[str] = field(default_factory=list)  # the verified signer of each, "" if unsigned
+    # The shared signatures of the batches admitted envelopes refer to, encoded as
+    # DeliveryBatch.batch_signatures fields: the log keeps them beside the envelopes.
+    signatures: bytes = b""
     # (index in the request, id, field, reason, google.rpc code)
     rejections: list[tuple[int, str, str, str, int]] = field(default_factory=list)
 
@@ -83,6 +86,22 @@ class Admission:
                 f"{len(request.envelopes)} envelopes in one request, more than {self.max_batch_envelopes}",
             )
         return request
+
+    @staticmethod
+    def _shared(signatures: Sequence[pb.Signature]) -> SharedSignatures | None:
+        """The request's shared batch signatures (None if it has none); refuses the request if one
+        is not a batch's shared signature."""
+        if not signatures:
+            return None
+        if len(signatures) > MAX_BATCH_SIGNATURES:
+            raise InvalidRequestError(
+                "batch_signatures",
+                f"{len(signatures)} batch signatures in one request, more than {MAX_BATCH_SIGNATURES}",
+            )
+        try:
+            return SharedSignatures(signatures)
+        except SignatureError as exc:
+            raise InvalidRequestError("batch_signatures", str(exc)) from None
 
     def _learn_certificates(self, certificates: Sequence[bytes]) -> None:
         """Checks and keeps the signing certificates a request carries, before its envelopes are stored."""
@@ -119,6 +138,7 @@ class Admission:
             verifier.revoked = revoked
         if request.certificates:
             self._learn_certificates(request.certificates)
+        shared = self._shared(request.batch_signatures)
         spans = field_spans(raw, 1)
         if spans is not None and len(spans) != len(envelopes):
             spans = None
@@ -134,8 +154,15 @@ class Admission:
         if verifier is not None:
             # Once validated, the envelopes are needed only for their ids: their digests may take
             # their provenance out instead of copying each (unless stored from them, without spans).
-            verified = verifier.verify_all(envelopes, consume=spans is not None)
+            used: set[bytes] = set()
+            verified = verifier.verify_all(envelopes, consume=spans is not None, shared=shared, used=used)
+            if shared is not None:
+                shared.by_root = {root: sig for root, sig in shared.by_root.items() if root in used}
         out = Admitted(request.batch_id, len(envelopes))
+        if shared:
+            out.signatures = b"".join(
+                length_delimited(TAG_BATCH_SIGNATURES, sig.SerializeToString()) for sig in shared.by_root.values()
+            )
         add_id, add_hash, add_envelope, add_record, add_position = (
             out.ids.append,
             out.hashes.append,
@@ -155,7 +182,10 @@ class Admission:
                     continue
                 signer = outcome or ""
             elif env.provenance.HasField("signature"):
-                signer = env.provenance.signature.signer  # a plaintext development node cannot check it
+                # A plaintext development node cannot check it.
+                sig = env.provenance.signature
+                by_reference_to = shared.by_root.get(sig.batch_root) if shared and is_reference(sig) else None
+                signer = by_reference_to.signer if by_reference_to is not None else sig.signer
             out.signers.append(signer)
             envelope_id = env.id
             add_id(envelope_id)
@@ -187,6 +217,10 @@ class Admission:
         are taken as they are; otherwise (or without them) the record is made here.
         """
         request = self._parse(raw)
+        if request.batch_signatures:
+            raise InvalidRequestError(
+                "batch_signatures", "a federation link sends each envelope with its full signature, not shared ones"
+            )
         if request.certificates:
             self._learn_certificates(request.certificates)
         spans = field_spans(raw, 1)
@@ -222,9 +256,17 @@ class Admission:
         verified: dict[int, str | SignatureError | None] = {}
         signed = [i for i, env in enumerate(envelopes) if env.provenance.HasField("signature")]
         is_signed = frozenset(signed)
+        references = [i for i in signed if is_reference(envelopes[i].provenance.signature)]
+        if references:
+            # Its batch's signature is not here to keep beside it: a link sends full signatures.
+            unusable = SignatureError(
+                "it carries only a reference to its batch's signature, which a link does not send"
+            )
+            verified = dict.fromkeys(references, unusable)
+            signed = [i for i in signed if i not in verified]
         if signed and self.verifier is not None:
             self.verifier.revoked = revoked
-            verified = dict(zip(signed, self.verifier.verify_all([envelopes[i] for i in signed]), strict=True))
+            verified.update(zip(signed, self.verifier.verify_all([envelopes[i] for i in signed]), strict=True))
         limits = self.validator.limits
         regions = self.validator.regions
         width = RECORD.size
@@ -290,6 +332,7 @@ _FLAG_BYTES = [bytes((flags,)) for flags in range(256)]
 
 
 MAX_CERTIFICATES = 16  # per request: the signers of its envelopes, usually one
+MAX_BATCH_SIGNATURES = 64  # per request: the signed batches of its envelopes, usually one
 INVALID_ARGUMENT = 3  # google.rpc.Code
 PERMISSION_DENIED = 7
 UNAUTHENTICATED = 16

@@ -129,11 +129,17 @@ class GatewayClient:
         await asyncio.wait_for(self.channel.channel_ready(), timeout)
 
     async def publish(
-        self, envelopes: Sequence[pb.Envelope], *, certificates: Sequence[bytes] = (), timeout: float | None = 30.0
+        self,
+        envelopes: Sequence[pb.Envelope],
+        *,
+        certificates: Sequence[bytes] = (),
+        batch_signatures: Sequence[pb.Signature] = (),
+        timeout: float | None = 30.0,
     ) -> gw.PublishReply:
         """Publishes a batch; ``certificates`` are the signing certificates (DER) that batch signatures
-        name by hash (``Signer.certificate_der``)."""
-        request = gw.PublishRequest(envelopes=envelopes, certificates=certificates)
+        name by hash (``Signer.certificate_der``), ``batch_signatures`` the shared signatures that
+        the envelopes refer to (what ``Signer.sign_batch(..., shared=True)`` returns)."""
+        request = gw.PublishRequest(envelopes=envelopes, certificates=certificates, batch_signatures=batch_signatures)
         reply: gw.PublishReply = await self._publish(request, timeout=timeout)
         return reply
 
@@ -145,7 +151,12 @@ class GatewayClient:
     def subscribe(
         self, request: gw.SubscribeRequest
     ) -> grpc.aio.UnaryStreamCall[gw.SubscribeRequest, gw.DeliveryBatch]:
-        """A stream of delivery batches; cancel the call (or leave its ``async for``) to stop."""
+        """A stream of delivery batches; cancel the call (or leave its ``async for``) to stop.
+
+        With ``shared_signatures`` set in the request, batch-signed envelopes come with a reference
+        to their batch's signature, which each DeliveryBatch carries once: verify them with
+        ``Verifier.verify_all(envelopes, shared=SharedSignatures(batch.batch_signatures))``, or give
+        each its full signature with ``SharedSignatures.expand``."""
         call: grpc.aio.UnaryStreamCall[gw.SubscribeRequest, gw.DeliveryBatch] = self._subscribe(request)  # type: ignore[assignment]
         return call
 

@@ -226,6 +226,9 @@ class LinkEnd:
             ):
                 batch.add(raw, records[at : at + width])  # routing, hops and signature settled without reading it
                 continue
+            if stored.signatures:  # a link sends each envelope with its full signature
+                entry = stored.standalone_entry(index)
+                raw = delivery_envelope(entry)
             delivery = gw.DeliveryBatch.FromString(entry).deliveries[0]
             env = delivery.envelope
             if (raw is None or self._peer_bytes in raw) and self.came_from_peer(env):
@@ -268,7 +271,7 @@ class LinkEnd:
             if earlier_id not in found:
                 continue  # past retention
             stored, index = found[earlier_id]
-            entry = stored.entry(index)
+            entry = stored.standalone_entry(index)
             earlier = gw.DeliveryBatch.FromString(entry).deliveries[0].envelope
             if self.routes(earlier) or self.came_from_peer(earlier):
                 continue  # it went (or goes) up by itself, or came from there

@@ -77,6 +77,7 @@ from gateway.log import (
     ends_to_bytes,
 )
 from gateway.selection import RECORD
+from gateway.signing import standalone_envelopes
 from gateway.sqlite_log import Retention, SqliteLog
 from gateway.wire import encode_deliveries, hop_suffix, read_varint
 
@@ -534,6 +535,11 @@ class JetStreamLog(Log):
         if not batch.ids:
             future.set_result(AppendResult([], frozenset()))
             return future
+        if batch.signatures:
+            # The stream keeps envelopes one by one, with nothing beside them: each takes its full signature.
+            batch = AppendBatch(
+                batch.ids, standalone_envelopes(batch.envelopes, batch.signatures), batch.records, batch.hashes
+            )
         self._queue.put_nowait((batch, future, appended_ns))
         return future
 
@@ -1666,6 +1672,7 @@ async def migrate_from_embedded(
             for i in range(start, stored.count):
                 record = stored.records[i * width : (i + 1) * width]
                 batch.add(stored.ids[i], split_delivery(stored.entry(i), suffix), record)
+            batch.signatures = stored.signatures  # the stream gives each envelope its full signature
             result = await target.append_nowait(batch, stored.appended_ns)
             expected = list(range(stored.first_offset + start, stored.next_offset))
             if result.offsets != expected:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from yiwang.v1 import gateway_pb2 as gw
 
 from gateway.selection import RECORD
+from gateway.signing import standalone_entries
 
 
 @dataclass(slots=True)
@@ -31,6 +32,9 @@ class AppendBatch:
     envelopes: list[bytes] = field(default_factory=list)
     records: list[bytes] = field(default_factory=list)
     hashes: list[int] | None = None  # the ids' index hashes, when the caller computed them already
+    # The shared signatures of the batches envelopes refer to (encoded DeliveryBatch.batch_signatures
+    # fields, see gateway.signing.SharedSignatures), kept with the envelopes.
+    signatures: bytes = b""
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -53,7 +57,13 @@ class AppendResult:
 
 @dataclass(frozen=True, slots=True)
 class StoredBatch:
-    """Consecutive log entries, each kept as an encoded ``Delivery`` with its selection record."""
+    """Consecutive log entries, each kept as an encoded ``Delivery`` with its selection record.
+
+    Envelopes of a batch signed with a shared signature are kept as published, with a reference to
+    it; ``signatures`` holds those signatures. ``entries`` gives the entries as kept (for readers of
+    the shared form and the node's own use); ``standalone_entries`` gives each envelope its full
+    signature, for every reader outside the node that did not ask for the shared form.
+    """
 
     first_offset: int
     appended_ns: int
@@ -61,6 +71,7 @@ class StoredBatch:
     ends: array[int]
     data: bytes
     ids: tuple[str, ...] = field(default=())
+    signatures: bytes = b""
 
     @property
     def count(self) -> int:
@@ -72,7 +83,7 @@ class StoredBatch:
 
     @property
     def size(self) -> int:
-        return len(self.data) + len(self.records) + 8 * len(self.ends)
+        return len(self.data) + len(self.records) + 8 * len(self.ends) + len(self.signatures)
 
     def span(self, index: int) -> tuple[int, int]:
         return (self.ends[index - 1] if index else 0), self.ends[index]
@@ -80,6 +91,16 @@ class StoredBatch:
     def entry(self, index: int) -> bytes:
         start, end = self.span(index)
         return self.data[start:end]
+
+    def standalone_entry(self, index: int) -> bytes:
+        """``entry`` with its envelope's full signature."""
+        entry = self.entry(index)
+        return standalone_entries(entry, self.signatures) if self.signatures else entry
+
+    def standalone_entries(self, start: int, stop: int, indexes: list[int] | None = None) -> bytes:
+        """``entries`` with each envelope's full signature."""
+        entries = self.entries(start, stop, indexes)
+        return standalone_entries(entries, self.signatures) if self.signatures else entries
 
     def index_at(self, offset: int) -> int:
         """The index of the entry at log offset ``offset``; 0 when the batch begins after it."""

@@ -250,7 +250,9 @@ class GatewayService:
 
     def append(self, admitted: Admitted) -> Awaitable[AppendResult]:
         """Queues the admitted envelopes for the log, in call order; the result comes after the commit."""
-        return self.log.append_nowait(AppendBatch(admitted.ids, admitted.envelopes, admitted.records, admitted.hashes))
+        return self.log.append_nowait(
+            AppendBatch(admitted.ids, admitted.envelopes, admitted.records, admitted.hashes, admitted.signatures)
+        )
 
     def count(self, admitted: Admitted, appended: AppendResult) -> None:
         """Counts what an append stored and what it found stored already."""
@@ -405,7 +407,7 @@ class GatewayService:
         self._subscriptions.add(sub)
         log.info("subscription_opened", subscription=sub.label, position=position, peer=context.peer())
         try:
-            async for chunk in self._deliveries(sub, selector, limit):
+            async for chunk in self._deliveries(sub, selector, limit, shared=request.shared_signatures):
                 yield chunk
             if sub.ended is not None:
                 await context.abort(*sub.ended)
@@ -415,8 +417,13 @@ class GatewayService:
                 del self._durable[name]
             log.info("subscription_closed", subscription=sub.label, position=sub.position)
 
-    async def _deliveries(self, sub: _Subscription, selector: Selector, limit: int) -> AsyncIterator[bytes]:
-        """Reads the log from the subscription's position on: replay, then the live tail, one code path."""
+    async def _deliveries(
+        self, sub: _Subscription, selector: Selector, limit: int, shared: bool = False
+    ) -> AsyncIterator[bytes]:
+        """Reads the log from the subscription's position on: replay, then the live tail, one code path.
+
+        With ``shared``, envelopes that refer to a shared batch signature go as stored, with the
+        signatures of their stored batches; otherwise each gets its full signature."""
         log_ = self.log
         max_bytes = self.limits.max_reply_bytes
         last_sent = time.monotonic()
@@ -443,15 +450,28 @@ class GatewayService:
                     sent_position, last_sent = sub.position, time.monotonic()
                 continue
             parts: list[bytes] = []
+            signatures: list[bytes] = []
             count = size = 0
             for batch in batches:
                 start = max(position, batch.first_offset) - batch.first_offset
                 if start >= batch.count:
                     continue
                 stop = min(batch.count, start + limit - count)
-                stop = self._fit(batch, start, stop, max_bytes - size)
+                budget = max_bytes - size - (len(batch.signatures) if shared else 0)
+                stop = self._fit(batch, start, stop, budget)
                 indexes = selector.select(batch.records)
-                chunk = batch.entries(start, stop, indexes)
+                if not batch.signatures:
+                    chunk = batch.entries(start, stop, indexes)
+                elif shared:
+                    chunk = batch.entries(start, stop, indexes)
+                    if chunk:
+                        signatures.append(batch.signatures)
+                        size += len(batch.signatures)
+                else:
+                    chunk = batch.standalone_entries(start, stop, indexes)
+                    while len(chunk) > budget and stop > start + 1:  # full signatures make entries larger
+                        stop = start + max(1, min(stop - start - 1, (stop - start) * max(budget, 0) // len(chunk)))
+                        chunk = batch.standalone_entries(start, stop, indexes)
                 parts.append(chunk)
                 size += len(chunk)
                 count += (
@@ -465,7 +485,7 @@ class GatewayService:
             sub.position = position
             if count:
                 self.metrics.delivered.inc(count)
-                yield b"".join(parts) + next_offset_field(position)
+                yield b"".join(parts) + b"".join(signatures) + next_offset_field(position)
                 sent_position, last_sent = position, time.monotonic()
             elif time.monotonic() - last_sent >= self.limits.progress_interval_s:
                 yield next_offset_field(position)
@@ -533,7 +553,7 @@ class GatewayService:
                     offset = batch.first_offset + i
                     if offset < position or offset >= hi:
                         continue
-                    entry = batch.entry(i)
+                    entry = batch.standalone_entry(i)
                     if found >= page or (found and size + len(entry) > self.limits.max_reply_bytes):
                         return parts, offset
                     parts.append(entry)
@@ -557,7 +577,7 @@ class GatewayService:
                 indexes = selector.select(batch.records)
                 candidates = range(batch.count) if indexes is None else indexes
                 picked += [
-                    (batch.first_offset + i, batch.entry(i))
+                    (batch.first_offset + i, batch.standalone_entry(i))
                     for i in candidates
                     if start <= batch.first_offset + i < upper
                 ]
@@ -586,7 +606,7 @@ class GatewayService:
             else:
                 batch, index = hit
                 if selector.allows(batch.records[index * size : (index + 1) * size]):
-                    parts.append(batch.entry(index))
+                    parts.append(batch.standalone_entry(index))
                 else:
                     parts.append(length_delimited(TAG_MISSING, envelope_id.encode()))
         return b"".join(parts)

@@ -43,7 +43,7 @@ from gateway.wire import encode_deliveries, hop_suffix
 
 log = structlog.get_logger("yiwang.log")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: batches.signatures
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS batches (
@@ -54,12 +54,13 @@ CREATE TABLE IF NOT EXISTS batches (
     ids TEXT NOT NULL,
     records BLOB NOT NULL,
     ends BLOB NOT NULL,
-    data BLOB NOT NULL
+    data BLOB NOT NULL,
+    signatures BLOB NOT NULL DEFAULT x''
 );
 CREATE INDEX IF NOT EXISTS batches_by_time ON batches (appended_ns);
 CREATE TABLE IF NOT EXISTS positions (name TEXT PRIMARY KEY, next_offset INTEGER NOT NULL, updated_ns INTEGER NOT NULL);
 """
-_BATCH_COLUMNS = "first_offset, appended_ns, records, ends, data, ids"
+_BATCH_COLUMNS = "first_offset, appended_ns, records, ends, data, ids, signatures"
 _MAX_GROUP_ENTRIES = 200_000
 
 
@@ -79,12 +80,12 @@ class _Op:
 
 
 def _batch_from_row(row: tuple[Any, ...]) -> StoredBatch:
-    first, appended_ns, records, ends_raw, data, ids = row
+    first, appended_ns, records, ends_raw, data, ids, signatures = row
     ends = ends_from_bytes(ends_raw)
     ids_tuple = tuple(ids.split("\n")) if ids else ()
     if len(ids_tuple) != len(ends) or (ends and ends[-1] != len(data)):
         raise LogCorruptError(f"batch at offset {first}: its index does not match its data")
-    return StoredBatch(first, appended_ns, bytes(records), ends, bytes(data), ids_tuple)
+    return StoredBatch(first, appended_ns, bytes(records), ends, bytes(data), ids_tuple, bytes(signatures))
 
 
 #: Bytes per database page of a new log. Batches are stored as one blob each, hundreds of KiB with
@@ -176,6 +177,12 @@ class SqliteLog(Log):
         version = con.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         if version is None:
             con.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+        elif version[0] == 1:
+            # Schema 1 had no shared batch signatures: its batches have none.
+            with con:
+                con.execute("ALTER TABLE batches ADD COLUMN signatures BLOB NOT NULL DEFAULT x''")
+                con.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
+            log.info("log_schema_upgraded", path=str(self.path), schema=SCHEMA_VERSION)
         elif version[0] != SCHEMA_VERSION:
             raise LogCorruptError(f"{self.path}: log schema {version[0]}, this version reads {SCHEMA_VERSION}")
         stored_next = con.execute("SELECT value FROM meta WHERE key='next_offset'").fetchone()
@@ -416,9 +423,9 @@ class SqliteLog(Log):
             stored_ids = [ids[i] for i in fresh]
         data, ends = encode_deliveries(first, envelopes, hop_suffix(self.node_id, appended_ns), appended_ns)
         records = b"".join(records_list)
-        batch = StoredBatch(first, appended_ns, records, ends, data, tuple(stored_ids))
+        batch = StoredBatch(first, appended_ns, records, ends, data, tuple(stored_ids), items.signatures)
         con.execute(
-            "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 first,
                 count,
@@ -428,6 +435,7 @@ class SqliteLog(Log):
                 records,
                 ends_to_bytes(ends),
                 data,
+                items.signatures,
             ),
         )
         self._w_next = first + count

@@ -22,6 +22,7 @@ TAG_OFFSET = b"\x08"  # Delivery.offset, varint
 TAG_ENVELOPE = b"\x12"  # Delivery.envelope
 TAG_APPENDED_AT = b"\x1a"  # Delivery.appended_at
 TAG_NEXT_OFFSET = b"\x10"  # DeliveryBatch.next_offset, varint
+TAG_BATCH_SIGNATURES = b"\x1a"  # DeliveryBatch.batch_signatures
 TAG_PAGE_TOKEN = b"\x12"  # QueryReply.next_page_token
 TAG_MISSING = b"\x12"  # GetReply.missing
 

@@ -357,21 +357,27 @@ async def test_only_a_gateway_of_a_direct_subregion_may_link(network: Network, p
         assert expected in (caught.value.details() or "")
 
 
-async def test_batch_signatures_stay_verifiable_across_hops(network: Network, pki: Authority) -> None:
+@pytest.mark.parametrize("shared", [False, True], ids=["own-proofs", "shared"])
+async def test_batch_signatures_stay_verifiable_across_hops(network: Network, pki: Authority, shared: bool) -> None:
+    """Whether the county got the batch with each envelope's own proof or with one shared signature,
+    the links carry each envelope with its full signature, and every level verifies it."""
     issued = pki.dir / "issued"
     signer = Signer.load(
         (issued / "zy-emergency.sign.key").read_bytes(), (issued / "zy-emergency.sign.pem").read_bytes()
     )
-    incidents = [county_incident(f"signed-{i}") for i in range(3)]
-    signer.sign_batch(incidents)
+    incidents = [county_incident(f"signed-{shared}-{i}") for i in range(3)]
+    signature = signer.sign_batch(incidents, shared=shared)
+    batch_signatures = [signature] if shared else []
     county, province = network.nodes["zhongyuan-county"], network.nodes["henan-province"]
     async with client_as(pki, county, "zy-emergency") as client:
-        reply = await client.publish(incidents, certificates=[signer.certificate_der])
+        reply = await client.publish(
+            incidents, certificates=[signer.certificate_der], batch_signatures=batch_signatures
+        )
     assert [r.outcome for r in reply.results] == [gw.PublishResult.ACCEPTED] * 3
     for i in range(3):  # the province verified each on entry, with the certificate the city passed on
-        await reaches(province, f"signed-{i}")
+        await reaches(province, f"signed-{shared}-{i}")
     assert province.log is not None
-    batch, index = (await province.log.find(["signed-1"]))["signed-1"]
+    batch, index = (await province.log.find([f"signed-{shared}-1"]))[f"signed-{shared}-1"]
     stored = gw.DeliveryBatch.FromString(batch.entry(index)).deliveries[0].envelope
     verifier = Verifier(pki.ca_cert)
     verifier.learn(signer.certificate_der)

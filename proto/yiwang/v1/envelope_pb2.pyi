@@ -521,7 +521,7 @@ class Hop(_message.Message):
     def __init__(self, node: _Optional[str] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Signature(_message.Message):
-    __slots__ = ("signer", "algorithm", "value", "batch_root", "batch_proof", "batch_index", "certificate", "certificate_sha256")
+    __slots__ = ("signer", "algorithm", "value", "batch_root", "batch_proof", "batch_index", "certificate", "certificate_sha256", "batch_leaves")
     SIGNER_FIELD_NUMBER: _ClassVar[int]
     ALGORITHM_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -530,6 +530,7 @@ class Signature(_message.Message):
     BATCH_INDEX_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    BATCH_LEAVES_FIELD_NUMBER: _ClassVar[int]
     signer: str
     algorithm: str
     value: bytes
@@ -538,7 +539,8 @@ class Signature(_message.Message):
     batch_index: int
     certificate: bytes
     certificate_sha256: bytes
-    def __init__(self, signer: _Optional[str] = ..., algorithm: _Optional[str] = ..., value: _Optional[bytes] = ..., batch_root: _Optional[bytes] = ..., batch_proof: _Optional[_Iterable[bytes]] = ..., batch_index: _Optional[int] = ..., certificate: _Optional[bytes] = ..., certificate_sha256: _Optional[bytes] = ...) -> None: ...
+    batch_leaves: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, signer: _Optional[str] = ..., algorithm: _Optional[str] = ..., value: _Optional[bytes] = ..., batch_root: _Optional[bytes] = ..., batch_proof: _Optional[_Iterable[bytes]] = ..., batch_index: _Optional[int] = ..., certificate: _Optional[bytes] = ..., certificate_sha256: _Optional[bytes] = ..., batch_leaves: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class Provenance(_message.Message):
     __slots__ = ("hops", "original_format", "original_id", "signature")

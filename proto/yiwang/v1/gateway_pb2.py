@@ -26,53 +26,53 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from yiwang.v1 import envelope_pb2 as yiwang_dot_v1_dot_envelope__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17yiwang/v1/gateway.proto\x12\tyiwang.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18yiwang/v1/envelope.proto\"`\n\x0ePublishRequest\x12&\n\tenvelopes\x18\x01 \x03(\x0b\x32\x13.yiwang.v1.Envelope\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\x04\x12\x14\n\x0c\x63\x65rtificates\x18\x03 \x03(\x0c\"\xda\x01\n\rPublishResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\x31\n\x07outcome\x18\x02 \x01(\x0e\x32 .yiwang.v1.PublishResult.Outcome\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x04 \x01(\x05\x12\r\n\x05\x66ield\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\"M\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x41\x43\x43\x45PTED\x10\x01\x12\r\n\tDUPLICATE\x10\x02\x12\x0c\n\x08REJECTED\x10\x03\"K\n\x0cPublishReply\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.yiwang.v1.PublishResult\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\x04\"Q\n\x0b\x42oundingBox\x12\x0f\n\x07min_lat\x18\x01 \x01(\x01\x12\x0f\n\x07min_lon\x18\x02 \x01(\x01\x12\x0f\n\x07max_lat\x18\x03 \x01(\x01\x12\x0f\n\x07max_lon\x18\x04 \x01(\x01\"\xc1\x01\n\x06\x46ilter\x12\x1e\n\x05kinds\x18\x01 \x03(\x0e\x32\x0f.yiwang.v1.Kind\x12\x0f\n\x07regions\x18\x02 \x03(\t\x12\x10\n\x08\x61gencies\x18\x03 \x03(\t\x12)\n\x0cmin_severity\x18\x04 \x01(\x0e\x32\x13.yiwang.v1.Severity\x12$\n\x04\x62\x62ox\x18\x05 \x01(\x0b\x32\x16.yiwang.v1.BoundingBox\x12#\n\x08statuses\x18\x06 \x03(\x0e\x32\x11.yiwang.v1.Status\"\xd3\x01\n\x10SubscribeRequest\x12!\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x11.yiwang.v1.Filter\x12\x10\n\x06offset\x18\x02 \x01(\x04H\x00\x12*\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12,\n\x08position\x18\x04 \x01(\x0e\x32\x18.yiwang.v1.StartPositionH\x00\x12\x14\n\x0c\x64urable_name\x18\x05 \x01(\t\x12\x11\n\tmax_batch\x18\x06 \x01(\rB\x07\n\x05start\"r\n\x08\x44\x65livery\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12%\n\x08\x65nvelope\x18\x02 \x01(\x0b\x32\x13.yiwang.v1.Envelope\x12/\n\x0b\x61ppended_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"M\n\rDeliveryBatch\x12\'\n\ndeliveries\x18\x01 \x03(\x0b\x32\x13.yiwang.v1.Delivery\x12\x13\n\x0bnext_offset\x18\x02 \x01(\x04\"7\n\nAckRequest\x12\x14\n\x0c\x64urable_name\x18\x01 \x01(\t\x12\x13\n\x0bnext_offset\x18\x02 \x01(\x04\"\x1f\n\x08\x41\x63kReply\x12\x13\n\x0bnext_offset\x18\x01 \x01(\x04\"\xf2\x01\n\x0cQueryRequest\x12!\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x11.yiwang.v1.Filter\x12\x13\n\x0b\x66rom_offset\x18\x02 \x01(\x04\x12\x11\n\tto_offset\x18\x03 \x01(\x04\x12-\n\tfrom_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07to_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x06 \x01(\r\x12\x12\n\npage_token\x18\x07 \x01(\t\x12\x14\n\x0cnewest_first\x18\x08 \x01(\x08\"N\n\nQueryReply\x12\'\n\ndeliveries\x18\x01 \x03(\x0b\x32\x13.yiwang.v1.Delivery\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x19\n\nGetRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\"D\n\x08GetReply\x12\'\n\ndeliveries\x18\x01 \x03(\x0b\x32\x13.yiwang.v1.Delivery\x12\x0f\n\x07missing\x18\x02 \x03(\t\"\r\n\x0bInfoRequest\"%\n\x13\x43\x65rtificatesRequest\x12\x0e\n\x06sha256\x18\x01 \x03(\x0c\")\n\x11\x43\x65rtificatesReply\x12\x14\n\x0c\x63\x65rtificates\x18\x01 \x03(\x0c\"t\n\x08NodeInfo\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\r\n\x05level\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x15\n\roldest_offset\x18\x04 \x01(\x04\x12\x13\n\x0bnext_offset\x18\x05 \x01(\x04\x12\x0f\n\x07version\x18\x06 \x01(\t*G\n\rStartPosition\x12\x1e\n\x1aSTART_POSITION_UNSPECIFIED\x10\x00\x12\n\n\x06OLDEST\x10\x01\x12\n\n\x06LATEST\x10\x02\x32\xf9\x03\n\x07Gateway\x12=\n\x07Publish\x12\x19.yiwang.v1.PublishRequest\x1a\x17.yiwang.v1.PublishReply\x12G\n\rPublishStream\x12\x19.yiwang.v1.PublishRequest\x1a\x17.yiwang.v1.PublishReply(\x01\x30\x01\x12\x44\n\tSubscribe\x12\x1b.yiwang.v1.SubscribeRequest\x1a\x18.yiwang.v1.DeliveryBatch0\x01\x12\x31\n\x03\x41\x63k\x12\x15.yiwang.v1.AckRequest\x1a\x13.yiwang.v1.AckReply\x12\x37\n\x05Query\x12\x17.yiwang.v1.QueryRequest\x1a\x15.yiwang.v1.QueryReply\x12\x31\n\x03Get\x12\x15.yiwang.v1.GetRequest\x1a\x13.yiwang.v1.GetReply\x12\x33\n\x04Info\x12\x16.yiwang.v1.InfoRequest\x1a\x13.yiwang.v1.NodeInfo\x12L\n\x0c\x43\x65rtificates\x12\x1e.yiwang.v1.CertificatesRequest\x1a\x1c.yiwang.v1.CertificatesReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17yiwang/v1/gateway.proto\x12\tyiwang.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18yiwang/v1/envelope.proto\"\x90\x01\n\x0ePublishRequest\x12&\n\tenvelopes\x18\x01 \x03(\x0b\x32\x13.yiwang.v1.Envelope\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\x04\x12\x14\n\x0c\x63\x65rtificates\x18\x03 \x03(\x0c\x12.\n\x10\x62\x61tch_signatures\x18\x04 \x03(\x0b\x32\x14.yiwang.v1.Signature\"\xda\x01\n\rPublishResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\x31\n\x07outcome\x18\x02 \x01(\x0e\x32 .yiwang.v1.PublishResult.Outcome\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x04 \x01(\x05\x12\r\n\x05\x66ield\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\"M\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x41\x43\x43\x45PTED\x10\x01\x12\r\n\tDUPLICATE\x10\x02\x12\x0c\n\x08REJECTED\x10\x03\"K\n\x0cPublishReply\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.yiwang.v1.PublishResult\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\x04\"Q\n\x0b\x42oundingBox\x12\x0f\n\x07min_lat\x18\x01 \x01(\x01\x12\x0f\n\x07min_lon\x18\x02 \x01(\x01\x12\x0f\n\x07max_lat\x18\x03 \x01(\x01\x12\x0f\n\x07max_lon\x18\x04 \x01(\x01\"\xc1\x01\n\x06\x46ilter\x12\x1e\n\x05kinds\x18\x01 \x03(\x0e\x32\x0f.yiwang.v1.Kind\x12\x0f\n\x07regions\x18\x02 \x03(\t\x12\x10\n\x08\x61gencies\x18\x03 \x03(\t\x12)\n\x0cmin_severity\x18\x04 \x01(\x0e\x32\x13.yiwang.v1.Severity\x12$\n\x04\x62\x62ox\x18\x05 \x01(\x0b\x32\x16.yiwang.v1.BoundingBox\x12#\n\x08statuses\x18\x06 \x03(\x0e\x32\x11.yiwang.v1.Status\"\xee\x01\n\x10SubscribeRequest\x12!\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x11.yiwang.v1.Filter\x12\x10\n\x06offset\x18\x02 \x01(\x04H\x00\x12*\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12,\n\x08position\x18\x04 \x01(\x0e\x32\x18.yiwang.v1.StartPositionH\x00\x12\x14\n\x0c\x64urable_name\x18\x05 \x01(\t\x12\x11\n\tmax_batch\x18\x06 \x01(\r\x12\x19\n\x11shared_signatures\x18\x07 \x01(\x08\x42\x07\n\x05start\"r\n\x08\x44\x65livery\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12%\n\x08\x65nvelope\x18\x02 \x01(\x0b\x32\x13.yiwang.v1.Envelope\x12/\n\x0b\x61ppended_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"}\n\rDeliveryBatch\x12\'\n\ndeliveries\x18\x01 \x03(\x0b\x32\x13.yiwang.v1.Delivery\x12\x13\n\x0bnext_offset\x18\x02 \x01(\x04\x12.\n\x10\x62\x61tch_signatures\x18\x03 \x03(\x0b\x32\x14.yiwang.v1.Signature\"7\n\nAckRequest\x12\x14\n\x0c\x64urable_name\x18\x01 \x01(\t\x12\x13\n\x0bnext_offset\x18\x02 \x01(\x04\"\x1f\n\x08\x41\x63kReply\x12\x13\n\x0bnext_offset\x18\x01 \x01(\x04\"\xf2\x01\n\x0cQueryRequest\x12!\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x11.yiwang.v1.Filter\x12\x13\n\x0b\x66rom_offset\x18\x02 \x01(\x04\x12\x11\n\tto_offset\x18\x03 \x01(\x04\x12-\n\tfrom_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07to_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x06 \x01(\r\x12\x12\n\npage_token\x18\x07 \x01(\t\x12\x14\n\x0cnewest_first\x18\x08 \x01(\x08\"N\n\nQueryReply\x12\'\n\ndeliveries\x18\x01 \x03(\x0b\x32\x13.yiwang.v1.Delivery\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x19\n\nGetRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\"D\n\x08GetReply\x12\'\n\ndeliveries\x18\x01 \x03(\x0b\x32\x13.yiwang.v1.Delivery\x12\x0f\n\x07missing\x18\x02 \x03(\t\"\r\n\x0bInfoRequest\"%\n\x13\x43\x65rtificatesRequest\x12\x0e\n\x06sha256\x18\x01 \x03(\x0c\")\n\x11\x43\x65rtificatesReply\x12\x14\n\x0c\x63\x65rtificates\x18\x01 \x03(\x0c\"t\n\x08NodeInfo\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\r\n\x05level\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x15\n\roldest_offset\x18\x04 \x01(\x04\x12\x13\n\x0bnext_offset\x18\x05 \x01(\x04\x12\x0f\n\x07version\x18\x06 \x01(\t*G\n\rStartPosition\x12\x1e\n\x1aSTART_POSITION_UNSPECIFIED\x10\x00\x12\n\n\x06OLDEST\x10\x01\x12\n\n\x06LATEST\x10\x02\x32\xf9\x03\n\x07Gateway\x12=\n\x07Publish\x12\x19.yiwang.v1.PublishRequest\x1a\x17.yiwang.v1.PublishReply\x12G\n\rPublishStream\x12\x19.yiwang.v1.PublishRequest\x1a\x17.yiwang.v1.PublishReply(\x01\x30\x01\x12\x44\n\tSubscribe\x12\x1b.yiwang.v1.SubscribeRequest\x1a\x18.yiwang.v1.DeliveryBatch0\x01\x12\x31\n\x03\x41\x63k\x12\x15.yiwang.v1.AckRequest\x1a\x13.yiwang.v1.AckReply\x12\x37\n\x05Query\x12\x17.yiwang.v1.QueryRequest\x1a\x15.yiwang.v1.QueryReply\x12\x31\n\x03Get\x12\x15.yiwang.v1.GetRequest\x1a\x13.yiwang.v1.GetReply\x12\x33\n\x04Info\x12\x16.yiwang.v1.InfoRequest\x1a\x13.yiwang.v1.NodeInfo\x12L\n\x0c\x43\x65rtificates\x12\x1e.yiwang.v1.CertificatesRequest\x1a\x1c.yiwang.v1.CertificatesReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'yiwang.v1.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STARTPOSITION']._serialized_start=1908
-  _globals['_STARTPOSITION']._serialized_end=1979
-  _globals['_PUBLISHREQUEST']._serialized_start=97
-  _globals['_PUBLISHREQUEST']._serialized_end=193
-  _globals['_PUBLISHRESULT']._serialized_start=196
-  _globals['_PUBLISHRESULT']._serialized_end=414
-  _globals['_PUBLISHRESULT_OUTCOME']._serialized_start=337
-  _globals['_PUBLISHRESULT_OUTCOME']._serialized_end=414
-  _globals['_PUBLISHREPLY']._serialized_start=416
-  _globals['_PUBLISHREPLY']._serialized_end=491
-  _globals['_BOUNDINGBOX']._serialized_start=493
-  _globals['_BOUNDINGBOX']._serialized_end=574
-  _globals['_FILTER']._serialized_start=577
-  _globals['_FILTER']._serialized_end=770
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=773
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=984
-  _globals['_DELIVERY']._serialized_start=986
-  _globals['_DELIVERY']._serialized_end=1100
-  _globals['_DELIVERYBATCH']._serialized_start=1102
-  _globals['_DELIVERYBATCH']._serialized_end=1179
-  _globals['_ACKREQUEST']._serialized_start=1181
-  _globals['_ACKREQUEST']._serialized_end=1236
-  _globals['_ACKREPLY']._serialized_start=1238
-  _globals['_ACKREPLY']._serialized_end=1269
-  _globals['_QUERYREQUEST']._serialized_start=1272
-  _globals['_QUERYREQUEST']._serialized_end=1514
-  _globals['_QUERYREPLY']._serialized_start=1516
-  _globals['_QUERYREPLY']._serialized_end=1594
-  _globals['_GETREQUEST']._serialized_start=1596
-  _globals['_GETREQUEST']._serialized_end=1621
-  _globals['_GETREPLY']._serialized_start=1623
-  _globals['_GETREPLY']._serialized_end=1691
-  _globals['_INFOREQUEST']._serialized_start=1693
-  _globals['_INFOREQUEST']._serialized_end=1706
-  _globals['_CERTIFICATESREQUEST']._serialized_start=1708
-  _globals['_CERTIFICATESREQUEST']._serialized_end=1745
-  _globals['_CERTIFICATESREPLY']._serialized_start=1747
-  _globals['_CERTIFICATESREPLY']._serialized_end=1788
-  _globals['_NODEINFO']._serialized_start=1790
-  _globals['_NODEINFO']._serialized_end=1906
-  _globals['_GATEWAY']._serialized_start=1982
-  _globals['_GATEWAY']._serialized_end=2487
+  _globals['_STARTPOSITION']._serialized_start=2032
+  _globals['_STARTPOSITION']._serialized_end=2103
+  _globals['_PUBLISHREQUEST']._serialized_start=98
+  _globals['_PUBLISHREQUEST']._serialized_end=242
+  _globals['_PUBLISHRESULT']._serialized_start=245
+  _globals['_PUBLISHRESULT']._serialized_end=463
+  _globals['_PUBLISHRESULT_OUTCOME']._serialized_start=386
+  _globals['_PUBLISHRESULT_OUTCOME']._serialized_end=463
+  _globals['_PUBLISHREPLY']._serialized_start=465
+  _globals['_PUBLISHREPLY']._serialized_end=540
+  _globals['_BOUNDINGBOX']._serialized_start=542
+  _globals['_BOUNDINGBOX']._serialized_end=623
+  _globals['_FILTER']._serialized_start=626
+  _globals['_FILTER']._serialized_end=819
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=822
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=1060
+  _globals['_DELIVERY']._serialized_start=1062
+  _globals['_DELIVERY']._serialized_end=1176
+  _globals['_DELIVERYBATCH']._serialized_start=1178
+  _globals['_DELIVERYBATCH']._serialized_end=1303
+  _globals['_ACKREQUEST']._serialized_start=1305
+  _globals['_ACKREQUEST']._serialized_end=1360
+  _globals['_ACKREPLY']._serialized_start=1362
+  _globals['_ACKREPLY']._serialized_end=1393
+  _globals['_QUERYREQUEST']._serialized_start=1396
+  _globals['_QUERYREQUEST']._serialized_end=1638
+  _globals['_QUERYREPLY']._serialized_start=1640
+  _globals['_QUERYREPLY']._serialized_end=1718
+  _globals['_GETREQUEST']._serialized_start=1720
+  _globals['_GETREQUEST']._serialized_end=1745
+  _globals['_GETREPLY']._serialized_start=1747
+  _globals['_GETREPLY']._serialized_end=1815
+  _globals['_INFOREQUEST']._serialized_start=1817
+  _globals['_INFOREQUEST']._serialized_end=1830
+  _globals['_CERTIFICATESREQUEST']._serialized_start=1832
+  _globals['_CERTIFICATESREQUEST']._serialized_end=1869
+  _globals['_CERTIFICATESREPLY']._serialized_start=1871
+  _globals['_CERTIFICATESREPLY']._serialized_end=1912
+  _globals['_NODEINFO']._serialized_start=1914
+  _globals['_NODEINFO']._serialized_end=2030
+  _globals['_GATEWAY']._serialized_start=2106
+  _globals['_GATEWAY']._serialized_end=2611
 # @@protoc_insertion_point(module_scope)

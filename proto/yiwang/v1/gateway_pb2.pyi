@@ -21,14 +21,16 @@ OLDEST: StartPosition
 LATEST: StartPosition
 
 class PublishRequest(_message.Message):
-    __slots__ = ("envelopes", "batch_id", "certificates")
+    __slots__ = ("envelopes", "batch_id", "certificates", "batch_signatures")
     ENVELOPES_FIELD_NUMBER: _ClassVar[int]
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATES_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIGNATURES_FIELD_NUMBER: _ClassVar[int]
     envelopes: _containers.RepeatedCompositeFieldContainer[_envelope_pb2.Envelope]
     batch_id: int
     certificates: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, envelopes: _Optional[_Iterable[_Union[_envelope_pb2.Envelope, _Mapping]]] = ..., batch_id: _Optional[int] = ..., certificates: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    batch_signatures: _containers.RepeatedCompositeFieldContainer[_envelope_pb2.Signature]
+    def __init__(self, envelopes: _Optional[_Iterable[_Union[_envelope_pb2.Envelope, _Mapping]]] = ..., batch_id: _Optional[int] = ..., certificates: _Optional[_Iterable[bytes]] = ..., batch_signatures: _Optional[_Iterable[_Union[_envelope_pb2.Signature, _Mapping]]] = ...) -> None: ...
 
 class PublishResult(_message.Message):
     __slots__ = ("id", "outcome", "offset", "code", "field", "reason")
@@ -93,20 +95,22 @@ class Filter(_message.Message):
     def __init__(self, kinds: _Optional[_Iterable[_Union[_envelope_pb2.Kind, str]]] = ..., regions: _Optional[_Iterable[str]] = ..., agencies: _Optional[_Iterable[str]] = ..., min_severity: _Optional[_Union[_envelope_pb2.Severity, str]] = ..., bbox: _Optional[_Union[BoundingBox, _Mapping]] = ..., statuses: _Optional[_Iterable[_Union[_envelope_pb2.Status, str]]] = ...) -> None: ...
 
 class SubscribeRequest(_message.Message):
-    __slots__ = ("filter", "offset", "time", "position", "durable_name", "max_batch")
+    __slots__ = ("filter", "offset", "time", "position", "durable_name", "max_batch", "shared_signatures")
     FILTER_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
     DURABLE_NAME_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
+    SHARED_SIGNATURES_FIELD_NUMBER: _ClassVar[int]
     filter: Filter
     offset: int
     time: _timestamp_pb2.Timestamp
     position: StartPosition
     durable_name: str
     max_batch: int
-    def __init__(self, filter: _Optional[_Union[Filter, _Mapping]] = ..., offset: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., position: _Optional[_Union[StartPosition, str]] = ..., durable_name: _Optional[str] = ..., max_batch: _Optional[int] = ...) -> None: ...
+    shared_signatures: bool
+    def __init__(self, filter: _Optional[_Union[Filter, _Mapping]] = ..., offset: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., position: _Optional[_Union[StartPosition, str]] = ..., durable_name: _Optional[str] = ..., max_batch: _Optional[int] = ..., shared_signatures: _Optional[bool] = ...) -> None: ...
 
 class Delivery(_message.Message):
     __slots__ = ("offset", "envelope", "appended_at")
@@ -119,12 +123,14 @@ class Delivery(_message.Message):
     def __init__(self, offset: _Optional[int] = ..., envelope: _Optional[_Union[_envelope_pb2.Envelope, _Mapping]] = ..., appended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class DeliveryBatch(_message.Message):
-    __slots__ = ("deliveries", "next_offset")
+    __slots__ = ("deliveries", "next_offset", "batch_signatures")
     DELIVERIES_FIELD_NUMBER: _ClassVar[int]
     NEXT_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIGNATURES_FIELD_NUMBER: _ClassVar[int]
     deliveries: _containers.RepeatedCompositeFieldContainer[Delivery]
     next_offset: int
-    def __init__(self, deliveries: _Optional[_Iterable[_Union[Delivery, _Mapping]]] = ..., next_offset: _Optional[int] = ...) -> None: ...
+    batch_signatures: _containers.RepeatedCompositeFieldContainer[_envelope_pb2.Signature]
+    def __init__(self, deliveries: _Optional[_Iterable[_Union[Delivery, _Mapping]]] = ..., next_offset: _Optional[int] = ..., batch_signatures: _Optional[_Iterable[_Union[_envelope_pb2.Signature, _Mapping]]] = ...) -> None: ...
 
 class AckRequest(_message.Message):
     __slots__ = ("durable_name", "next_offset")
