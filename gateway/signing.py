@@ -477,6 +477,9 @@ class Verifier:
         """``verify_all`` of envelopes some of which refer to a batch signature in ``shared``: each
         such envelope's leaf must be the one its batch's leaves hold at its index, the leaves must
         lead to the batch's root, and the signature over the root must verify (once per batch)."""
+        whole = self._whole_shared_batch(envelopes, consume, shared, used)
+        if whole is not None:
+            return whole
         results: list[str | SignatureError | None] = [None] * len(envelopes)
         references: dict[bytes, list[int]] = {}
         others: list[int] = []
@@ -530,6 +533,63 @@ class Verifier:
             rest = self.verify_all([envelopes[position] for position in others], consume)
             for position, outcome in zip(others, rest, strict=True):
                 results[position] = outcome
+        return results
+
+    def _whole_shared_batch(
+        self, envelopes: Sequence[pb.Envelope], consume: bool, shared: SharedSignatures, used: set[bytes]
+    ) -> list[str | SignatureError | None] | None:
+        """``_verify_with_shared`` of the usual request: every envelope of one batch, in its order,
+        each referring to the batch's signature in ``shared``. None for anything else (then the
+        general path decides; the envelopes are as they were).
+
+        Each envelope's signature must be, byte for byte, the reference to its own place; then
+        each envelope's leaf is compared with the batch's leaves, and only the ones that differ are
+        refused, as the general path would.
+        """
+        if not envelopes:
+            return None
+        first = envelopes[0].provenance.signature
+        root = first.batch_root
+        record = shared.by_root.get(root)
+        count = len(envelopes)
+        if record is None or len(record.batch_leaves) != count or not is_reference(first):
+            return None
+        reference = _ROOT_TAG + root
+        provenances = [env.provenance for env in envelopes]
+        if [provenance.signature.SerializeToString() for provenance in provenances] != [
+            reference + index for index in _index_fields(count)
+        ]:
+            return None
+        failure: SignatureError | None = None
+        if problem := shared.leaves_problem(root):
+            failure = SignatureError(f"its batch's signature {problem}")
+        else:
+            try:
+                identity = self._batch_signer(record, root)
+            except SignatureError as exc:
+                failure = exc
+        if failure is not None:
+            return [failure] * count
+        if consume:
+            digests, _ = _digests_consuming(envelopes, provenances)
+        else:
+            digests = [content_digest(env) for env in envelopes]
+        sha256 = hashlib.sha256
+        mine = [sha256(b"\0" + digest).digest() for digest in digests]
+        leaves = list(record.batch_leaves)
+        if mine == leaves:
+            used.add(root)
+            return [identity] * count
+        results: list[str | SignatureError | None] = [
+            identity
+            if leaf == expected
+            else SignatureError(
+                f"the content is not the one its batch signature covers at batch_index {index} (altered)"
+            )
+            for index, (leaf, expected) in enumerate(zip(mine, leaves, strict=True))
+        ]
+        if identity in results:
+            used.add(root)
         return results
 
     def _whole_batch(self, envelopes: Sequence[pb.Envelope], consume: bool) -> list[str | SignatureError | None] | None:

@@ -133,12 +133,14 @@ def test_a_shared_signature_whose_leaves_or_value_are_wrong_fails_its_envelopes(
     envelopes = observations(6)
     shared = signer.sign_batch(envelopes, shared=True)
     shared.batch_leaves[2] = b"\x07" * 32
-    results = verifier_of(pki).verify_all(copies(envelopes), shared=SharedSignatures([shared]))
-    assert all("batch_leaves do not lead to its batch_root" in str(outcome) for outcome in results)
+    for sent in (envelopes, envelopes[1:]):  # the whole batch, and part of it
+        results = verifier_of(pki).verify_all(copies(sent), shared=SharedSignatures([shared]))
+        assert all("batch_leaves do not lead to its batch_root" in str(outcome) for outcome in results)
     shared = signer.sign_batch(envelopes, shared=True)
     shared.value = bytes(64)
-    results = verifier_of(pki).verify_all(copies(envelopes), shared=SharedSignatures([shared]))
-    assert all("does not verify" in str(outcome) for outcome in results)
+    for sent in (envelopes, envelopes[1:]):
+        results = verifier_of(pki).verify_all(copies(sent), shared=SharedSignatures([shared]))
+        assert all("does not verify" in str(outcome) for outcome in results)
 
 
 @pytest.mark.parametrize(
