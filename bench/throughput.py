@@ -74,35 +74,28 @@ def template(now_ns: int) -> bytes:
     return fill(pb.Envelope(), now_ns).SerializeToString()
 
 
+def filled_request(prefix: str, start: int, count: int, batch_id: int) -> gw.PublishRequest:
+    """A request of ``count`` envelopes as a client library builds it: an Envelope message per envelope."""
+    now_ns = time.time_ns()
+    request = gw.PublishRequest(batch_id=batch_id)
+    for n in range(start, start + count):
+        fill(request.envelopes.add(id=f"{prefix}-{n}"), now_ns)
+    return request
+
+
 def request_built(prefix: str, start: int, count: int, batch_id: int) -> bytes:
-    """The same request as a client library builds it: an Envelope message per envelope."""
-    now_ns = time.time_ns()
-    request = gw.PublishRequest(batch_id=batch_id)
-    for n in range(start, start + count):
-        fill(request.envelopes.add(id=f"{prefix}-{n}"), now_ns)
-    return request.SerializeToString()
+    """``filled_request``, encoded."""
+    return filled_request(prefix, start, count, batch_id).SerializeToString()
 
 
-def request_signed(prefix: str, start: int, count: int, batch_id: int) -> bytes:
-    """As ``request_built``, with one batch signature of the publisher's identity over the envelopes."""
-    now_ns = time.time_ns()
-    request = gw.PublishRequest(batch_id=batch_id)
-    for n in range(start, start + count):
-        fill(request.envelopes.add(id=f"{prefix}-{n}"), now_ns)
+def request_signed(prefix: str, start: int, count: int, batch_id: int, shared: bool = False) -> bytes:
+    """As ``request_built``, with one batch signature of the publisher's identity over the envelopes;
+    with ``shared``, the signature is sent once, each envelope referring to it."""
+    request = filled_request(prefix, start, count, batch_id)
     signer = bench_signer()
-    signer.sign_batch(request.envelopes)
-    request.certificates.append(signer.certificate_der)
-    return request.SerializeToString()
-
-
-def request_shared(prefix: str, start: int, count: int, batch_id: int) -> bytes:
-    """As ``request_signed``, with the batch's signature shared: sent once, each envelope referring to it."""
-    now_ns = time.time_ns()
-    request = gw.PublishRequest(batch_id=batch_id)
-    for n in range(start, start + count):
-        fill(request.envelopes.add(id=f"{prefix}-{n}"), now_ns)
-    signer = bench_signer()
-    request.batch_signatures.append(signer.sign_batch(request.envelopes, shared=True))
+    signature = signer.sign_batch(request.envelopes, shared=shared)
+    if shared:
+        request.batch_signatures.append(signature)
     request.certificates.append(signer.certificate_der)
     return request.SerializeToString()
 
@@ -181,7 +174,11 @@ async def role_publisher(
         PUBLISH_STREAM, request_serializer=lambda b: b, response_deserializer=gw.PublishReply.FromString
     )
     prefix = f"p{os.getpid()}-{time.time_ns()}"
-    builders = {"messages": request_built, "signed": request_signed, "shared": request_shared}
+    builders: dict[str, Callable[[str, int, int, int], bytes]] = {
+        "messages": request_built,
+        "signed": request_signed,
+        "shared": functools.partial(request_signed, shared=True),
+    }
     make: Callable[[str, int, int, int], bytes] = builders.get(build, request_bytes)
     if ahead:
         prepared = iter([make(prefix, n, batch, n // batch + 1) for n in range(0, ahead, batch)])

@@ -496,25 +496,12 @@ class Verifier:
         sha256 = hashlib.sha256
         for root, positions in references.items():
             group = [envelopes[position] for position in positions]
-            failure: SignatureError | None = None
-            record = shared.by_root.get(root)
-            if record is None:
-                failure = SignatureError(
-                    f"it refers to batch signature {root.hex()}, which the message does not carry (batch_signatures)"
-                )
-            elif problem := shared.leaves_problem(root):
-                failure = SignatureError(f"its batch's signature {problem}")
-            else:
-                try:
-                    identity = self._batch_signer(record, root)
-                except SignatureError as exc:
-                    failure = exc
-            if failure is not None:
+            identity = self._shared_signer(shared, root)
+            if isinstance(identity, SignatureError):
                 for position in positions:
-                    results[position] = failure
+                    results[position] = identity
                 continue
-            assert record is not None
-            leaves = list(record.batch_leaves)
+            leaves = list(shared.by_root[root].batch_leaves)
             indexes = [env.provenance.signature.batch_index for env in group]
             if consume:
                 digests, _ = _digests_consuming(group, [env.provenance for env in group])
@@ -534,6 +521,20 @@ class Verifier:
             for position, outcome in zip(others, rest, strict=True):
                 results[position] = outcome
         return results
+
+    def _shared_signer(self, shared: SharedSignatures, root: bytes) -> str | SignatureError:
+        """The identity that signed the shared signature of ``root`` (once per batch), or what is wrong."""
+        record = shared.by_root.get(root)
+        if record is None:
+            return SignatureError(
+                f"it refers to batch signature {root.hex()}, which the message does not carry (batch_signatures)"
+            )
+        if problem := shared.leaves_problem(root):
+            return SignatureError(f"its batch's signature {problem}")
+        try:
+            return self._batch_signer(record, root)
+        except SignatureError as exc:
+            return exc
 
     def _whole_shared_batch(
         self, envelopes: Sequence[pb.Envelope], consume: bool, shared: SharedSignatures, used: set[bytes]
@@ -560,16 +561,9 @@ class Verifier:
             reference + index for index in _index_fields(count)
         ]:
             return None
-        failure: SignatureError | None = None
-        if problem := shared.leaves_problem(root):
-            failure = SignatureError(f"its batch's signature {problem}")
-        else:
-            try:
-                identity = self._batch_signer(record, root)
-            except SignatureError as exc:
-                failure = exc
-        if failure is not None:
-            return [failure] * count
+        identity = self._shared_signer(shared, root)
+        if isinstance(identity, SignatureError):
+            return [identity] * count
         if consume:
             digests, _ = _digests_consuming(envelopes, provenances)
         else:
