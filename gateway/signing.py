@@ -14,6 +14,7 @@ and not revoked, and that it names the identity given as signer.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from collections.abc import Callable, Sequence
@@ -311,17 +312,24 @@ def _shared_problem(sig: pb.Signature) -> str:
     return ""
 
 
+@functools.lru_cache(maxsize=64)
+def _shared_of(signatures: bytes) -> SharedSignatures:
+    """The shared signatures a stored batch keeps (encoded DeliveryBatch.batch_signatures fields),
+    kept for the batch's other entries: readers of single entries expand one after another, and
+    the proofs of a batch are made once (the bytes are the stored batch's own, their hash cached)."""
+    return SharedSignatures(gw.DeliveryBatch.FromString(signatures).batch_signatures)
+
+
 def standalone_entries(entries: bytes, signatures: bytes) -> bytes:
     """Encoded Delivery entries (DeliveryBatch field 1) with each reference to a batch signature
     made a full signature, from ``signatures`` (encoded DeliveryBatch.batch_signatures fields)."""
     if not signatures or not entries:
         return entries
-    batch = gw.DeliveryBatch.FromString(entries + signatures)
-    shared = SharedSignatures(batch.batch_signatures)
+    batch = gw.DeliveryBatch.FromString(entries)
+    shared = _shared_of(signatures)
     expanded = [shared.expand(delivery.envelope) for delivery in batch.deliveries]  # every one, not the first
     if not any(expanded):
         return entries
-    batch.ClearField("batch_signatures")
     return batch.SerializeToString()
 
 
@@ -329,7 +337,7 @@ def standalone_envelopes(envelopes: Sequence[bytes], signatures: bytes) -> list[
     """Encoded envelopes with each reference to a batch signature made a full signature."""
     if not signatures:
         return list(envelopes)
-    shared = SharedSignatures(gw.DeliveryBatch.FromString(signatures).batch_signatures)
+    shared = _shared_of(signatures)
     out = []
     for raw in envelopes:
         env = pb.Envelope.FromString(raw)
