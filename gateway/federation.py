@@ -39,7 +39,7 @@ from yiwang.v1 import gateway_pb2 as gw
 from gateway.admission import Admitted
 from gateway.config import ParentSection, parse_address
 from gateway.errors import YiwangError
-from gateway.log import StoredBatch
+from gateway.log import AppendResult, StoredBatch
 from gateway.pki import Identity, PkiError, Role
 from gateway.policy import Decision
 from gateway.regions import level_of
@@ -118,6 +118,9 @@ class LinkEnd:
         self.out: asyncio.Queue[bytes] = asyncio.Queue()
         self._pending: deque[tuple[int, bool]] = deque()  # (cursor after a range, whether a batch was sent)
         self._room = asyncio.Semaphore(WINDOW)
+        # What the other end sent, in its order: appends queued and not yet durable (with what admission
+        # made of each batch), or the encoded acknowledgement of a batch refused whole.
+        self._unacked: asyncio.Queue[tuple[Admitted, Awaitable[AppendResult]] | bytes] = asyncio.Queue(WINDOW)
         self._certificates_sent: set[bytes] = set()
         self.acked: int | None = None  # the log offset up to which the other end has it (or it was not for it)
 
@@ -332,12 +335,35 @@ class LinkEnd:
         )
         log.warning("federation_batch_refused", link=self.label, reason=str(exc))
         self.metrics.received.labels(link=self.label, outcome="refused").inc(count)
-        await self.out.put(fed.LinkMessage(ack=fed.LinkAck(cursor=cursor, refused=[refused])).SerializeToString())
+        await self._unacked.put(fed.LinkMessage(ack=fed.LinkAck(cursor=cursor, refused=[refused])).SerializeToString())
 
     async def _store(self, admitted: Admitted) -> None:
-        """Appends what was admitted from the other end, then acknowledges it with the counts."""
+        """Queues the append of what was admitted from the other end; ``acknowledge`` answers once
+        it is durable. The next batch is admitted meanwhile (appends keep their order, and so do
+        the answers), so a link is not held up by each commit in turn."""
         # (Admission marked their records relayed: station summaries, for one, are made where data entered the network.)
-        appended = await self.service.append(admitted)
+        await self._unacked.put((admitted, self.service.append(admitted)))
+
+    async def acknowledge(self) -> None:
+        """Answers the other end's batches in the order they came, each once its append is durable."""
+        try:
+            while True:
+                item = await self._unacked.get()
+                if isinstance(item, bytes):
+                    await self.out.put(item)
+                else:
+                    admitted, appending = item
+                    await self._acknowledge(admitted, await appending)
+        finally:
+            # The link is gone: the appends still queued go on (the other end resends what it was not
+            # answered, and de-duplication keeps one of each); their outcome is nobody's to hear now.
+            while not self._unacked.empty():
+                item = self._unacked.get_nowait()
+                if not isinstance(item, bytes):
+                    asyncio.ensure_future(item[1]).add_done_callback(_unheard)
+
+    async def _acknowledge(self, admitted: Admitted, appended: AppendResult) -> None:
+        """Acknowledges a durable batch from the other end with the counts."""
         self.service.count(admitted, appended)
         duplicates = len(appended.duplicates)
         ack = fed.LinkAck(cursor=admitted.batch_id, accepted=len(admitted.ids) - duplicates, duplicates=duplicates)
@@ -425,7 +451,8 @@ def batch_of(raw: bytes) -> tuple[bytes, bytes] | None:
 
 
 async def run_link(end: LinkEnd, messages: AsyncIterator[bytes], write: Callable[[bytes], Any]) -> None:
-    """Runs a link's three parts (pump, receiver, writer) until one ends; the others are cancelled."""
+    """Runs a link's four parts (pump, receiver, acknowledger, writer) until one ends; the others are
+    cancelled."""
 
     async def writer() -> None:
         while True:
@@ -437,6 +464,7 @@ async def run_link(end: LinkEnd, messages: AsyncIterator[bytes], write: Callable
     tasks = [
         asyncio.create_task(end.pump(), name=f"link-pump-{end.label}"),
         asyncio.create_task(receiver(), name=f"link-receive-{end.label}"),
+        asyncio.create_task(end.acknowledge(), name=f"link-acknowledge-{end.label}"),
         asyncio.create_task(writer(), name=f"link-write-{end.label}"),
     ]
     try:
@@ -449,6 +477,12 @@ async def run_link(end: LinkEnd, messages: AsyncIterator[bytes], write: Callable
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError, FederationError, YiwangError):
                 await task
+
+
+def _unheard(appending: asyncio.Future[AppendResult]) -> None:
+    """Retrieves the outcome of an append whose link is gone (a failed one is logged by the log itself)."""
+    if not appending.cancelled():
+        appending.exception()
 
 
 def hello(service: GatewayService) -> bytes:

@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import pytest
 from yiwang.v1 import envelope_pb2 as pb
+from yiwang.v1 import federation_pb2 as fed
 from yiwang.v1 import gateway_pb2 as gw
 
 from gateway.config import from_dict
@@ -355,6 +356,44 @@ async def test_only_a_gateway_of_a_direct_subregion_may_link(network: Network, p
                 await call.read()
         assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert expected in (caught.value.details() or "")
+
+
+async def link_message(call: grpc.aio.StreamStreamCall[bytes, bytes]) -> fed.LinkMessage:
+    raw = await call.read()
+    assert isinstance(raw, bytes), raw
+    return fed.LinkMessage.FromString(raw)
+
+
+async def test_a_link_answers_its_batches_in_their_order_while_it_takes_the_next(
+    pki: Authority, tmp_path: Path
+) -> None:
+    """The parent admits a link's next batch while the last one is being made durable; its answers
+    still come in the order of the batches, a batch refused whole included."""
+    net = Network(pki, tmp_path)
+    province = await net.start("henan-province")
+    try:
+        issued = pki.dir / "issued"
+        tls = ClientTls(pki.dir / "ca.pem", issued / "zhengzhou-city.chain.pem", issued / "zhengzhou-city.key")
+        async with grpc.aio.secure_channel(province.grpc_target, tls.credentials()) as channel:
+            call: grpc.aio.StreamStreamCall[bytes, bytes] = channel.stream_stream(LINK_METHOD)()
+            hello = fed.LinkMessage(hello=fed.LinkHello(node_id="zhengzhou-city", region="410100"))
+            await call.write(hello.SerializeToString())
+            assert (await link_message(call)).WhichOneof("body") == "hello"
+            refused = gw.PublishRequest(envelopes=[county_incident("refused")], batch_id=20)
+            refused.batch_signatures.add()  # links send full signatures: the batch is refused whole
+            batches = [
+                gw.PublishRequest(envelopes=[county_incident(f"first-{i}") for i in range(50)], batch_id=10),
+                refused,
+                gw.PublishRequest(envelopes=[county_incident(f"third-{i}") for i in range(50)], batch_id=30),
+            ]
+            for batch in batches:
+                await call.write(fed.LinkMessage(batch=batch).SerializeToString())
+            acks = [(await link_message(call)).ack for _ in batches]
+            call.cancel()
+        assert [(ack.cursor, ack.accepted, len(ack.refused)) for ack in acks] == [(10, 50, 0), (20, 0, 1), (30, 50, 0)]
+        assert "full signature" in acks[1].refused[0].reason
+    finally:
+        await net.close()
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["own-proofs", "shared"])
