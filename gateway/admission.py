@@ -182,10 +182,17 @@ class Admission:
                     continue
                 signer = outcome or ""
             elif env.provenance.HasField("signature"):
-                # A plaintext development node cannot check it.
+                # A plaintext development node cannot check it, but keeps what a later verifier needs.
                 sig = env.provenance.signature
-                by_reference_to = shared.by_root.get(sig.batch_root) if shared and is_reference(sig) else None
-                signer = by_reference_to.signer if by_reference_to is not None else sig.signer
+                if is_reference(sig):
+                    by_reference_to = shared.by_root.get(sig.batch_root) if shared is not None else None
+                    if by_reference_to is None:
+                        reason = "it refers to a batch signature the request does not carry (batch_signatures)"
+                        out.rejections.append((index, env.id[:256], "provenance.signature", reason, INVALID_ARGUMENT))
+                        continue
+                    signer = by_reference_to.signer
+                else:
+                    signer = sig.signer
             out.signers.append(signer)
             envelope_id = env.id
             add_id(envelope_id)

@@ -137,6 +137,8 @@ def merkle_tree(digests: Sequence[bytes]) -> list[list[bytes]]:
 
 def merkle_levels(leaves: Sequence[bytes]) -> list[list[bytes]]:
     """``merkle_tree`` from the leaf hashes themselves."""
+    if not leaves:
+        raise SignatureError("a batch to sign or verify has no envelopes")
     sha256 = hashlib.sha256
     level = list(leaves)
     levels = []

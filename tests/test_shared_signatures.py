@@ -20,7 +20,7 @@ from gateway.node import Node
 from gateway.pki import Authority, Role
 from gateway.regions import default_table
 from gateway.selection import record_of
-from gateway.signing import SharedSignatures, SignatureError, Signer, Verifier
+from gateway.signing import SharedSignatures, SignatureError, Signer, Verifier, merkle_levels
 from gateway.sqlite_log import SqliteLog
 from gateway.validation import Validator
 from tests import factories
@@ -165,6 +165,29 @@ def test_a_malformed_shared_signature_refuses_the_request_and_says_why(
     with pytest.raises(InvalidRequestError, match=reason) as caught:
         admission.admit(request.SerializeToString())
     assert caught.value.field == "batch_signatures"
+
+
+def test_an_empty_batch_is_refused_not_looped_over(pki: Authority) -> None:
+    with pytest.raises(SignatureError, match="no envelopes"):
+        merkle_levels([])
+    with pytest.raises(SignatureError, match="no envelopes"):
+        water_signer(pki).sign_batch([], shared=True)
+
+
+def test_a_plaintext_node_keeps_shared_signatures_and_refuses_a_reference_without_one(pki: Authority) -> None:
+    signer = water_signer(pki)
+    carried, orphans = observations(3, "carried"), observations(2, "orphan")
+    shared = signer.sign_batch(carried, shared=True)
+    signer.sign_batch(orphans, shared=True)
+    request = gw.PublishRequest(envelopes=[*carried, *orphans], batch_signatures=[shared])
+    admitted = Admission(Validator(default_table()), 1000).admit(request.SerializeToString())  # no CA to check
+    assert admitted.ids == [env.id for env in carried]
+    assert admitted.signers == [WATER] * 3
+    assert [(position, field) for position, _, field, _, _ in admitted.rejections] == [
+        (3, "provenance.signature"),
+        (4, "provenance.signature"),
+    ]
+    assert list(gw.DeliveryBatch.FromString(admitted.signatures).batch_signatures) == [shared]
 
 
 def test_a_bare_reference_cannot_be_verified_alone_and_says_so(pki: Authority) -> None:
