@@ -123,6 +123,8 @@ class LinkEnd:
         self._unacked: asyncio.Queue[tuple[Admitted, Awaitable[AppendResult]] | bytes] = asyncio.Queue(WINDOW)
         self._certificates_sent: set[bytes] = set()
         self.acked: int | None = None  # the log offset up to which the other end has it (or it was not for it)
+        self._cursor_to = 0  # where acknowledgements have moved the cursor, saved by save_cursor
+        self._cursor_moved = asyncio.Event()
 
     # -- sending --------------------------------------------------------------------------------
 
@@ -295,7 +297,18 @@ class LinkEnd:
             log.warning(
                 "federation_refused", link=self.label, id=refused.id, field=refused.field, reason=refused.reason
             )
-        self.acked = await self.service.log.save_position(self.cursor, upto)
+        self._cursor_to = upto
+        self._cursor_moved.set()
+
+    async def save_cursor(self) -> None:
+        """Saves the cursor where acknowledgements moved it: one save at a time, each to the latest
+        place. The receiver does not wait for each save's commit before it reads the next message
+        (acknowledgements come faster than commits under load); a save lost in a crash only makes
+        the link resend batches the other end then finds it has."""
+        while True:
+            await self._cursor_moved.wait()
+            self._cursor_moved.clear()
+            self.acked = await self.service.log.save_position(self.cursor, self._cursor_to)
 
     # -- receiving ------------------------------------------------------------------------------
 
@@ -451,8 +464,8 @@ def batch_of(raw: bytes) -> tuple[bytes, bytes] | None:
 
 
 async def run_link(end: LinkEnd, messages: AsyncIterator[bytes], write: Callable[[bytes], Any]) -> None:
-    """Runs a link's four parts (pump, receiver, acknowledger, writer) until one ends; the others are
-    cancelled."""
+    """Runs a link's parts (pump, receiver, acknowledger, cursor saver, writer) until one ends; the
+    others are cancelled."""
 
     async def writer() -> None:
         while True:
@@ -465,6 +478,7 @@ async def run_link(end: LinkEnd, messages: AsyncIterator[bytes], write: Callable
         asyncio.create_task(end.pump(), name=f"link-pump-{end.label}"),
         asyncio.create_task(receiver(), name=f"link-receive-{end.label}"),
         asyncio.create_task(end.acknowledge(), name=f"link-acknowledge-{end.label}"),
+        asyncio.create_task(end.save_cursor(), name=f"link-cursor-{end.label}"),
         asyncio.create_task(writer(), name=f"link-write-{end.label}"),
     ]
     try:
