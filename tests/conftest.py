@@ -23,6 +23,7 @@ from gateway.client import GatewayClient
 from gateway.config import NodeConfig, from_dict
 from gateway.node import Node
 from gateway.pki import Authority, Identity, Role
+from gateway.signing import Signer
 from gateway.tls import ClientTls
 
 NodeFactory = Callable[..., Awaitable[Node]]
@@ -80,6 +81,12 @@ async def running_tls_node(pki: Authority, data: Path, **sections: Any) -> Async
         yield node
     finally:
         await node.stop()
+
+
+def issued_signer(pki: Authority, name: str) -> Signer:
+    """The signer of the signing key and certificate ``pki`` issued to ``name``."""
+    issued = pki.dir / "issued"
+    return Signer.load((issued / f"{name}.sign.key").read_bytes(), (issued / f"{name}.sign.pem").read_bytes())
 
 
 def client_as(pki: Authority, node: Node, name: str) -> GatewayClient:

@@ -23,11 +23,11 @@ from gateway.pki import Authority, Role
 from gateway.regions import default_table
 from gateway.routing import ALARM_ATTRIBUTE, SUMMARY_ATTRIBUTE
 from gateway.selection import FLAG_RELAYED, FLAGS_AT, RECORD
-from gateway.signing import Signer, Verifier
+from gateway.signing import Verifier
 from gateway.summaries import CURSOR as SUMMARIES_CURSOR
 from gateway.tls import ClientTls
 from tests import factories
-from tests.conftest import client_as, free_port
+from tests.conftest import client_as, free_port, issued_signer
 
 DOMAIN = "yjt.henan.gov.cn"
 GATEWAYS = {
@@ -400,10 +400,7 @@ async def test_a_link_answers_its_batches_in_their_order_while_it_takes_the_next
 async def test_batch_signatures_stay_verifiable_across_hops(network: Network, pki: Authority, shared: bool) -> None:
     """Whether the county got the batch with each envelope's own proof or with one shared signature,
     the links carry each envelope with its full signature, and every level verifies it."""
-    issued = pki.dir / "issued"
-    signer = Signer.load(
-        (issued / "zy-emergency.sign.key").read_bytes(), (issued / "zy-emergency.sign.pem").read_bytes()
-    )
+    signer = issued_signer(pki, "zy-emergency")
     incidents = [county_incident(f"signed-{shared}-{i}") for i in range(3)]
     signature = signer.sign_batch(incidents, shared=shared)
     batch_signatures = [signature] if shared else []

@@ -20,10 +20,9 @@ from gateway.client import GatewayClient
 from gateway.node import Node
 from gateway.picture import PictureState
 from gateway.pki import Authority, Role
-from gateway.signing import Signer
 from gateway.webauth import ScryptCost, User, UserStore, users_db
 from tests import factories
-from tests.conftest import NodeFactory, client_as, eventually, free_port, henan_network, running_tls_node
+from tests.conftest import NodeFactory, client_as, eventually, free_port, henan_network, issued_signer, running_tls_node
 
 DOMAIN = "yjt.henan.gov.cn"
 PASSWORD = "correct horse battery"
@@ -200,8 +199,7 @@ async def test_the_time_slider_replays_the_picture_as_it_stood(node: Node, pki: 
 
 
 async def test_the_detail_shows_provenance_signature_and_the_report_chain(node: Node, pki: Authority) -> None:
-    issued = pki.dir / "issued"
-    signer = Signer.load((issued / "zz-yjj.sign.key").read_bytes(), (issued / "zz-yjj.sign.pem").read_bytes())
+    signer = issued_signer(pki, "zz-yjj")
     first = factories.incident(envelope_id="flood-1", region="410105")
     second = factories.incident(envelope_id="flood-2", region="410105")
     second.incident.stage = pb.STAGE_FOLLOW_UP

@@ -16,10 +16,11 @@ from gateway.errors import InvalidRequestError
 from gateway.pki import Authority, Role
 from gateway.regions import default_table
 from gateway.selection import FLAG_RELAYED, FLAGS_AT, RECORD, record_of, with_flags
-from gateway.signing import Signer, Verifier
+from gateway.signing import Verifier
 from gateway.validation import Validator
 from gateway.wire import encode_deliveries, hop_suffix
 from tests import factories
+from tests.conftest import issued_signer
 
 VALIDATOR = Validator(default_table())
 INVALID_ARGUMENT, UNAUTHENTICATED = 3, 16
@@ -84,10 +85,7 @@ def test_a_batch_that_does_not_decode_is_refused_whole() -> None:
 def test_signatures_are_checked_again_and_a_forged_one_is_refused(tmp_path: Path) -> None:
     ca = Authority.init(tmp_path / "pki", trust_domain="yjt.henan.gov.cn")
     ca.issue(ca.identity(Role.DEPARTMENT, "410105", "jinshui-water", "water"))
-    issued = ca.dir / "issued"
-    water = Signer.load(
-        (issued / "jinshui-water.sign.key").read_bytes(), (issued / "jinshui-water.sign.pem").read_bytes()
-    )
+    water = issued_signer(ca, "jinshui-water")
     envelopes = [factories.observation(envelope_id=f"s-{n}", region="410105", agency="water") for n in range(5)]
     water.sign_batch(envelopes)
     envelopes[3].observation.measurements[0].value = 1e6  # altered on the way

@@ -20,11 +20,11 @@ from gateway.node import Node
 from gateway.pki import Authority, Role
 from gateway.regions import default_table
 from gateway.selection import record_of
-from gateway.signing import SharedSignatures, SignatureError, Signer, Verifier, merkle_levels
+from gateway.signing import SharedSignatures, SignatureError, Verifier, merkle_levels
 from gateway.sqlite_log import SqliteLog
 from gateway.validation import Validator
 from tests import factories
-from tests.conftest import client_as, running_tls_node
+from tests.conftest import client_as, issued_signer, running_tls_node
 from tests.nats_cluster import NatsCluster
 
 DOMAIN = "yjt.henan.gov.cn"
@@ -42,13 +42,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Authority:
     return ca
 
 
-def water_signer(ca: Authority) -> Signer:
-    issued = ca.dir / "issued"
-    return Signer.load(
-        (issued / "jinshui-water.sign.key").read_bytes(), (issued / "jinshui-water.sign.pem").read_bytes()
-    )
-
-
 def observations(count: int, prefix: str = "obs") -> list[pb.Envelope]:
     return [
         factories.observation(envelope_id=f"{prefix}-{i}", region="410105", agency="water", value=i)
@@ -58,7 +51,7 @@ def observations(count: int, prefix: str = "obs") -> list[pb.Envelope]:
 
 def verifier_of(ca: Authority) -> Verifier:
     verifier = Verifier(ca.ca_cert)
-    verifier.learn(water_signer(ca).certificate_der)
+    verifier.learn(issued_signer(ca, "jinshui-water").certificate_der)
     return verifier
 
 
@@ -70,7 +63,7 @@ def copies(envelopes: list[pb.Envelope]) -> list[pb.Envelope]:
 
 
 def test_a_shared_signature_expands_to_the_very_signature_each_envelope_would_carry(pki: Authority) -> None:
-    signer = water_signer(pki)
+    signer = issued_signer(pki, "jinshui-water")
     for count in (1, 2, 7, 130):  # odd levels, and indexes past one varint byte
         full = observations(count)
         shared_form = copies(full)
@@ -88,7 +81,7 @@ def test_a_shared_signature_expands_to_the_very_signature_each_envelope_would_ca
 
 
 def test_each_envelope_that_refers_to_a_shared_signature_is_judged_alone(pki: Authority) -> None:
-    signer = water_signer(pki)
+    signer = issued_signer(pki, "jinshui-water")
     faults: dict[str, Callable[[list[pb.Envelope]], None]] = {
         "content": lambda b: setattr(b[129].observation.measurements[0], "value", 99.0),
         "index": lambda b: setattr(b[129].provenance.signature, "batch_index", 128),
@@ -111,7 +104,7 @@ def test_each_envelope_that_refers_to_a_shared_signature_is_judged_alone(pki: Au
 
 
 def test_a_request_may_mix_shared_full_and_unsigned_envelopes(pki: Authority) -> None:
-    signer = water_signer(pki)
+    signer = issued_signer(pki, "jinshui-water")
     first, second, full = observations(5, "a"), observations(4, "b"), observations(3, "c")
     shared = [signer.sign_batch(first, shared=True), signer.sign_batch(second, shared=True)]
     signer.sign_batch(full)
@@ -129,7 +122,7 @@ def test_a_request_may_mix_shared_full_and_unsigned_envelopes(pki: Authority) ->
 
 
 def test_a_shared_signature_whose_leaves_or_value_are_wrong_fails_its_envelopes(pki: Authority) -> None:
-    signer = water_signer(pki)
+    signer = issued_signer(pki, "jinshui-water")
     envelopes = observations(6)
     shared = signer.sign_batch(envelopes, shared=True)
     shared.batch_leaves[2] = b"\x07" * 32
@@ -156,7 +149,7 @@ def test_a_shared_signature_whose_leaves_or_value_are_wrong_fails_its_envelopes(
 def test_a_malformed_shared_signature_refuses_the_request_and_says_why(
     pki: Authority, spoil: Callable[[pb.Signature], None], reason: str
 ) -> None:
-    signer = water_signer(pki)
+    signer = issued_signer(pki, "jinshui-water")
     envelopes = observations(3)
     shared = signer.sign_batch(envelopes, shared=True)
     spoil(shared)
@@ -171,11 +164,11 @@ def test_an_empty_batch_is_refused_not_looped_over(pki: Authority) -> None:
     with pytest.raises(SignatureError, match="no envelopes"):
         merkle_levels([])
     with pytest.raises(SignatureError, match="no envelopes"):
-        water_signer(pki).sign_batch([], shared=True)
+        issued_signer(pki, "jinshui-water").sign_batch([], shared=True)
 
 
 def test_a_plaintext_node_keeps_shared_signatures_and_refuses_a_reference_without_one(pki: Authority) -> None:
-    signer = water_signer(pki)
+    signer = issued_signer(pki, "jinshui-water")
     carried, orphans = observations(3, "carried"), observations(2, "orphan")
     shared = signer.sign_batch(carried, shared=True)
     signer.sign_batch(orphans, shared=True)
@@ -192,13 +185,13 @@ def test_a_plaintext_node_keeps_shared_signatures_and_refuses_a_reference_withou
 
 def test_a_bare_reference_cannot_be_verified_alone_and_says_so(pki: Authority) -> None:
     envelopes = observations(2)
-    water_signer(pki).sign_batch(envelopes, shared=True)
+    issued_signer(pki, "jinshui-water").sign_batch(envelopes, shared=True)
     with pytest.raises(SignatureError, match="only a reference to its batch's signature"):
         verifier_of(pki).verify(envelopes[0])
 
 
 def test_admission_keeps_only_the_shared_signatures_an_admitted_envelope_uses(pki: Authority) -> None:
-    signer = water_signer(pki)
+    signer = issued_signer(pki, "jinshui-water")
     kept, spoiled = observations(4, "kept"), observations(3, "spoiled")
     shared = [signer.sign_batch(kept, shared=True), signer.sign_batch(spoiled, shared=True)]
     shared[1].value = bytes(64)
@@ -221,7 +214,7 @@ async def node(pki: Authority, tmp_path: Path) -> AsyncIterator[Node]:
 async def publish_shared(
     pki: Authority, node: Node, envelopes: list[pb.Envelope], spoil: Callable[[list[pb.Envelope]], None] | None = None
 ) -> gw.PublishReply:
-    signer = water_signer(pki)
+    signer = issued_signer(pki, "jinshui-water")
     shared = signer.sign_batch(envelopes, shared=True)
     if spoil is not None:
         spoil(envelopes)
@@ -300,7 +293,7 @@ async def test_a_shared_signature_outlives_a_restart(pki: Authority, tmp_path: P
 
 
 async def test_a_reference_to_a_signature_the_request_lacks_is_refused_alone(node: Node, pki: Authority) -> None:
-    signer = water_signer(pki)
+    signer = issued_signer(pki, "jinshui-water")
     carried, orphans = observations(3, "carried"), observations(2, "orphan")
     shared = signer.sign_batch(carried, shared=True)
     signer.sign_batch(orphans, shared=True)
@@ -346,7 +339,7 @@ async def test_an_embedded_log_of_the_first_schema_is_upgraded_in_place(tmp_path
 
 
 async def test_a_jetstream_log_keeps_each_envelope_with_its_full_signature(pki: Authority, tmp_path: Path) -> None:
-    signer = water_signer(pki)
+    signer = issued_signer(pki, "jinshui-water")
     envelopes = observations(9)
     shared = signer.sign_batch(envelopes, shared=True)
     request = gw.PublishRequest(envelopes=envelopes, batch_signatures=[shared])

@@ -32,7 +32,7 @@ from gateway.signing import (
     merkle_tree,
 )
 from tests import factories
-from tests.conftest import client_as, lapsed_certificate, running_tls_node
+from tests.conftest import client_as, issued_signer, lapsed_certificate, running_tls_node
 
 DOMAIN = "yjt.henan.gov.cn"
 ACCEPTED = gw.PublishResult.ACCEPTED
@@ -49,18 +49,13 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Authority:
     return ca
 
 
-def signer(ca: Authority, name: str) -> Signer:
-    issued = ca.dir / "issued"
-    return Signer.load((issued / f"{name}.sign.key").read_bytes(), (issued / f"{name}.sign.pem").read_bytes())
-
-
 def met_alert(envelope_id: str = "warning-1") -> pb.Envelope:
     return factories.alert(envelope_id=envelope_id, region="410102")
 
 
 def test_a_signature_survives_hops_and_catches_any_change(pki: Authority) -> None:
     env = met_alert()
-    signer(pki, "zz-qxj").sign(env)
+    issued_signer(pki, "zz-qxj").sign(env)
     verifier = Verifier(pki.ca_cert)
     assert verifier.verify(env) == f"spiffe://{DOMAIN}/410100/meteorology/department/zz-qxj"
     env.provenance.hops.add(node="zhengzhou-city").received_at.GetCurrentTime()
@@ -106,7 +101,7 @@ def test_the_content_digest_leaves_out_hops_and_signature_and_nothing_else() -> 
 
 def test_signer_must_be_the_certificate_identity_of_this_ca(pki: Authority, tmp_path: Path) -> None:
     env = met_alert()
-    signer(pki, "zz-qxj").sign(env)
+    issued_signer(pki, "zz-qxj").sign(env)
     forged = pb.Envelope()
     forged.CopyFrom(env)
     forged.provenance.signature.signer = f"spiffe://{DOMAIN}/410100/emergency/department/zz-yjj"
@@ -115,7 +110,7 @@ def test_signer_must_be_the_certificate_identity_of_this_ca(pki: Authority, tmp_
     other = Authority.init(tmp_path / "other", trust_domain=DOMAIN)
     other.issue(other.identity(Role.DEPARTMENT, "410100", "zz-qxj", "meteorology"))
     impostor = met_alert()
-    signer(other, "zz-qxj").sign(impostor)
+    issued_signer(other, "zz-qxj").sign(impostor)
     with pytest.raises(SignatureError, match="not issued by this network's CA"):
         Verifier(pki.ca_cert).verify(impostor)
     with pytest.raises(SignatureError, match="not signed"):
@@ -124,7 +119,7 @@ def test_signer_must_be_the_certificate_identity_of_this_ca(pki: Authority, tmp_
 
 def test_revoked_and_expired_signers_fail(pki: Authority) -> None:
     env = met_alert()
-    signer(pki, "zz-qxj").sign(env)
+    issued_signer(pki, "zz-qxj").sign(env)
     serial = x509.load_der_x509_certificate(env.provenance.signature.certificate).serial_number
     with pytest.raises(SignatureError, match="revoked"):
         Verifier(pki.ca_cert, revoked=frozenset({serial})).verify(env)
@@ -146,7 +141,7 @@ def test_merkle_proofs_lead_to_the_root(count: int) -> None:
 
 def test_a_batch_signature_verifies_each_envelope_alone(pki: Authority) -> None:
     envelopes = [factories.observation(region="410105", agency="water", value=90 + i) for i in range(13)]
-    water = signer(pki, "jinshui-water")
+    water = issued_signer(pki, "jinshui-water")
     water.sign_batch(envelopes)
     assert not envelopes[0].provenance.signature.certificate  # named by hash, sent once per request
     with pytest.raises(SignatureError, match="unknown here"):
@@ -163,7 +158,7 @@ def test_a_batch_signature_verifies_each_envelope_alone(pki: Authority) -> None:
 def water_batches(pki: Authority) -> tuple[Verifier, Callable[[int], list[pb.Envelope]]]:
     """A verifier that knows the water department's signing certificate, and a maker of batches of
     water-level observations that department signs with one signature each."""
-    water = signer(pki, "jinshui-water")
+    water = issued_signer(pki, "jinshui-water")
     verifier = Verifier(pki.ca_cert)
     verifier.learn(water.certificate_der)
 
@@ -184,7 +179,7 @@ def test_a_request_is_verified_whole_and_each_fault_is_named(pki: Authority) -> 
     assert verifier.verify_all(whole[2:5]) == [identity] * 3  # part of a batch: each proves itself
 
     single = met_alert("single")
-    signer(pki, "zz-qxj").sign(single)
+    issued_signer(pki, "zz-qxj").sign(single)
     unsigned = factories.observation(envelope_id="unsigned", region="410105", agency="water")
     altered, bad_path, twice = batch(9), batch(9), batch(9)
     altered[4].observation.measurements[0].value = 99.0
@@ -238,7 +233,7 @@ def test_consuming_a_whole_batch_takes_only_the_provenance_out(pki: Authority) -
     verifier, batch = water_batches(pki)
     envelopes = batch(40)
     envelopes[7].provenance.original_format = "SL 651"  # signed content: kept, and its digest copies
-    signer(pki, "jinshui-water").sign_batch(envelopes)
+    issued_signer(pki, "jinshui-water").sign_batch(envelopes)
     expected = verifier.verify_all([pb.Envelope.FromString(env.SerializeToString()) for env in envelopes])
     assert verifier.verify_all(envelopes, consume=True) == expected
     assert all(isinstance(outcome, str) for outcome in expected)
@@ -268,9 +263,9 @@ async def node(pki: Authority, tmp_path: Path) -> AsyncIterator[Node]:
 
 async def test_the_node_verifies_on_entry(node: Node, pki: Authority) -> None:
     good = met_alert("signed")
-    signer(pki, "zz-qxj").sign(good)
+    issued_signer(pki, "zz-qxj").sign(good)
     tampered = met_alert("tampered")
-    signer(pki, "zz-qxj").sign(tampered)
+    issued_signer(pki, "zz-qxj").sign(tampered)
     tampered.alert.infos[0].headline = "altered on the way"
     unsigned = met_alert("unsigned")
     async with client_as(pki, node, "zz-qxj") as met:
@@ -285,13 +280,13 @@ async def test_the_node_verifies_on_entry(node: Node, pki: Authority) -> None:
 
 async def test_only_gateways_forward_what_others_signed(node: Node, pki: Authority) -> None:
     theirs = factories.observation(envelope_id="theirs", region="410105", agency="water")
-    signer(pki, "zz-qxj").sign(theirs)  # signed by the weather bureau, sent by the water bureau
+    issued_signer(pki, "zz-qxj").sign(theirs)  # signed by the weather bureau, sent by the water bureau
     async with client_as(pki, node, "jinshui-water") as water:
         reply = await water.publish([theirs])
     assert reply.results[0].outcome == REJECTED
     assert "only a gateway may forward" in reply.results[0].reason
     forwarded = met_alert("forwarded")
-    signer(pki, "zz-qxj").sign(forwarded)
+    issued_signer(pki, "zz-qxj").sign(forwarded)
     async with client_as(pki, node, "zhengzhou-city") as city:
         reply = await city.publish([forwarded])
     assert reply.results[0].outcome == ACCEPTED
@@ -299,7 +294,7 @@ async def test_only_gateways_forward_what_others_signed(node: Node, pki: Authori
 
 async def test_batch_signed_telemetry_goes_through_the_worker_pool(node: Node, pki: Authority) -> None:
     envelopes = [factories.observation(region="410105", agency="water", value=i) for i in range(300)]
-    water_signer = signer(pki, "jinshui-water")
+    water_signer = issued_signer(pki, "jinshui-water")
     water_signer.sign_batch(envelopes)
     envelopes[100].observation.measurements[0].value = -1.0  # altered after signing
     async with client_as(pki, node, "jinshui-water") as water:
@@ -317,7 +312,7 @@ async def test_batch_signed_telemetry_goes_through_the_worker_pool(node: Node, p
 
 
 async def test_batch_signatures_name_a_certificate_the_node_must_have(node: Node, pki: Authority) -> None:
-    water_signer = signer(pki, "jinshui-water")
+    water_signer = issued_signer(pki, "jinshui-water")
     first = [factories.observation(region="410105", agency="water", value=i) for i in range(3)]
     water_signer.sign_batch(first)
     async with client_as(pki, node, "jinshui-water") as water:
@@ -337,7 +332,7 @@ async def test_batch_signatures_name_a_certificate_the_node_must_have(node: Node
 async def test_a_certificate_from_elsewhere_refuses_the_request(node: Node, pki: Authority, tmp_path: Path) -> None:
     other = Authority.init(tmp_path / "other", trust_domain=DOMAIN)
     other.issue(other.identity(Role.DEPARTMENT, "410105", "jinshui-water", "water"))
-    impostor = signer(other, "jinshui-water")
+    impostor = issued_signer(other, "jinshui-water")
     envelopes = [factories.observation(region="410105", agency="water")]
     impostor.sign_batch(envelopes)
     async with client_as(pki, node, "jinshui-water") as water:
@@ -353,9 +348,9 @@ async def test_a_certificate_from_elsewhere_refuses_the_request(node: Node, pki:
 
 def test_cli_verify(pki: Authority, tmp_path: Path) -> None:
     good = met_alert("good")
-    signer(pki, "zz-qxj").sign(good)
+    issued_signer(pki, "zz-qxj").sign(good)
     bad = met_alert("bad")
-    signer(pki, "zz-qxj").sign(bad)
+    issued_signer(pki, "zz-qxj").sign(bad)
     bad.severity = pb.RED
     lines = [json_format.MessageToJson(e, indent=None) for e in (good, bad)]
     delivery = json.dumps({"offset": "7", "envelope": json.loads(lines[0])})
@@ -373,7 +368,7 @@ def test_cli_verify(pki: Authority, tmp_path: Path) -> None:
 
 
 async def test_cli_verify_fetches_the_certificates_batch_signatures_name(node: Node, pki: Authority) -> None:
-    water_signer = signer(pki, "jinshui-water")
+    water_signer = issued_signer(pki, "jinshui-water")
     envelopes = [factories.observation(region="410105", agency="water", value=i) for i in range(4)]
     water_signer.sign_batch(envelopes)
     async with client_as(pki, node, "jinshui-water") as water:
