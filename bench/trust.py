@@ -82,13 +82,11 @@ def our_verify_rate(ca: Authority, seconds: float) -> float:
 def measure(args: argparse.Namespace, ca: Authority, signed: bool, prepared: int) -> float:
     """Envelopes/s at the subscriber of one durable run, plaintext and unsigned or mutual TLS and signed;
     every envelope the node accepted must arrive."""
-    if signed:
-        build = "shared" if args.form == "shared" else "signed"
-        published, delivered = throughput.run_durable(
-            args, 0.0, args.idle, 10, build=build, tls_dir=ca.dir, ahead=prepared
-        )
-    else:
-        published, delivered = throughput.run_durable(args, 0.0, args.idle, 10, build="messages", ahead=prepared)
+    build = ("shared" if args.form == "shared" else "signed") if signed else "messages"
+    tls_dir = ca.dir if signed else None
+    published, delivered = throughput.run_durable(
+        args, 0.0, args.idle, 10, build=build, tls_dir=tls_dir, ahead=prepared
+    )
     if delivered["delivered"] != published["accepted"]:
         raise SystemExit(
             f"the subscriber got {delivered['delivered']:,} of {published['accepted']:,} accepted envelopes"
