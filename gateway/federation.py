@@ -123,7 +123,7 @@ class LinkEnd:
         self._unacked: asyncio.Queue[tuple[Admitted, Awaitable[AppendResult]] | bytes] = asyncio.Queue(WINDOW)
         self._certificates_sent: set[bytes] = set()
         self.acked: int | None = None  # the log offset up to which the other end has it (or it was not for it)
-        self._cursor_to = 0  # where acknowledgements have moved the cursor, saved by save_cursor
+        self._cursor_to = 0  # where the cursor was moved (_move_cursor), saved by save_cursor
         self._cursor_moved = asyncio.Event()
 
     # -- sending --------------------------------------------------------------------------------
@@ -247,7 +247,7 @@ class LinkEnd:
             if self._pending:
                 self._pending.append((upto, False))
             else:
-                self.acked = await self.service.log.save_position(self.cursor, upto)
+                self._move_cursor(upto)
             return
         await self._room.acquire()
         self._pending.append((upto, True))
@@ -297,14 +297,19 @@ class LinkEnd:
             log.warning(
                 "federation_refused", link=self.label, id=refused.id, field=refused.field, reason=refused.reason
             )
+        self._move_cursor(upto)
+
+    def _move_cursor(self, upto: int) -> None:
+        """Moves the cursor past everything before ``upto`` (the other end has it, or it was not for
+        it); ``save_cursor`` saves it."""
         self._cursor_to = upto
         self._cursor_moved.set()
 
     async def save_cursor(self) -> None:
-        """Saves the cursor where acknowledgements moved it: one save at a time, each to the latest
-        place. The receiver does not wait for each save's commit before it reads the next message
-        (acknowledgements come faster than commits under load); a save lost in a crash only makes
-        the link resend batches the other end then finds it has."""
+        """Saves the cursor where it was moved: one save at a time, each to the latest place. Neither
+        the receiver nor the pump waits for each save's commit (acknowledgements come faster than
+        commits under load); a save lost in a crash only makes the link resend batches the other
+        end then finds it has."""
         while True:
             await self._cursor_moved.wait()
             self._cursor_moved.clear()
