@@ -15,6 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from yiwang.v1 import envelope_pb2 as pb
 
 _SMALL = [bytes([n]) for n in range(128)]
+_CONTINUED = [bytes([n | 0x80]) for n in range(128)]  # a varint's byte with more to follow
 
 # Tags: (field number << 3) | wire type. Wire type 0 is varint, 2 is length-delimited.
 TAG_DELIVERIES = b"\x0a"  # field 1, length-delimited (DeliveryBatch/QueryReply/GetReply.deliveries)
@@ -29,8 +30,12 @@ TAG_MISSING = b"\x12"  # GetReply.missing
 
 def varint(n: int) -> bytes:
     """The base-128 varint encoding of a non-negative integer."""
-    if n < 128:
+    if n < 0x80:
         return _SMALL[n]
+    if n < 0x4000:  # lengths of envelopes and entries: two bytes
+        return bytes((n & 0x7F | 0x80, n >> 7))
+    if n < 0x200000:
+        return bytes((n & 0x7F | 0x80, n >> 7 & 0x7F | 0x80, n >> 14))
     out = bytearray()
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)
@@ -56,21 +61,41 @@ def hop_suffix(node: str, received_ns: int) -> bytes:
 def encode_deliveries(
     first_offset: int, envelopes: Sequence[bytes], suffix: bytes, appended_ns: int
 ) -> tuple[bytes, array[int]]:
-    """Encodes envelopes as consecutive Delivery entries; returns the bytes and each entry's end."""
+    """Encodes envelopes as consecutive Delivery entries; returns the bytes and each entry's end.
+
+    This runs for every envelope a node appends, so what repeats is encoded once: the offset's
+    varint shares its high bytes with the 127 offsets around it, and a batch's envelopes (and so its
+    entries) come in few distinct lengths."""
     appended = length_delimited(TAG_APPENDED_AT, timestamp(appended_ns).SerializeToString())
-    tail = len(suffix) + len(appended)
+    fixed = len(suffix) + len(appended)  # after the envelope in every entry
     parts: list[bytes] = []
+    add = parts.extend
     ends: array[int] = array("Q")
+    end = ends.append
+    fields: dict[int, bytes] = {}  # envelope length -> its Delivery.envelope tag and length
+    prefixes: dict[int, bytes] = {}  # entry length -> its DeliveryBatch.deliveries tag and length
     position = 0
     offset = first_offset
+    high_of, high = -1, b""
     for env in envelopes:
-        n = len(env) + len(suffix)
-        head = TAG_OFFSET + varint(offset) + TAG_ENVELOPE + varint(n)
-        body = len(head) + len(env) + tail
-        prefix = TAG_DELIVERIES + varint(body)
-        parts += (prefix, head, env, suffix, appended)
+        if offset < 0x80:
+            offset_field = TAG_OFFSET + _SMALL[offset]
+        else:
+            if offset >> 7 != high_of:
+                high_of = offset >> 7
+                high = varint(high_of)
+            offset_field = TAG_OFFSET + _CONTINUED[offset & 0x7F] + high
+        size = len(env)
+        field = fields.get(size)
+        if field is None:
+            field = fields[size] = TAG_ENVELOPE + varint(size + len(suffix))
+        body = len(offset_field) + len(field) + size + fixed
+        prefix = prefixes.get(body)
+        if prefix is None:
+            prefix = prefixes[body] = TAG_DELIVERIES + varint(body)
+        add((prefix, offset_field, field, env, suffix, appended))
         position += len(prefix) + body
-        ends.append(position)
+        end(position)
         offset += 1
     return b"".join(parts), ends
 
