@@ -80,6 +80,7 @@ class IdIndex:
         # which would wait on the pipe for each 64 KiB piece, goes on committing meanwhile.
         self._outbox: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self._sender: threading.Thread | None = None
+        self._starting = threading.Lock()  # the indexer starts once, from the writer or from ``start``
         self.watermark = 1
         self.failure: BaseException | None = None
 
@@ -103,8 +104,14 @@ class IdIndex:
         self._probe.execute("PRAGMA query_only=ON")
         return self.watermark
 
+    def start(self) -> None:
+        """Starts the indexer process now (a node does before it takes traffic); otherwise it starts
+        with the first chunk, so a log that never takes an envelope never starts one."""
+        with self._starting:
+            if self._conn is None and self.failure is None:
+                self._start_indexer()
+
     def _start_indexer(self) -> None:
-        """Starts the indexer process (at the first chunk: a node that never flushes never starts one)."""
         ctx = multiprocessing.get_context("spawn")
         here, there = ctx.Pipe()
         self._indexer = ctx.Process(
@@ -221,8 +228,9 @@ class IdIndex:
     def _send(self, message: tuple[Any, ...]) -> None:
         if self.failure is not None:
             return
-        if self._conn is None:
-            self._start_indexer()
+        with self._starting:
+            if self._conn is None:
+                self._start_indexer()
         self._outbox.put(message)
 
     def maybe_flush(self, next_offset: int, *, force: bool = False) -> None:

@@ -1030,6 +1030,9 @@ class JetStreamBatchLog(JetStreamLog):
 
     # -- lifecycle ------------------------------------------------------------------------------
 
+    async def start_helpers(self) -> None:
+        await asyncio.to_thread(self._index.start)  # spawning takes a while: not on the event loop
+
     async def _start(self) -> None:
         await self._connect()
         info = await self._while_cluster_recovers(self._ensure_stream, "stream")

@@ -119,6 +119,7 @@ class Node:
                 cache_bytes=parse_size(cfg.log.cache_bytes, "log.cache_bytes", src),
             )
         self.log.on_commit = lambda _entries, batches: self.metrics.commits.inc(batches)
+        await self.log.start_helpers()
         validator = Validator(
             default_table(),
             agencies=cfg.all_agencies,

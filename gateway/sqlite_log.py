@@ -170,6 +170,9 @@ class SqliteLog(Log):
             fsync=self.fsync,
         )
 
+    async def start_helpers(self) -> None:
+        await asyncio.to_thread(self.index.start)  # spawning takes a while: not on the event loop
+
     def _prepare(self) -> sqlite3.Connection:
         con = self._connect()
         con.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_BYTES // PAGE_SIZE}")

@@ -51,3 +51,29 @@ def test_a_chunk_of_the_default_size_is_sent_whole(tmp_path: Path) -> None:
         assert again.candidates([last[0]], json.dumps([last[0]])) == {last[0]: [last[1]]}
     finally:
         again.close()
+
+
+def test_an_indexer_started_ahead_takes_the_chunks_and_is_the_only_one(tmp_path: Path) -> None:
+    """A node starts the indexer before it takes traffic; the first chunk then goes to that one."""
+    path = tmp_path / "log-ids.sqlite"
+    index = IdIndex(path, chunk_entries=100)
+    index.open()
+    index.start()
+    started = index._indexer
+    assert started is not None
+    assert started.is_alive()
+    index.start()  # a second call starts nothing more
+    pairs = [(id_hash(f"c-{n}"), n + 1) for n in range(150)]
+    index.add(pairs)
+    index.maybe_flush(151)
+    assert index._indexer is started
+    index.close()
+    assert index.failure is None
+
+    again = IdIndex(path)
+    assert again.open() == 151
+    try:
+        hashes = [h for h, _ in pairs]
+        assert again.candidates(hashes, json.dumps(hashes)) == {h: [off] for h, off in pairs}
+    finally:
+        again.close()

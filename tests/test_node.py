@@ -188,6 +188,15 @@ async def test_offsets_start_at_one_and_count_up_by_one_across_batches(client: G
     assert (info.oldest_offset, info.next_offset) == (1, 15)
 
 
+async def test_a_started_node_has_its_id_indexer_running_before_its_first_envelope(node: Node) -> None:
+    """Started with the node, not by the first batches, which would wait for a process to start."""
+    assert isinstance(node.log, SqliteLog)
+    assert node.log.next_offset == 1
+    indexer = node.log.index._indexer
+    assert indexer is not None
+    assert indexer.is_alive()
+
+
 async def test_a_repeated_id_is_a_duplicate_with_its_original_offset_and_stored_once(
     start_node: NodeFactory, tmp_path: Path
 ) -> None:
