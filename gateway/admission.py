@@ -28,7 +28,7 @@ from yiwang.v1 import gateway_pb2 as gw
 
 from gateway.certstore import CertificateStore
 from gateway.errors import InvalidEnvelopeError, InvalidRequestError
-from gateway.id_index import die_with_parent, id_hash
+from gateway.id_index import die_with_parent, id_hash, id_hashes
 from gateway.policy import Decision
 from gateway.regions import default_table
 from gateway.selection import FLAG_RELAYED, FLAG_UNSIGNED, FLAGS_AT, KEY, KEY_BYTES, RECORD, record_of
@@ -275,48 +275,57 @@ class Admission:
             self.verifier.revoked = revoked
             verified.update(zip(signed, self.verifier.verify_all([envelopes[i] for i in signed]), strict=True))
         limits = self.validator.limits
-        regions = self.validator.regions
+        max_bytes, max_id_chars = limits.max_envelope_bytes, limits.max_id_chars
+        known_regions = self.validator.regions.codes
         width = RECORD.size
         hinted = len(records) == len(envelopes) * width
         out = Admitted(batch_id, len(envelopes))
-        add_signer, add_id, add_hash, add_envelope, add_record, add_position = (
-            out.signers.append,
-            out.ids.append,
-            out.hashes.append,
-            out.envelopes.append,
-            out.records.append,
-            out.positions.append,
-        )
+        ids, kept, positions, signers = out.ids, out.records, out.positions, out.signers
+        add_id, add_record, add_position = ids.append, kept.append, positions.append
         pack = KEY.pack
-        for index, (env, envelope) in enumerate(zip(envelopes, encoded, strict=True)):
+        relayed = {False: _FLAG_BYTES[FLAG_RELAYED | FLAG_UNSIGNED], True: _FLAG_BYTES[FLAG_RELAYED]}
+        for index, env in enumerate(envelopes):
             # Each field is read once: this runs for every envelope a node relays.
             envelope_id, kind, region = env.id, env.kind, env.region
-            problem = _relay_problem(kind, region, envelope_id, len(envelope), limits)
-            if problem is None and region not in regions:
-                problem = ("region", f"{region[:20]!r} is not a known GB/T 2260 region code")
-            if problem is not None:
+            if (
+                len(encoded[index]) > max_bytes
+                or not envelope_id
+                or len(envelope_id) > max_id_chars
+                or kind not in _KINDS
+                or region not in known_regions
+            ):
+                problem = _relay_problem(kind, region, envelope_id, len(encoded[index]), limits) or (
+                    "region",
+                    f"{region[:20]!r} is not a known GB/T 2260 region code",
+                )
                 out.rejections.append((index, envelope_id[:256], *problem, INVALID_ARGUMENT))
                 continue
-            carries_signature = index in is_signed
-            outcome = verified.get(index)
-            if isinstance(outcome, SignatureError):
-                out.rejections.append((index, envelope_id[:256], "provenance.signature", str(outcome), UNAUTHENTICATED))
-                continue
-            if outcome is None and carries_signature:
-                outcome = env.provenance.signature.signer  # a plaintext development node cannot check it
-            add_signer(outcome or "")
+            carries_signature = False
+            if is_signed:
+                carries_signature = index in is_signed
+                outcome = verified.get(index)
+                if isinstance(outcome, SignatureError):
+                    out.rejections.append(
+                        (index, envelope_id[:256], "provenance.signature", str(outcome), UNAUTHENTICATED)
+                    )
+                    continue
+                if outcome is None and carries_signature:
+                    outcome = env.provenance.signature.signer  # a plaintext development node cannot check it
+                signers.append(outcome or "")
             add_id(envelope_id)
-            add_hash(id_hash(envelope_id))
-            add_envelope(envelope)
             record = b""
             if hinted:
-                hint = records[index * width : (index + 1) * width]
+                at = index * width
+                hint = records[at : at + width]
                 key = pack(kind, env.severity, env.status, int(region), env.origin.agency.encode())
                 if hint[:FLAGS_AT] == key[:FLAGS_AT] and hint[FLAGS_AT + 1 : KEY_BYTES] == key[FLAGS_AT + 1 :]:
-                    flags = FLAG_RELAYED if carries_signature else FLAG_RELAYED | FLAG_UNSIGNED
-                    record = hint[:FLAGS_AT] + _FLAG_BYTES[flags] + hint[FLAGS_AT + 1 :]
+                    record = hint[:FLAGS_AT] + relayed[carries_signature] + hint[FLAGS_AT + 1 :]
             add_record(record or record_of(env, FLAG_RELAYED))
             add_position(index)
+        if not is_signed:
+            out.signers = [""] * len(ids)
+        out.hashes = id_hashes(ids)
+        out.envelopes = encoded if len(positions) == len(encoded) else [encoded[i] for i in positions]
         return out
 
 
