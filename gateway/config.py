@@ -206,7 +206,7 @@ class ParentSection:
     address: str = ""  # HOST:PORT of the parent's gRPC listener; empty: no parent
     identity: str = ""  # the spiffe URI the parent's certificate must carry (required with TLS)
     server_name: str = ""  # when the address is not a name or IP the parent's certificate carries
-    batch: int = 500  # most envelopes per batch on the link
+    batch: int = 2000  # most envelopes per batch on the link (a backlog of smaller appends goes together)
 
 
 @dataclass(frozen=True)

@@ -124,6 +124,7 @@ class LinkEnd:
         self._certificates_sent: set[bytes] = set()
         self.acked: int | None = None  # the log offset up to which the other end has it (or it was not for it)
         self._cursor_to = 0  # where the cursor was moved (_move_cursor), saved by save_cursor
+        self._entries = _Entries()  # log entries gathered for the next LinkEntries message
         self._cursor_moved = asyncio.Event()
 
     # -- sending --------------------------------------------------------------------------------
@@ -137,6 +138,7 @@ class LinkEnd:
         self.acked = position
         while True:
             if position >= log_.next_offset:
+                await self._flush_entries()  # caught up: what was gathered goes now
                 await log_.wait_beyond(position, timeout=5.0)
                 if log_.closed:
                     return
@@ -147,6 +149,7 @@ class LinkEnd:
                     await self._send_entries(stored, start)
                     position = stored.next_offset
                     continue
+                await self._flush_entries()
                 chosen: list[int] = []
                 size = 0
                 records, width, kinds = stored.records, RECORD.size, self.kinds
@@ -184,25 +187,47 @@ class LinkEnd:
         return stored.data.find(self._peer_bytes, begin) < 0  # a hop record names every node it went through
 
     async def _send_entries(self, stored: StoredBatch, start: int) -> None:
-        """Sends the entries of ``stored`` from ``start`` on as they are stored (``LinkEntries``), in
-        batches of at most ``batch`` entries and ``MAX_BATCH_BYTES``."""
+        """Gathers the entries of ``stored`` from ``start`` on, as they are stored, into the message
+        for the other end (``LinkEntries``), sending it each time it is full: ``batch`` entries or
+        ``MAX_BATCH_BYTES`` (an entry larger than that goes alone). Ranges that follow each other in
+        the log go together, so a backlog of small appends costs the two ends their per-message work
+        once per full message; the pump sends what is gathered once it has caught up with the log."""
+        gathered = self._entries
         ends, width = stored.ends, RECORD.size
         first = start
         while first < stored.count:
-            stop = min(stored.count, first + self.batch)
             begin = ends[first - 1] if first else 0
-            while stop > first + 1 and ends[stop - 1] - begin > MAX_BATCH_BYTES:
+            stop = min(stored.count, first + self.batch - gathered.count)
+            while stop > first + 1 and gathered.size + ends[stop - 1] - begin > MAX_BATCH_BYTES:
                 stop = first + (stop - first) // 2
-            upto = stored.first_offset + stop
-            message = fed.LinkMessage(
-                entries=fed.LinkEntries(batch_id=upto, deliveries=stored.data[begin : ends[stop - 1]]),
-                records=stored.records[first * width : stop * width],
-            ).SerializeToString()
-            await self._room.acquire()
-            self._pending.append((upto, True))
-            self.metrics.sent.labels(link=self.label).inc(stop - first)
-            await self.out.put(message)
+            if gathered.count and gathered.size + ends[stop - 1] - begin > MAX_BATCH_BYTES:
+                await self._flush_entries()  # not one more entry fits
+                gathered = self._entries
+                continue
+            gathered.data.append(stored.data[begin : ends[stop - 1]])
+            gathered.records.append(stored.records[first * width : stop * width])
+            gathered.count += stop - first
+            gathered.size += ends[stop - 1] - begin
+            gathered.upto = stored.first_offset + stop
             first = stop
+            if gathered.count >= self.batch:
+                await self._flush_entries()
+                gathered = self._entries
+
+    async def _flush_entries(self) -> None:
+        """Sends the entries gathered by ``_send_entries``, if any."""
+        gathered = self._entries
+        if not gathered.count:
+            return
+        self._entries = _Entries()
+        message = fed.LinkMessage(
+            entries=fed.LinkEntries(batch_id=gathered.upto, deliveries=b"".join(gathered.data)),
+            records=b"".join(gathered.records),
+        ).SerializeToString()
+        await self._room.acquire()
+        self._pending.append((gathered.upto, True))
+        self.metrics.sent.labels(link=self.label).inc(gathered.count)
+        await self.out.put(message)
 
     def came_from_peer(self, env: pb.Envelope) -> bool:
         """Whether the envelope went through the other end of this link (a hop record names it): it is
@@ -424,6 +449,18 @@ _CERTIFICATES_TAG: Final = b"\x1a"  # PublishRequest.certificates: field 3, leng
 _RECORDS_TAG: Final = b"\x22"  # LinkMessage.records: field 4, length-delimited
 
 
+class _Entries:
+    """Consecutive log entries gathered for one LinkEntries message: their bytes and records in
+    pieces, how many, their size, and the offset after the last."""
+
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+        self.records: list[bytes] = []
+        self.count = 0
+        self.size = 0
+        self.upto = 0
+
+
 class _Outgoing:
     """A batch for the other end, assembled from encoded envelopes: a LinkMessage holding a
     PublishRequest (envelopes = 1, batch_id = 2, certificates = 3) and the envelopes' selection
@@ -539,7 +576,9 @@ class LinkView:
 class FederationService:
     """The parent's side: serves the links its children open."""
 
-    def __init__(self, service: GatewayService, routing: Routing, metrics: FederationMetrics, batch: int = 500) -> None:
+    def __init__(
+        self, service: GatewayService, routing: Routing, metrics: FederationMetrics, batch: int = 2000
+    ) -> None:
         self.service = service
         self.routing = routing
         self.metrics = metrics

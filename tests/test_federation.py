@@ -16,6 +16,7 @@ from yiwang.v1 import envelope_pb2 as pb
 from yiwang.v1 import federation_pb2 as fed
 from yiwang.v1 import gateway_pb2 as gw
 
+from gateway import federation
 from gateway.config import from_dict
 from gateway.federation import JITTER, LINK_METHOD, MAX_RETRY_S
 from gateway.node import Node
@@ -65,11 +66,16 @@ class Network:
         folder: Path,
         reports: dict[str, Any] | None = None,
         summaries: dict[str, Any] | None = None,
+        *,
+        routing: Path | None = None,
+        link: dict[str, Any] | None = None,
     ) -> None:
         self.pki = pki
         self.folder = folder
         self.reports = reports or {}
         self.summaries = summaries or {}
+        self.routing = routing  # a routing file of the nodes' own
+        self.link = link or {}  # more settings of a child's [parent] section
         self.ports = {name: free_port() for name in GATEWAYS}
         self.nodes: dict[str, Node] = {}
 
@@ -102,6 +108,9 @@ class Network:
         }
         if parent:
             table["parent"] = {"address": f"127.0.0.1:{self.ports[parent]}", "identity": gateway_uri(parent)}
+            table["parent"].update(self.link)
+        if self.routing is not None:
+            table["routing"] = {"file": str(self.routing)}
         if self.reports:
             table["reports"] = self.reports
         if self.summaries:
@@ -392,6 +401,65 @@ async def test_a_link_answers_its_batches_in_their_order_while_it_takes_the_next
             call.cancel()
         assert [(ack.cursor, ack.accepted, len(ack.refused)) for ack in acks] == [(10, 50, 0), (20, 0, 1), (30, 50, 0)]
         assert "full signature" in acks[1].refused[0].reason
+    finally:
+        await net.close()
+
+
+OBSERVATIONS_UP = """\
+[[up]]
+name = "test-observations-up"
+kinds = ["OBSERVATION"]
+reach = "province"
+reason = "the test moves every observation up"
+"""
+
+
+@pytest.mark.parametrize("limit", ["entries", "bytes"])
+async def test_a_backlog_of_small_batches_crosses_a_link_in_few_messages(
+    pki: Authority, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: str
+) -> None:
+    """What piles up while the parent is away goes in messages of as many entries as the link's
+    batch and byte limits allow, across the county's own batches. The parent appends each message
+    as one batch, so its log shows how they went."""
+    routing = tmp_path / "routing.toml"
+    routing.write_text(OBSERVATIONS_UP, encoding="utf-8")
+    net = Network(pki, tmp_path, routing=routing, link={"batch": 700 if limit == "entries" else 2000})
+    try:
+        county = await net.start("zhongyuan-county", parent="zhengzhou-city")
+        async with client_as(pki, county, "zy-water") as client:
+            for batch in range(5):
+                envelopes = [
+                    factories.observation(envelope_id=f"obs-{batch}-{i:03d}", region="410102") for i in range(300)
+                ]
+                reply = await client.publish(envelopes)
+                assert [r.outcome for r in reply.results] == [gw.PublishResult.ACCEPTED] * 300
+        assert county.log is not None
+        sent = await county.log.read(1, 10_000)
+        assert [stored.count for stored in sent] == [300] * 5
+        sizes = [end - begin for stored in sent for begin, end in (stored.span(i) for i in range(stored.count))]
+        if limit == "bytes":
+            monkeypatch.setattr(federation, "MAX_BATCH_BYTES", sum(sizes[:450]))  # 450 entries a message
+
+        city = await net.start("zhengzhou-city")
+        assert city.log is not None
+        while city.log.next_offset <= 1500:  # noqa: ASYNC110 - the link appends in the background
+            await asyncio.sleep(0.05)
+        counts = [stored.count for stored in await city.log.read(1, 10_000)]
+        if limit == "entries":
+            assert counts == [700, 700, 100]
+        else:  # each message as many entries as fit in the bytes
+            fitting: list[int] = []
+            size = count = 0
+            for entry in sizes:
+                if count and size + entry > federation.MAX_BATCH_BYTES:
+                    fitting.append(count)
+                    size = count = 0
+                size, count = size + entry, count + 1
+            assert counts == [*fitting, count]
+            assert len(counts) == 4
+        ids = [i for stored in await city.log.read(1, 10_000) for i in stored.ids]
+        assert ids == [f"obs-{batch}-{i:03d}" for batch in range(5) for i in range(300)]
+        await moved_past(county, "federation/up", "obs-4-299")  # each message acknowledged
     finally:
         await net.close()
 
