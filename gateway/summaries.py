@@ -109,7 +109,8 @@ def iso_period(seconds: float) -> str:
 class _Pending:
     """What a batch of observations leaves to be done once for the batch (``_flush``)."""
 
-    points: dict[int, tuple[_Metric, list[float], list[int]]] = field(default_factory=dict)  # by id(metric)
+    # by id(station) and metric name: the metric, and its points' values and times
+    points: dict[tuple[int, str], tuple[_Metric, list[float], list[int]]] = field(default_factory=dict)
     latest: dict[int, tuple[_Station, pb.Envelope]] = field(default_factory=dict)  # by id(station)
 
 
@@ -164,6 +165,13 @@ class StationSummaries:
                 await log_.wait_beyond(position, timeout=wait / 1e9 + 0.05)
 
     def _take(self, stored: StoredBatch, start: int) -> None:
+        """Sums up the raw observations of ``stored`` from ``start`` on (summaries themselves are not
+        summed up again). Each observation's single measurements are gathered per metric, to be added
+        at once for the whole batch (``_flush``), with the station's latest observation, for its place.
+
+        This runs for every observation the node takes in: each field is read once, and what only
+        the latest observation of a station decides (its region and place) is read only for that.
+        """
         records, width = stored.records, RECORD.size
         chosen = [
             index
@@ -173,62 +181,59 @@ class StationSummaries:
         if not chosen:
             return
         pending = _Pending()
+        latest, gathered = pending.latest, pending.points
+        stations = self._stations
         whole = len(chosen) == stored.count - start  # every entry from start on: one slice, no join
         entries = stored.entries(start, stored.count) if whole else stored.entries(0, stored.count, chosen)
         for delivery in gw.DeliveryBatch.FromString(entries).deliveries:
-            self._add(delivery.envelope, pending)
+            env = delivery.envelope
+            attributes = env.attributes
+            if attributes and SUMMARY_ATTRIBUTE in attributes:
+                continue
+            obs = env.observation
+            key = (env.origin.agency, obs.station_id)
+            station = stations.get(key)
+            if station is None:
+                station = stations[key] = _Station(env.region, env.origin.region)
+            stamp = env.observed_at if env.HasField("observed_at") else env.sent_at
+            observed = stamp.seconds * 1_000_000_000 + stamp.nanos
+            if not station.first_ns or observed < station.first_ns:
+                station.first_ns = observed
+            held = id(station)
+            if observed >= station.last_ns:
+                station.last_ns = observed
+                latest[held] = (station, env)
+            severity = env.severity
+            if severity > station.severity:  # noqa: PLR1730 - a comparison costs less than a call to max
+                station.severity = severity
+            name = obs.station_name
+            if name:
+                station.name = name
+            station_type = obs.station_type
+            if station_type:
+                station.station_type = station_type
+            for m in obs.measurements:
+                metric_name = m.metric
+                points = gathered.get((held, metric_name))
+                if points is None:
+                    metric = station.metrics.get(metric_name)
+                    if metric is None:
+                        metric = station.metrics[metric_name] = _Metric(m.unit)
+                    points = gathered[held, metric_name] = (metric, [], [])
+                points[1].append(m.value)
+                if m.HasField("at"):
+                    at = m.at
+                    points[2].append(at.seconds * 1_000_000_000 + at.nanos)
+                else:
+                    points[2].append(observed)
+            sampled = obs.series
+            for series in sampled if sampled else ():  # whole arrays at a time: no object per point
+                arrays = series_arrays(series)
+                metric = station.metrics.get(arrays.metric)
+                if metric is None:
+                    metric = station.metrics[arrays.metric] = _Metric(arrays.unit)
+                metric.add_many(arrays.values, arrays.at_ms * 1_000_000)
         _flush(pending)
-
-    def _add(self, env: pb.Envelope, pending: _Pending) -> None:
-        """Sums up one raw observation (summaries themselves are not summed up again), leaving in
-        ``pending`` its single measurements' points, to be added to their metrics at once for a whole
-        batch of observations, and itself if it is its station's latest so far, for the place.
-
-        This runs for every observation the node takes in: each field is read once, and what only
-        the latest observation of a station decides (its region and place) is read only for that.
-        """
-        attributes = env.attributes
-        if attributes and SUMMARY_ATTRIBUTE in attributes:
-            return
-        obs = env.observation
-        key = (env.origin.agency, obs.station_id)
-        station = self._stations.get(key)
-        if station is None:
-            station = self._stations[key] = _Station(env.region, env.origin.region)
-        stamp = env.observed_at if env.HasField("observed_at") else env.sent_at
-        observed = stamp.seconds * 1_000_000_000 + stamp.nanos
-        if not station.first_ns or observed < station.first_ns:
-            station.first_ns = observed
-        if observed >= station.last_ns:
-            station.last_ns = observed
-            pending.latest[id(station)] = (station, env)
-        severity = env.severity
-        station.severity = max(station.severity, severity)
-        name, station_type = obs.station_name, obs.station_type
-        if name:
-            station.name = name
-        if station_type:
-            station.station_type = station_type
-        metrics = station.metrics
-        for m in obs.measurements:
-            metric = metrics.get(m.metric)
-            if metric is None:
-                metric = metrics[m.metric] = _Metric(m.unit)
-            points = pending.points.get(id(metric))
-            if points is None:
-                points = pending.points[id(metric)] = (metric, [], [])
-            points[1].append(m.value)
-            if m.HasField("at"):
-                at = m.at
-                points[2].append(at.seconds * 1_000_000_000 + at.nanos)
-            else:
-                points[2].append(observed)
-        for series in obs.series:  # whole arrays at a time: a sampled block costs no object per point
-            arrays = series_arrays(series)
-            metric = station.metrics.get(arrays.metric)
-            if metric is None:
-                metric = station.metrics[arrays.metric] = _Metric(arrays.unit)
-            metric.add_many(arrays.values, arrays.at_ms * 1_000_000)
 
     def summaries(self, window: int, now_ns: int) -> list[pb.Envelope]:
         """The summary envelopes of the stations seen in ``window``."""
