@@ -28,7 +28,7 @@ from yiwang.v1 import gateway_pb2 as gw
 
 from gateway.certstore import CertificateStore
 from gateway.errors import InvalidEnvelopeError, InvalidRequestError
-from gateway.id_index import die_with_parent, id_hash, id_hashes
+from gateway.id_index import die_with_parent, id_hashes
 from gateway.policy import Decision
 from gateway.regions import default_table
 from gateway.selection import FLAG_RELAYED, FLAG_UNSIGNED, FLAGS_AT, KEY, KEY_BYTES, RECORD, record_of
@@ -163,9 +163,8 @@ class Admission:
             out.signatures = b"".join(
                 length_delimited(TAG_BATCH_SIGNATURES, sig.SerializeToString()) for sig in shared.by_root.values()
             )
-        add_id, add_hash, add_envelope, add_record, add_position = (
+        add_id, add_envelope, add_record, add_position = (
             out.ids.append,
-            out.hashes.append,
             out.envelopes.append,
             out.records.append,
             out.positions.append,
@@ -194,9 +193,7 @@ class Admission:
                 else:
                     signer = sig.signer
             out.signers.append(signer)
-            envelope_id = env.id
-            add_id(envelope_id)
-            add_hash(id_hash(envelope_id))
+            add_id(env.id)
             if spans is None:
                 add_envelope(encoded[index])
             elif by_reference:
@@ -206,6 +203,7 @@ class Admission:
                 add_envelope(raw[start:end])
             add_record(record)
             add_position(index)
+        out.hashes = id_hashes(out.ids)
         return out
 
     def relay(self, raw: bytes, revoked: frozenset[int] = frozenset(), records: bytes = b"") -> Admitted:

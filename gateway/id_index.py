@@ -45,15 +45,17 @@ CREATE TABLE IF NOT EXISTS watermark (one INTEGER PRIMARY KEY CHECK (one = 1), n
 """
 
 
-def id_hash(envelope_id: str) -> int:
-    """A signed 64-bit hash of an id, the key of the index."""
-    return int.from_bytes(hashlib.blake2b(envelope_id.encode(), digest_size=8).digest(), "little", signed=True)
-
-
 def id_hashes(ids: Iterable[str]) -> list[int]:
-    """``id_hash`` of each id (without a call per id: this runs for every envelope a node relays)."""
+    """A signed 64-bit hash of each id, the key of the index (in one pass: this runs for every
+    envelope a node takes in)."""
     blake2b, from_bytes = hashlib.blake2b, int.from_bytes
     return [from_bytes(blake2b(i.encode(), digest_size=8).digest(), "little", signed=True) for i in ids]
+
+
+def id_hash(envelope_id: str) -> int:
+    """``id_hashes`` of one id."""
+    (hashed,) = id_hashes((envelope_id,))
+    return hashed
 
 
 class _Chunk:

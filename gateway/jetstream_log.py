@@ -65,7 +65,7 @@ from nats.js.kv import KeyValue
 
 from gateway.config import NodeConfig, parse_size
 from gateway.errors import LogClosedError, LogCorruptError
-from gateway.id_index import IdIndex, id_hash
+from gateway.id_index import IdIndex, id_hash, id_hashes
 from gateway.log import (
     AppendBatch,
     AppendResult,
@@ -1264,7 +1264,7 @@ class JetStreamBatchLog(JetStreamLog):
         future = super().append_nowait(batch, appended_ns)
         if self._index_on_disk and batch.ids and not future.done():
             if batch.hashes is None or len(batch.hashes) != len(batch.ids):
-                batch.hashes = [id_hash(i) for i in batch.ids]
+                batch.hashes = id_hashes(batch.ids)
             task = asyncio.create_task(self._disk_candidates(batch.hashes), name="jetstream-log-prefetch")
             self._prefetched[id(future)] = (task, self._index.hot)
         return future
@@ -1278,7 +1278,7 @@ class JetStreamBatchLog(JetStreamLog):
         for batch, future, appended_ns in items:
             hashes = batch.hashes if batch.hashes is not None and len(batch.hashes) == len(batch.ids) else None
             append = _GroupAppend(
-                batch, future, appended_ns or stamp, hashes or [id_hash(i) for i in batch.ids], [0] * len(batch.ids)
+                batch, future, appended_ns or stamp, hashes or id_hashes(batch.ids), [0] * len(batch.ids)
             )
             append.prefetch = self._prefetched.pop(id(future), None)
             for i, envelope_id in enumerate(batch.ids):
@@ -1562,7 +1562,7 @@ class JetStreamBatchLog(JetStreamLog):
             raise LogClosedError("the log is closed")
         unique = list(dict.fromkeys(ids))
         found: dict[str, tuple[StoredBatch, int]] = {}
-        for envelope_id, (offset, known) in (await self._lookup(unique, [id_hash(i) for i in unique])).items():
+        for envelope_id, (offset, known) in (await self._lookup(unique, id_hashes(unique))).items():
             if offset >= self._next:
                 continue  # accepted, not yet followed
             batch = known if known is not None else await self._batch_holding(offset)

@@ -28,7 +28,7 @@ from typing import Any
 import structlog
 
 from gateway.errors import LogClosedError, LogCorruptError
-from gateway.id_index import IdIndex, id_hash
+from gateway.id_index import IdIndex, id_hash, id_hashes
 from gateway.log import (
     AppendBatch,
     AppendResult,
@@ -395,7 +395,7 @@ class SqliteLog(Log):
 
     def _append_op(self, con: sqlite3.Connection, items: AppendBatch) -> tuple[AppendResult, StoredBatch | None]:
         ids = items.ids
-        hashes = items.hashes if items.hashes is not None else [id_hash(i) for i in ids]
+        hashes = items.hashes if items.hashes is not None else id_hashes(ids)
         hashes_json = json.dumps(hashes)
         known = self.index.candidates(hashes, hashes_json)
         overlay = self._w_overlay

@@ -5,7 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from gateway.id_index import IdIndex, id_hash
+from gateway.id_index import IdIndex, id_hash, id_hashes
+
+
+def test_id_hashes_are_those_the_index_on_disk_holds() -> None:
+    """The keys of indexes written by earlier versions: 64-bit BLAKE2b of the id, little-endian, signed."""
+    known = {"a": 3405396810240292928, "obs-1": 3791839896407700096}
+    known["01890a5d-ac96-774b-bcce-b302099a8057"] = -7603083089789275771
+    assert id_hashes(list(known)) == list(known.values())
+    assert [id_hash(envelope_id) for envelope_id in known] == list(known.values())
 
 
 def test_chunks_reach_the_table_and_survive_a_restart(tmp_path: Path) -> None:
