@@ -38,7 +38,7 @@ from yiwang.v1 import gateway_pb2 as gw
 from gateway.log import StoredBatch
 from gateway.observations import series_arrays
 from gateway.routing import SUMMARY_ATTRIBUTE
-from gateway.selection import FLAG_RELAYED, FLAGS_AT, RECORD
+from gateway.selection import FLAG_RELAYED
 from gateway.service import GatewayService, Peer
 
 log = structlog.get_logger("yiwang.summaries")
@@ -172,12 +172,7 @@ class StationSummaries:
         This runs for every observation the node takes in: each field is read once, and what only
         the latest observation of a station decides (its region and place) is read only for that.
         """
-        records, width = stored.records, RECORD.size
-        chosen = [
-            index
-            for index in stored.of_kind(pb.OBSERVATION, start)
-            if not records[index * width + FLAGS_AT] & FLAG_RELAYED  # the node below summed those up
-        ]
+        chosen = stored.of_kind(pb.OBSERVATION, start, without=FLAG_RELAYED)  # the node below summed those up
         if not chosen:
             return
         pending = _Pending()

@@ -10,7 +10,7 @@ from yiwang.v1 import envelope_pb2 as pb
 from yiwang.v1 import gateway_pb2 as gw
 
 from gateway.log import StoredBatch
-from gateway.selection import RECORD, record_of
+from gateway.selection import FLAG_RELAYED, RECORD, record_of
 from gateway.wire import (
     delivery_envelope,
     encode_deliveries,
@@ -241,6 +241,23 @@ def test_entries_agree_with_and_without_indexes(data: st.DataObject) -> None:
     assert batch.entries(start, stop, list(range(5))) == batch.entries(start, stop)
     indexes = sorted(data.draw(st.sets(st.integers(0, 4))))
     assert offsets(batch.entries(start, stop, indexes)) == [100 + i for i in indexes if start <= i < stop]
+
+
+@given(st.lists(st.sampled_from([pb.OBSERVATION, pb.INCIDENT]), max_size=20), st.lists(st.booleans(), min_size=20))
+def test_of_kind_picks_entries_by_the_kind_and_flags_of_their_records(kinds: list[int], relayed: list[bool]) -> None:
+    envs = [factories.incident() if kind == pb.INCIDENT else factories.observation() for kind in kinds]
+    records = b"".join(
+        record_of(env, FLAG_RELAYED if by_link else 0) for env, by_link in zip(envs, relayed, strict=False)
+    )
+    data, ends = encode_deliveries(1, [e.SerializeToString() for e in envs], b"", APPENDED_NS)
+    batch = StoredBatch(1, APPENDED_NS, records, ends, data, tuple(e.id for e in envs))
+    for start in range(len(kinds) + 2):
+        assert batch.of_kind(pb.OBSERVATION, start) == [
+            i for i in range(start, len(kinds)) if kinds[i] == pb.OBSERVATION
+        ]
+        assert batch.of_kind(pb.OBSERVATION, start, without=FLAG_RELAYED) == [
+            i for i in range(start, len(kinds)) if kinds[i] == pb.OBSERVATION and not relayed[i]
+        ]
 
 
 def test_field_spans_find_each_envelope_of_a_request() -> None:
