@@ -77,6 +77,21 @@ def test_ends_slice_each_entry() -> None:
         assert delivery.appended_at == appended_at(APPENDED_NS)
 
 
+@pytest.mark.parametrize("first", [0, 100, 16_300, (1 << 21) - 60, (1 << 35) - 60])
+def test_offsets_and_lengths_across_varint_boundaries(first: int) -> None:
+    """Offsets whose varint grows a byte within the batch, and envelopes of mixed lengths (the encoder
+    reuses what repeats within a batch)."""
+    envs = [pb.Envelope(id=f"e{i}", attributes={"note": "x" * (i % 3 * 100)}) for i in range(130)]
+    data, ends = encode_deliveries(first, [e.SerializeToString() for e in envs], hop_suffix(NODE, RECEIVED_NS), 1)
+    deliveries = gw.DeliveryBatch.FromString(data).deliveries
+    assert [d.offset for d in deliveries] == [first + i for i in range(130)]
+    assert [d.envelope for d in deliveries] == [with_hop(e) for e in envs]
+    starts = [0, *ends[:-1]]
+    assert [gw.DeliveryBatch.FromString(data[a:b]).deliveries[0].offset for a, b in zip(starts, ends, strict=True)] == [
+        first + i for i in range(130)
+    ]
+
+
 def test_entry_is_a_delivery_field_of_the_batch() -> None:
     """Each entry is one element of ``deliveries``, as the generated code reads it."""
     env = factories.observation()
