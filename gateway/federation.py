@@ -542,7 +542,17 @@ def _unheard(appending: asyncio.Future[AppendResult]) -> None:
 
 
 def hello(service: GatewayService) -> bytes:
-    return fed.LinkMessage(hello=fed.LinkHello(node_id=service.node_id, region=service.region)).SerializeToString()
+    said = fed.LinkHello(
+        node_id=service.node_id, region=service.region, max_batch_envelopes=service.limits.max_batch_envelopes
+    )
+    return fed.LinkMessage(hello=said).SerializeToString()
+
+
+def batch_for(configured: int, other_end: fed.LinkHello) -> int:
+    """The most envelopes per batch on a link: the node's own setting, or fewer if that is all the
+    other end takes (it would refuse a larger batch whole)."""
+    takes = other_end.max_batch_envelopes
+    return min(configured, takes) if takes else configured
 
 
 def first_hello(raw: bytes | None) -> fed.LinkHello:
@@ -649,7 +659,7 @@ class FederationService:
             kinds=routing.down_kinds,
             routes=lambda env: routing.to_child(env, child_region).send,
             accept=None,  # the child publishes under the sharing policy, as the gateway of its subtree
-            batch=self.batch,
+            batch=batch_for(self.batch, child),
             metrics=self.metrics,
         )
         await context.write(hello(self.service))
@@ -799,7 +809,7 @@ class ParentLink:
                 routes=lambda env: routing.sends_up(env, parent_level),
                 by_record=routing.up_by_record(parent_level),
                 accept=self.accept,
-                batch=self.config.batch,
+                batch=batch_for(self.config.batch, parent),
                 metrics=self.metrics,
                 chain=self.chain,
             )

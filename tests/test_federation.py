@@ -69,6 +69,7 @@ class Network:
         *,
         routing: Path | None = None,
         link: dict[str, Any] | None = None,
+        limits: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.pki = pki
         self.folder = folder
@@ -76,6 +77,7 @@ class Network:
         self.summaries = summaries or {}
         self.routing = routing  # a routing file of the nodes' own
         self.link = link or {}  # more settings of a child's [parent] section
+        self.limits = limits or {}  # more [limits] settings, by node
         self.ports = {name: free_port() for name in GATEWAYS}
         self.nodes: dict[str, Node] = {}
 
@@ -98,7 +100,7 @@ class Network:
             "node": {"id": name, "region": GATEWAYS[name]},
             "listen": {"grpc": f"127.0.0.1:{self.ports[name]}", "http": "127.0.0.1:0"},
             "log": {"data_dir": str(self.folder / name), "fsync": False},
-            "limits": {"admission_workers": 0},
+            "limits": {"admission_workers": 0, **self.limits.get(name, {})},
             "tls": {
                 "ca": str(self.pki.dir / "ca.pem"),
                 "cert": str(issued / f"{name}.chain.pem"),
@@ -414,16 +416,23 @@ reason = "the test moves every observation up"
 """
 
 
-@pytest.mark.parametrize("limit", ["entries", "bytes"])
+@pytest.mark.parametrize("limit", ["entries", "bytes", "parent's limit"])
 async def test_a_backlog_of_small_batches_crosses_a_link_in_few_messages(
     pki: Authority, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: str
 ) -> None:
     """What piles up while the parent is away goes in messages of as many entries as the link's
-    batch and byte limits allow, across the county's own batches. The parent appends each message
-    as one batch, so its log shows how they went."""
+    batch and byte limits allow, across the county's own batches, and no more than the parent
+    takes in one batch (it says so when the link opens). The parent appends each message as one
+    batch, so its log shows how they went."""
     routing = tmp_path / "routing.toml"
     routing.write_text(OBSERVATIONS_UP, encoding="utf-8")
-    net = Network(pki, tmp_path, routing=routing, link={"batch": 700 if limit == "entries" else 2000})
+    net = Network(
+        pki,
+        tmp_path,
+        routing=routing,
+        link={"batch": 700 if limit == "entries" else 2000},
+        limits={"zhengzhou-city": {"max_batch_envelopes": 400}} if limit == "parent's limit" else None,
+    )
     try:
         county = await net.start("zhongyuan-county", parent="zhengzhou-city")
         async with client_as(pki, county, "zy-water") as client:
@@ -442,11 +451,15 @@ async def test_a_backlog_of_small_batches_crosses_a_link_in_few_messages(
 
         city = await net.start("zhengzhou-city")
         assert city.log is not None
-        while city.log.next_offset <= 1500:  # noqa: ASYNC110 - the link appends in the background
+        deadline = asyncio.get_running_loop().time() + 30
+        while city.log.next_offset <= 1500:  # the link appends in the background
+            assert asyncio.get_running_loop().time() < deadline, f"the city has {city.log.next_offset - 1} of 1500"
             await asyncio.sleep(0.05)
         counts = [stored.count for stored in await city.log.read(1, 10_000)]
         if limit == "entries":
             assert counts == [700, 700, 100]
+        elif limit == "parent's limit":
+            assert counts == [400, 400, 400, 300]
         else:  # each message as many entries as fit in the bytes
             fitting: list[int] = []
             size = count = 0

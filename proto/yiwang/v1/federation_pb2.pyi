@@ -8,12 +8,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class LinkHello(_message.Message):
-    __slots__ = ("node_id", "region")
+    __slots__ = ("node_id", "region", "max_batch_envelopes")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_ENVELOPES_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     region: str
-    def __init__(self, node_id: _Optional[str] = ..., region: _Optional[str] = ...) -> None: ...
+    max_batch_envelopes: int
+    def __init__(self, node_id: _Optional[str] = ..., region: _Optional[str] = ..., max_batch_envelopes: _Optional[int] = ...) -> None: ...
 
 class LinkAck(_message.Message):
     __slots__ = ("cursor", "accepted", "duplicates", "refused")
