@@ -224,9 +224,14 @@ class LinkEnd:
             entries=fed.LinkEntries(batch_id=gathered.upto, deliveries=b"".join(gathered.data)),
             records=b"".join(gathered.records),
         ).SerializeToString()
+        await self._put_in_flight(message, gathered.upto, gathered.count)
+
+    async def _put_in_flight(self, message: bytes, upto: int, count: int) -> None:
+        """Sends a batch of ``count`` envelopes that ends the range before ``upto``, once the window
+        has room; its acknowledgement moves the cursor there (``on_ack``)."""
         await self._room.acquire()
-        self._pending.append((gathered.upto, True))
-        self.metrics.sent.labels(link=self.label).inc(gathered.count)
+        self._pending.append((upto, True))
+        self.metrics.sent.labels(link=self.label).inc(count)
         await self.out.put(message)
 
     def came_from_peer(self, env: pb.Envelope) -> bool:
@@ -274,10 +279,7 @@ class LinkEnd:
             else:
                 self._move_cursor(upto)
             return
-        await self._room.acquire()
-        self._pending.append((upto, True))
-        self.metrics.sent.labels(link=self.label).inc(len(batch.envelopes))
-        await self.out.put(batch.message())
+        await self._put_in_flight(batch.message(), upto, len(batch.envelopes))
 
     def _add(self, batch: _Outgoing, env: pb.Envelope, raw: bytes, record: bytes) -> None:
         """Adds an envelope to a batch, with the signing certificate its signature names (once per link)."""
