@@ -285,17 +285,20 @@ class Admission:
         for index, env in enumerate(envelopes):
             # Each field is read once: this runs for every envelope a node relays.
             envelope_id, kind, region = env.id, env.kind, env.region
-            if (
-                len(encoded[index]) > max_bytes
-                or not envelope_id
-                or len(envelope_id) > max_id_chars
-                or kind not in _KINDS
-                or region not in known_regions
-            ):
-                problem = _relay_problem(kind, region, envelope_id, len(encoded[index]), limits) or (
-                    "region",
-                    f"{region[:20]!r} is not a known GB/T 2260 region code",
-                )
+            size = len(encoded[index])
+            # What makes an envelope from another node unusable here, each reason named.
+            if size > max_bytes:
+                problem = ("envelope", f"is {size} bytes, more than the limit of {max_bytes}")
+            elif not envelope_id or len(envelope_id) > max_id_chars:
+                problem = ("id", f"must be 1 to {max_id_chars} characters")
+            elif kind not in _KINDS:
+                problem = ("kind", f"unknown kind {kind}")
+            elif region not in known_regions:
+                shape = "six-digit GB/T 2260 code" if not region.isdigit() else "known GB/T 2260 region code"
+                problem = ("region", f"{region[:20]!r} is not a {shape}")
+            else:
+                problem = None
+            if problem is not None:
                 out.rejections.append((index, envelope_id[:256], *problem, INVALID_ARGUMENT))
                 continue
             carries_signature = False
@@ -325,20 +328,6 @@ class Admission:
         out.hashes = id_hashes(ids)
         out.envelopes = encoded if len(positions) == len(encoded) else [encoded[i] for i in positions]
         return out
-
-
-def _relay_problem(kind: int, region: str, envelope_id: str, size: int, limits: Limits) -> tuple[str, str] | None:
-    """What makes an envelope from another node unusable here: (field, reason), or None."""
-    max_bytes, max_id_chars = limits.max_envelope_bytes, limits.max_id_chars
-    if size > max_bytes:
-        return "envelope", f"is {size} bytes, more than the limit of {max_bytes}"
-    if not envelope_id or len(envelope_id) > max_id_chars:
-        return "id", f"must be 1 to {max_id_chars} characters"
-    if kind not in _KINDS:
-        return "kind", f"unknown kind {kind}"
-    if not region.isdigit():
-        return "region", f"{region[:20]!r} is not a six-digit GB/T 2260 code"
-    return None
 
 
 _KINDS = frozenset(pb.Kind.values()) - {pb.KIND_UNSPECIFIED}
