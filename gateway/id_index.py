@@ -236,9 +236,7 @@ class IdIndex:
     def _send(self, message: tuple[Any, ...]) -> None:
         if self.failure is not None:
             return
-        with self._starting:
-            if self._conn is None:
-                self._start_indexer()
+        self.start()
         self._outbox.put(message)
 
     def maybe_flush(self, next_offset: int, *, force: bool = False) -> None:
