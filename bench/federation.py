@@ -131,6 +131,32 @@ def across(
     return published, delivered, {name: after[name] - before[name] for name in after}
 
 
+def single_node(args: argparse.Namespace, sample: int) -> float:
+    """(a): envelopes/s at the subscriber of one node."""
+    _, delivered = throughput.run_durable(args, 0.0, args.idle, sample, build="messages")
+    rate: float = delivered["delivered"] / delivered["seconds"]
+    print(f"(a) one node:  {rate:>10,.0f} envelopes/s at the subscriber", flush=True)
+    return rate
+
+
+def two_hops(args: argparse.Namespace, folder: Path, sample: int) -> float:
+    """(b): envelopes/s at the province's subscriber, published into the county; the chain's logs
+    (hundreds of megabytes) are removed after."""
+    with Chain(folder, not args.no_fsync) as chain:
+        published, delivered, cpu = across(chain, args.seconds, 0.0, args.batch, args.idle, sample)
+    shutil.rmtree(folder)
+    rate: float = delivered["delivered"] / delivered["seconds"]
+    print(
+        f"(b) two hops:  {rate:>10,.0f} envelopes/s at the province's subscriber "
+        f"({delivered['delivered']:,} of {published['accepted']:,} accepted at the county)",
+        flush=True,
+    )
+    split = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in cpu.items())
+    per = sum(cpu.values()) / delivered["delivered"] * 1e6 if delivered["delivered"] else 0.0
+    print(f"    CPU of the nodes meanwhile (with their workers): {split}; {per:.0f} us per envelope", flush=True)
+    return rate
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -148,27 +174,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="yiwang-federation-") as folder:
         ratios: list[float] = []
         for repeat in range(args.repeat if {"a", "b"} <= parts else 1):
-            rates: dict[str, float] = {}
-            for part in ("a", "b") if repeat % 2 == 0 else ("b", "a"):
-                if part not in parts:
-                    continue
-                if part == "a":
-                    _, delivered = throughput.run_durable(args, 0.0, args.idle, sample, build="messages")
-                    rates["a"] = delivered["delivered"] / delivered["seconds"]
-                    print(f"(a) one node:  {rates['a']:>10,.0f} envelopes/s at the subscriber", flush=True)
-                    continue
-                with Chain(Path(folder) / f"b{repeat}", not args.no_fsync) as chain:
-                    published, delivered, cpu = across(chain, args.seconds, 0.0, args.batch, args.idle, sample)
-                shutil.rmtree(chain.folder)  # a run's logs take hundreds of megabytes
-                rates["b"] = delivered["delivered"] / delivered["seconds"]
-                print(
-                    f"(b) two hops:  {rates['b']:>10,.0f} envelopes/s at the province's subscriber "
-                    f"({delivered['delivered']:,} of {published['accepted']:,} accepted at the county)",
-                    flush=True,
-                )
-                split = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in cpu.items())
-                per = sum(cpu.values()) / delivered["delivered"] * 1e6 if delivered["delivered"] else 0.0
-                print(f"    CPU of the nodes meanwhile (with their workers): {split}; {per:.0f} us per envelope")
+            order = ("a", "b") if repeat % 2 == 0 else ("b", "a")
+            rates = {
+                part: single_node(args, sample) if part == "a" else two_hops(args, Path(folder) / f"b{repeat}", sample)
+                for part in order
+                if part in parts
+            }
             if len(rates) == 2:
                 ratios.append(rates["b"] / rates["a"])
                 print(f"    pair {repeat + 1}: two hops at {ratios[-1]:.1%} of one node", flush=True)
