@@ -447,7 +447,7 @@ async def test_a_backlog_of_small_batches_crosses_a_link_in_few_messages(
         assert [stored.count for stored in sent] == [300] * 5
         sizes = [end - begin for stored in sent for begin, end in (stored.span(i) for i in range(stored.count))]
         if limit == "bytes":
-            monkeypatch.setattr(federation, "MAX_BATCH_BYTES", sum(sizes[:450]))  # 450 entries a message
+            monkeypatch.setattr(federation, "MAX_BATCH_BYTES", sum(sizes[:450]))  # about 450 entries a message
 
         city = await net.start("zhengzhou-city")
         assert city.log is not None
