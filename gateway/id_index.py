@@ -10,6 +10,11 @@ watermark is re-read from the log, so losing the index's latest writes loses not
 
 Keys are 64-bit hashes of the ids. A hash match is only a candidate: the caller compares the id
 stored at the candidate offset, so a collision can never make a new envelope look like a duplicate.
+
+Nearly every id a node takes in is new, and a lookup in the on-disk table costs a B-tree search per
+id. A Bloom filter in memory (``_Filter``) holds every hash sent to the table, so the table is asked
+only about the few hashes the filter cannot rule out. It is filled from the table in the background
+at start; until then every hash is looked up.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import structlog
 
 log = structlog.get_logger("yiwang.log")
@@ -43,6 +49,56 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS ids (h INTEGER NOT NULL, off INTEGER NOT NULL, PRIMARY KEY (h, off)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS watermark (one INTEGER PRIMARY KEY CHECK (one = 1), next_offset INTEGER NOT NULL);
 """
+
+
+#: The Bloom filter's size: bits per id of the table at start (twice its rows, for the ids to come),
+#: and the smallest size (16 MiB, 8 million ids at 16 bits each).
+FILTER_BITS_PER_ID = 16
+FILTER_MIN_BITS = 1 << 27
+FILTER_MAX_BITS = 1 << 32  # the word is chosen by the hash's low 26 bits at most
+
+
+class _Filter:
+    """A blocked Bloom filter: three bits of one 64-bit word per hash, so that adding or testing a
+    hash touches one word. ``may_hold`` is false only for hashes never added.
+
+    Set bits are never cleared (ids that retention removed stay in it), so it fills up as the node
+    runs; past ``capacity`` (8 bits per hash added, some 7% false positives) it is no use any more
+    and the table is asked about every hash, until the next start sizes a new one.
+    """
+
+    def __init__(self, bits: int) -> None:
+        self.words = np.zeros(bits // 64, dtype=np.uint64)
+        self.word_mask = np.uint64(len(self.words) - 1)
+        self.capacity = bits // 8
+        self.count = 0
+
+    def _words_and_bits(self, hashes: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.uint64]]:
+        u = hashes.view(np.uint64)
+        six, one = np.uint64(63), np.uint64(1)
+        bits = (
+            (one << ((u >> np.uint64(32)) & six))
+            | (one << ((u >> np.uint64(38)) & six))
+            | (one << ((u >> np.uint64(44)) & six))
+        )
+        return (u & self.word_mask).astype(np.intp), bits  # intp: ufunc.at is several times faster with it
+
+    def add(self, hashes: npt.NDArray[np.int64]) -> None:
+        """Adds hashes; callers hold ``IdIndex._filter_lock`` (two adds must not interleave)."""
+        words, bits = self._words_and_bits(hashes)
+        np.bitwise_or.at(self.words, words, bits)
+        self.count += len(hashes)
+
+    def may_hold(self, hashes: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+        words, bits = self._words_and_bits(hashes)
+        held: npt.NDArray[np.bool_] = self.words[words] & bits == bits
+        return held
+
+
+def filter_bits(rows: int) -> int:
+    """The filter's size for a table of ``rows`` ids: a power of two, within the bounds above."""
+    wanted = max(FILTER_MIN_BITS, 2 * rows * FILTER_BITS_PER_ID)
+    return min(FILTER_MAX_BITS, 1 << (wanted - 1).bit_length())
 
 
 def id_hashes(ids: Iterable[str]) -> list[int]:
@@ -91,6 +147,14 @@ class IdIndex:
         self._starting = threading.Lock()  # the indexer starts once, from the writer or from ``start``
         self.watermark = 1
         self.failure: BaseException | None = None
+        # The filter of the hashes sent to the table; None until it is loaded (then every hash is
+        # looked up). Chunks sent meanwhile wait in _unfiltered for the loader to add them.
+        self._filter: _Filter | None = None
+        self._filter_lock = threading.Lock()
+        self._unfiltered: list[npt.NDArray[np.int64]] = []
+        self._filter_full_logged = False
+        self._loader: threading.Thread | None = None
+        self._closing = threading.Event()
 
     def _connect(self) -> sqlite3.Connection:
         con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
@@ -110,7 +174,40 @@ class IdIndex:
         self.watermark = row[0] if row else 1
         self._probe = self._connect()
         self._probe.execute("PRAGMA query_only=ON")
+        self._loader = threading.Thread(target=self._load_filter, name="yiwang-id-filter", daemon=True)
+        self._loader.start()
         return self.watermark
+
+    def _load_filter(self) -> None:
+        """Fills the filter with the hashes of the table (in the background: a large table takes seconds)."""
+        try:
+            con = self._connect()
+        except sqlite3.Error as exc:
+            log.error("id_filter_failed", path=str(self.path), error=str(exc))
+            return
+        try:
+            con.execute("PRAGMA query_only=ON")
+            rows = con.execute("SELECT count(*) FROM ids").fetchone()[0]
+            loaded = _Filter(filter_bits(rows))
+            cursor = con.execute("SELECT h FROM ids")
+            while not self._closing.is_set():
+                page = cursor.fetchmany(1 << 16)
+                if not page:
+                    break
+                loaded.add(np.array([h for (h,) in page], dtype=np.int64))
+            else:
+                return  # closing
+        except sqlite3.Error as exc:  # the table is asked about every hash, as without a filter
+            log.error("id_filter_failed", path=str(self.path), error=str(exc))
+            return
+        finally:
+            con.close()
+        with self._filter_lock:
+            for hashes in self._unfiltered:
+                loaded.add(hashes)
+            self._unfiltered = []
+            self._filter = loaded
+        log.info("id_filter_loaded", path=str(self.path), ids=loaded.count, bits=len(loaded.words) * 64)
 
     def start(self) -> None:
         """Starts the indexer process now (a node does before it takes traffic); otherwise it starts
@@ -141,6 +238,10 @@ class IdIndex:
                 return
 
     def close(self) -> None:
+        self._closing.set()
+        if self._loader is not None:
+            self._loader.join()
+            self._loader = None
         if self._indexer is not None and self._conn is not None:
             self._outbox.put(None)
             if self._sender is not None:
@@ -167,36 +268,43 @@ class IdIndex:
         con.execute("PRAGMA query_only=ON")
         return con
 
-    def candidates(
-        self, hashes: list[int], hashes_json: str, con: sqlite3.Connection | None = None
-    ) -> dict[int, list[int]]:
+    def candidates(self, hashes: list[int], con: sqlite3.Connection | None = None) -> dict[int, list[int]]:
         """Every offset recorded under each of the given hashes (candidates, to be verified).
 
         The writer thread uses the index's own probe connection; other threads pass their own.
         """
         found: dict[int, list[int]] = {}
-        hot = self.hot
-        for h in hashes:
-            off = hot.get(h)
-            if off is not None:
-                found.setdefault(h, []).append(off)
-        for chunk in list(self._pending):
-            entries = chunk.entries
-            for h in hashes:
-                off = entries.get(h)
-                if off is not None:
-                    found.setdefault(h, []).append(off)
+        for entries in [self.hot, *(chunk.entries for chunk in list(self._pending))]:
+            for h in entries.keys() & hashes:  # the set operation runs in C: nearly every hash is new
+                found.setdefault(h, []).append(entries[h])
+        asked = self._not_ruled_out(hashes)
+        if not asked:
+            return found
         probe = con if con is not None else self._probe
         assert probe is not None
         for h, off in probe.execute(
-            "SELECT h, off FROM ids WHERE h IN (SELECT value FROM json_each(?))", (hashes_json,)
+            "SELECT h, off FROM ids WHERE h IN (SELECT value FROM json_each(?))", (json.dumps(asked),)
         ):
             found.setdefault(h, []).append(off)
         return found
 
+    def _not_ruled_out(self, hashes: list[int]) -> list[int]:
+        """The hashes the table may hold, as far as the filter knows (all of them without one)."""
+        loaded = self._filter
+        if loaded is None or not hashes:
+            return hashes
+        if loaded.count > loaded.capacity:
+            if not self._filter_full_logged:
+                self._filter_full_logged = True
+                log.warning("id_filter_full", path=str(self.path), ids=loaded.count, capacity=loaded.capacity)
+            return hashes
+        queried = np.array(hashes, dtype=np.int64)
+        held = loaded.may_hold(queried)
+        return queried[held].tolist() if held.any() else []
+
     def candidates_for_id(self, envelope_id: str, con: sqlite3.Connection) -> list[int]:
         h = id_hash(envelope_id)
-        found = self.candidates([h], json.dumps([h]), con)
+        found = self.candidates([h], con)
         out = [off for offs in found.values() for off in offs]
         collided = self.collided.get(envelope_id)
         if collided is not None:
@@ -255,7 +363,16 @@ class IdIndex:
         for h, off in chunk.extra:
             hashes.append(h)
             offsets.append(off)
+        self._filter_add(np.frombuffer(hashes, dtype=np.int64))
         self._send(("chunk", next_offset, hashes.tobytes(), offsets.tobytes()))
+
+    def _filter_add(self, hashes: npt.NDArray[np.int64]) -> None:
+        """Records hashes on their way to the table (before they leave ``_pending``)."""
+        with self._filter_lock:
+            if self._filter is not None:
+                self._filter.add(hashes)
+            else:
+                self._unfiltered.append(hashes)
 
     def forget_before(self, oldest_offset: int) -> None:
         """Drops index entries of offsets that retention removed from the log (in the background)."""

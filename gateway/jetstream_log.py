@@ -1490,7 +1490,7 @@ class JetStreamBatchLog(JetStreamLog):
             if self._probe is None:
                 self._probe = await asyncio.to_thread(self._index.connect_probe)
             try:
-                return await asyncio.to_thread(self._index.candidates, hashes, json.dumps(hashes), self._probe)
+                return await asyncio.to_thread(self._index.candidates, hashes, self._probe)
             except sqlite3.Error as exc:  # without the index, a repeated id could be stored twice: refuse
                 raise LogClosedError(f"the id index {self._index.path} failed: {exc}") from exc
 

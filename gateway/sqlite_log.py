@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import queue
 import sqlite3
 import threading
@@ -396,8 +395,7 @@ class SqliteLog(Log):
     def _append_op(self, con: sqlite3.Connection, items: AppendBatch) -> tuple[AppendResult, StoredBatch | None]:
         ids = items.ids
         hashes = items.hashes if items.hashes is not None else id_hashes(ids)
-        hashes_json = json.dumps(hashes)
-        known = self.index.candidates(hashes, hashes_json)
+        known = self.index.candidates(hashes)
         overlay = self._w_overlay
         if overlay:
             for h in hashes:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-import json
+import sqlite3
+import threading
 from pathlib import Path
 
+import numpy as np
+import pytest
+from structlog.testing import capture_logs
+
+from gateway import id_index
 from gateway.id_index import IdIndex, id_hash, id_hashes
 
 
@@ -35,7 +41,7 @@ def test_chunks_reach_the_table_and_survive_a_restart(tmp_path: Path) -> None:
     assert again.open() == 1_511
     try:
         hashes = [h for h, _ in first[::100] + second]
-        found = again.candidates(hashes, json.dumps(hashes))
+        found = again.candidates(hashes)
         assert found == {h: [off] for h, off in first[::100] + second}
     finally:
         again.close()
@@ -56,7 +62,7 @@ def test_a_chunk_of_the_default_size_is_sent_whole(tmp_path: Path) -> None:
     assert again.open() == len(pairs) + 1
     try:
         last = pairs[-1]
-        assert again.candidates([last[0]], json.dumps([last[0]])) == {last[0]: [last[1]]}
+        assert again.candidates([last[0]]) == {last[0]: [last[1]]}
     finally:
         again.close()
 
@@ -82,6 +88,108 @@ def test_an_indexer_started_ahead_takes_the_chunks_and_is_the_only_one(tmp_path:
     assert again.open() == 151
     try:
         hashes = [h for h, _ in pairs]
-        assert again.candidates(hashes, json.dumps(hashes)) == {h: [off] for h, off in pairs}
+        assert again.candidates(hashes) == {h: [off] for h, off in pairs}
     finally:
         again.close()
+
+
+def _loaded(index: IdIndex) -> None:
+    """Waits for the filter's loader (it reads the table in the background at open)."""
+    assert index._loader is not None
+    index._loader.join()
+
+
+def _filter_of(index: IdIndex) -> id_index._Filter | None:
+    return index._filter
+
+
+def _table_queries(con: sqlite3.Connection) -> list[str]:
+    statements: list[str] = []
+    con.set_trace_callback(statements.append)
+    return statements
+
+
+def test_the_filter_spares_the_table_new_ids_and_keeps_those_it_holds(tmp_path: Path) -> None:
+    path = tmp_path / "log-ids.sqlite"
+    index = IdIndex(path, chunk_entries=100)
+    index.open()
+    stored = [(id_hash(f"d-{n}"), n + 1) for n in range(150)]
+    index.add(stored)
+    index.maybe_flush(151)  # a chunk sent while the (empty) table is still being read into the filter
+    index.close()
+
+    again = IdIndex(path)
+    again.open()
+    try:
+        _loaded(again)
+        probe = again.connect_probe()
+        asked = _table_queries(probe)
+        fresh = id_hashes([f"e-{n}" for n in range(1_000)])
+        assert again.candidates(fresh, probe) == {}
+        assert not [q for q in asked if "FROM ids" in q], "new ids were looked up in the table"
+        hashes = [h for h, _ in stored]
+        assert again.candidates(hashes, probe) == {h: [off] for h, off in stored}
+        later = [(id_hash(f"f-{n}"), 151 + n) for n in range(10)]
+        again.add(later)
+        again.maybe_flush(161, force=True)  # on its way to the table: in the filter already
+        assert again.candidates([h for h, _ in later], probe) == {h: [off] for h, off in later}
+        probe.close()
+    finally:
+        again.close()
+
+
+def test_a_full_filter_leaves_every_hash_to_the_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(id_index, "FILTER_MIN_BITS", 64)  # room for 8 hashes
+    path = tmp_path / "log-ids.sqlite"
+    index = IdIndex(path, chunk_entries=10)
+    index.open()
+    _loaded(index)
+    pairs = [(id_hash(f"g-{n}"), n + 1) for n in range(20)]
+    index.add(pairs)
+    with capture_logs() as logs:
+        index.maybe_flush(21)
+        fresh = id_hashes(["h-1", "h-2"])
+        assert index.candidates(fresh) == {}
+    assert [entry["event"] for entry in logs] == ["id_filter_full"]
+    index.close()
+    again = IdIndex(path)
+    again.open()
+    try:
+        _loaded(again)
+        assert again._filter is not None
+        assert len(again._filter.words) * 64 == id_index.filter_bits(20) == 1024
+        assert again.candidates([h for h, _ in pairs]) == {h: [off] for h, off in pairs}
+    finally:
+        again.close()
+
+
+def test_filter_sizes() -> None:
+    assert id_index.filter_bits(0) == id_index.FILTER_MIN_BITS
+    assert id_index.filter_bits(10_000_000) == 1 << 29  # 320 million bits, to the next power of two
+    assert id_index.filter_bits(10**12) == id_index.FILTER_MAX_BITS
+
+
+def test_chunks_sent_while_the_filter_loads_are_added_to_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    go = threading.Event()
+    load = IdIndex._load_filter
+
+    def held_back(self: IdIndex) -> None:
+        go.wait(30)
+        load(self)
+
+    monkeypatch.setattr(IdIndex, "_load_filter", held_back)
+    index = IdIndex(tmp_path / "log-ids.sqlite", chunk_entries=10)
+    index.open()
+    try:
+        pairs = [(id_hash(f"k-{n}"), n + 1) for n in range(10)]
+        index.add(pairs)
+        index.maybe_flush(11)
+        assert index._filter is None  # not loaded yet: the chunk waits for the loader
+        go.set()
+        _loaded(index)
+        loaded = _filter_of(index)
+        assert loaded is not None
+        assert loaded.may_hold(np.array([h for h, _ in pairs], dtype=np.int64)).all()
+    finally:
+        go.set()
+        index.close()
