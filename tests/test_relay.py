@@ -134,10 +134,30 @@ def test_a_range_of_another_nodes_log_is_taken_as_its_requests_are() -> None:
     assert from_entries.batch_id == 46
     assert from_entries.ids == from_request.ids == [env.id for env in envelopes]
     assert from_entries.records == from_request.records
-    assert [pb.Envelope.FromString(raw) for raw in from_entries.envelopes] == [
-        pb.Envelope.FromString(raw) for raw in stored
-    ]  # the sender's hop record kept
+    assert from_entries.envelopes == stored  # the bytes as they came, the sender's hop record in them
     with pytest.raises(InvalidRequestError, match="not a valid DeliveryBatch"):
         admission.relay_entries(b"\x0a\xff\xff", 47)
     with pytest.raises(InvalidRequestError, match="more than 3"):
         Admission(VALIDATOR, 3).relay_entries(deliveries, 48)
+
+
+def _entry(*envelope_fields: bytes, offset: int = 7) -> bytes:
+    """One Delivery entry of a DeliveryBatch, with the given envelope field occurrences."""
+    body = b"\x08" + bytes([offset]) + b"".join(b"\x12" + bytes([len(f)]) + f for f in envelope_fields)
+    return b"\x0a" + bytes([len(body)]) + body
+
+
+def test_an_entry_holding_its_envelope_twice_is_stored_as_it_was_checked() -> None:
+    """A parse merges the two; what is stored is the merged envelope that was checked, not the
+    second part alone (which here has neither kind nor region)."""
+    whole = factories.observation(envelope_id="twice")
+    first = pb.Envelope(kind=whole.kind, region=whole.region, origin=whole.origin, observation=whole.observation)
+    second = pb.Envelope(id=whole.id, sent_at=whole.sent_at)
+    fine = factories.observation(envelope_id="once").SerializeToString()
+    deliveries = _entry(fine) + _entry(first.SerializeToString(), second.SerializeToString())
+    admitted = Admission(VALIDATOR, 1_000).relay_entries(deliveries, 3)
+    assert not admitted.rejections
+    assert admitted.ids == ["once", "twice"]
+    merged = pb.Envelope.FromString(admitted.envelopes[1])
+    assert (merged.id, merged.kind, merged.region) == (whole.id, whole.kind, whole.region)
+    assert admitted.envelopes[0] == fine

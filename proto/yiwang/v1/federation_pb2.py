@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from yiwang.v1 import gateway_pb2 as yiwang_dot_v1_dot_gateway__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ayiwang/v1/federation.proto\x12\tyiwang.v1\x1a\x17yiwang/v1/gateway.proto\"I\n\tLinkHello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x1b\n\x13max_batch_envelopes\x18\x03 \x01(\r\"j\n\x07LinkAck\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\x04\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\r\x12\x12\n\nduplicates\x18\x03 \x01(\r\x12)\n\x07refused\x18\x04 \x03(\x0b\x32\x18.yiwang.v1.PublishResult\"3\n\x0bLinkEntries\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x12\n\ndeliveries\x18\x02 \x01(\x0c\"\xc7\x01\n\x0bLinkMessage\x12%\n\x05hello\x18\x01 \x01(\x0b\x32\x14.yiwang.v1.LinkHelloH\x00\x12*\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x19.yiwang.v1.PublishRequestH\x00\x12!\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x12.yiwang.v1.LinkAckH\x00\x12)\n\x07\x65ntries\x18\x05 \x01(\x0b\x32\x16.yiwang.v1.LinkEntriesH\x00\x12\x0f\n\x07records\x18\x04 \x01(\x0c\x42\x06\n\x04\x62ody2H\n\nFederation\x12:\n\x04Link\x12\x16.yiwang.v1.LinkMessage\x1a\x16.yiwang.v1.LinkMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ayiwang/v1/federation.proto\x12\tyiwang.v1\x1a\x17yiwang/v1/gateway.proto\"I\n\tLinkHello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x1b\n\x13max_batch_envelopes\x18\x03 \x01(\r\"j\n\x07LinkAck\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\x04\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\r\x12\x12\n\nduplicates\x18\x03 \x01(\r\x12)\n\x07refused\x18\x04 \x03(\x0b\x32\x18.yiwang.v1.PublishResult\"3\n\x0bLinkEntries\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x12\n\ndeliveries\x18\x02 \x01(\x0c\"\xc7\x01\n\x0bLinkMessage\x12%\n\x05hello\x18\x01 \x01(\x0b\x32\x14.yiwang.v1.LinkHelloH\x00\x12*\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x19.yiwang.v1.PublishRequestH\x00\x12!\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x12.yiwang.v1.LinkAckH\x00\x12)\n\x07\x65ntries\x18\x05 \x01(\x0b\x32\x16.yiwang.v1.LinkEntriesH\x00\x12\x0f\n\x07records\x18\x04 \x01(\x0c\x42\x06\n\x04\x62ody\";\n\rEntriesAsSent\x12*\n\ndeliveries\x18\x01 \x03(\x0b\x32\x16.yiwang.v1.EntryAsSent\"\x1f\n\x0b\x45ntryAsSent\x12\x10\n\x08\x65nvelope\x18\x02 \x01(\x0c\x32H\n\nFederation\x12:\n\x04Link\x12\x16.yiwang.v1.LinkMessage\x1a\x16.yiwang.v1.LinkMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,6 +40,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LINKENTRIES']._serialized_end=300
   _globals['_LINKMESSAGE']._serialized_start=303
   _globals['_LINKMESSAGE']._serialized_end=502
-  _globals['_FEDERATION']._serialized_start=504
-  _globals['_FEDERATION']._serialized_end=576
+  _globals['_ENTRIESASSENT']._serialized_start=504
+  _globals['_ENTRIESASSENT']._serialized_end=563
+  _globals['_ENTRYASSENT']._serialized_start=565
+  _globals['_ENTRYASSENT']._serialized_end=596
+  _globals['_FEDERATION']._serialized_start=598
+  _globals['_FEDERATION']._serialized_end=670
 # @@protoc_insertion_point(module_scope)

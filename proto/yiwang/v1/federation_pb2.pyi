@@ -50,3 +50,15 @@ class LinkMessage(_message.Message):
     entries: LinkEntries
     records: bytes
     def __init__(self, hello: _Optional[_Union[LinkHello, _Mapping]] = ..., batch: _Optional[_Union[_gateway_pb2.PublishRequest, _Mapping]] = ..., ack: _Optional[_Union[LinkAck, _Mapping]] = ..., entries: _Optional[_Union[LinkEntries, _Mapping]] = ..., records: _Optional[bytes] = ...) -> None: ...
+
+class EntriesAsSent(_message.Message):
+    __slots__ = ("deliveries",)
+    DELIVERIES_FIELD_NUMBER: _ClassVar[int]
+    deliveries: _containers.RepeatedCompositeFieldContainer[EntryAsSent]
+    def __init__(self, deliveries: _Optional[_Iterable[_Union[EntryAsSent, _Mapping]]] = ...) -> None: ...
+
+class EntryAsSent(_message.Message):
+    __slots__ = ("envelope",)
+    ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    envelope: bytes
+    def __init__(self, envelope: _Optional[bytes] = ...) -> None: ...
