@@ -38,7 +38,7 @@ from yiwang.v1 import gateway_pb2 as gw
 from gateway.log import StoredBatch
 from gateway.observations import series_arrays
 from gateway.routing import SUMMARY_ATTRIBUTE
-from gateway.selection import FLAG_RELAYED
+from gateway.selection import FLAG_RELAYED, RECORD
 from gateway.service import GatewayService, Peer
 
 log = structlog.get_logger("yiwang.summaries")
@@ -125,6 +125,27 @@ def _flush(pending: _Pending) -> None:
         if geometry.HasField("point"):
             point = geometry.point
             station.point = (point.lat, point.lon)
+        obs = env.observation
+        if name := obs.station_name:
+            station.name = name
+        if station_type := obs.station_type:
+            station.station_type = station_type
+
+
+#: The fields of a selection record (gateway.selection.RECORD) the summaries take from it.
+_RECORD_VIEW = np.dtype(
+    {"names": ["severity", "agency"], "formats": ["u1", "S24"], "offsets": [1, 8], "itemsize": RECORD.size}
+)
+
+
+def _agencies_and_severities(records: bytes, chosen: list[int]) -> tuple[list[str], list[int]]:
+    """The origin agency and the severity of the chosen entries, read from their selection records
+    for the whole batch. An agency that fills the record's field may have been cut short there: it
+    is "" (the caller reads the envelope's)."""
+    table = np.frombuffer(records, dtype=_RECORD_VIEW)[chosen]
+    distinct, which = np.unique(table["agency"], return_inverse=True)
+    names = [raw.decode() if len(raw) < _RECORD_VIEW["agency"].itemsize else "" for raw in distinct.tolist()]
+    return [names[i] for i in which.tolist()], table["severity"].tolist()
 
 
 class StationSummaries:
@@ -169,8 +190,10 @@ class StationSummaries:
         summed up again). Each observation's single measurements are gathered per metric, to be added
         at once for the whole batch (``_flush``), with the station's latest observation, for its place.
 
-        This runs for every observation the node takes in: each field is read once, and what only
-        the latest observation of a station decides (its region and place) is read only for that.
+        This runs for every observation the node takes in, and each field read of a parsed envelope
+        costs about a tenth of a microsecond: each is read once, what the selection records already
+        hold (agency, severity) is taken from them for the whole batch, and what only the latest
+        observation of a station decides (its region, place, name and type) is read only for that.
         """
         chosen = stored.of_kind(pb.OBSERVATION, start, without=FLAG_RELAYED)  # the node below summed those up
         if not chosen:
@@ -180,13 +203,15 @@ class StationSummaries:
         stations = self._stations
         whole = len(chosen) == stored.count - start  # every entry from start on: one slice, no join
         entries = stored.entries(start, stored.count) if whole else stored.entries(0, stored.count, chosen)
-        for delivery in gw.DeliveryBatch.FromString(entries).deliveries:
+        deliveries = gw.DeliveryBatch.FromString(entries).deliveries
+        agencies, severities = _agencies_and_severities(stored.records, chosen)
+        for agency, severity, delivery in zip(agencies, severities, deliveries, strict=True):
             env = delivery.envelope
             attributes = env.attributes
             if attributes and SUMMARY_ATTRIBUTE in attributes:
                 continue
             obs = env.observation
-            key = (env.origin.agency, obs.station_id)
+            key = (agency or env.origin.agency, obs.station_id)
             station = stations.get(key)
             if station is None:
                 station = stations[key] = _Station(env.region, env.origin.region)
@@ -198,16 +223,11 @@ class StationSummaries:
             if observed >= station.last_ns:
                 station.last_ns = observed
                 latest[held] = (station, env)
-            severity = env.severity
             if severity > station.severity:  # noqa: PLR1730 - a comparison costs less than a call to max
                 station.severity = severity
-            name = obs.station_name
-            if name:
-                station.name = name
-            station_type = obs.station_type
-            if station_type:
-                station.station_type = station_type
-            for m in obs.measurements:
+            measurements = obs.measurements
+            # One measurement is the common case: taken by index, without an iterator over them.
+            for m in (measurements[0],) if len(measurements) == 1 else measurements:
                 metric_name = m.metric
                 points = gathered.get((held, metric_name))
                 if points is None:
