@@ -284,9 +284,10 @@ class Admission:
         relayed = {False: _FLAG_BYTES[FLAG_RELAYED | FLAG_UNSIGNED], True: _FLAG_BYTES[FLAG_RELAYED]}
         for index, env in enumerate(envelopes):
             # Each field is read once: this runs for every envelope a node relays.
-            envelope_id, kind, region = env.id, env.kind, env.region
+            envelope_id, kind, region, severity, status = env.id, env.kind, env.region, env.severity, env.status
             size = len(encoded[index])
-            # What makes an envelope from another node unusable here, each reason named.
+            # What makes an envelope from another node unusable here, each reason named. Its record
+            # holds kind, severity and status in a byte each: an unknown value must not reach it.
             if size > max_bytes:
                 problem = ("envelope", f"is {size} bytes, more than the limit of {max_bytes}")
             elif not envelope_id or len(envelope_id) > max_id_chars:
@@ -296,6 +297,10 @@ class Admission:
             elif region not in known_regions:
                 shape = "six-digit GB/T 2260 code" if not region.isdigit() else "known GB/T 2260 region code"
                 problem = ("region", f"{region[:20]!r} is not a {shape}")
+            elif severity not in _SEVERITIES:
+                problem = ("severity", f"unknown value {severity}")
+            elif status not in _STATUSES:
+                problem = ("status", f"unknown value {status}")
             else:
                 problem = None
             if problem is not None:
@@ -318,7 +323,7 @@ class Admission:
             if hinted:
                 at = index * width
                 hint = records[at : at + width]
-                key = pack(kind, env.severity, env.status, int(region), env.origin.agency.encode())
+                key = pack(kind, severity, status, int(region), env.origin.agency.encode())
                 if hint[:FLAGS_AT] == key[:FLAGS_AT] and hint[FLAGS_AT + 1 : KEY_BYTES] == key[FLAGS_AT + 1 :]:
                     record = hint[:FLAGS_AT] + relayed[carries_signature] + hint[FLAGS_AT + 1 :]
             add_record(record or record_of(env, FLAG_RELAYED))
@@ -345,6 +350,8 @@ def _as_sent(deliveries: bytes, envelopes: list[pb.Envelope]) -> list[bytes]:
 
 
 _KINDS = frozenset(pb.Kind.values()) - {pb.KIND_UNSPECIFIED}
+_SEVERITIES = frozenset(pb.Severity.values())
+_STATUSES = frozenset(pb.Status.values()) - {pb.STATUS_UNSPECIFIED}
 _FLAG_BYTES = [bytes((flags,)) for flags in range(256)]
 
 
