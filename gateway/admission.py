@@ -21,6 +21,7 @@ from multiprocessing import reduction
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 from cryptography import x509
 from google.protobuf.message import DecodeError
 from yiwang.v1 import envelope_pb2 as pb
@@ -281,7 +282,9 @@ class Admission:
         ids, kept, positions, signers = out.ids, out.records, out.positions, out.signers
         add_id, add_record, add_position = ids.append, kept.append, positions.append
         pack = KEY.pack
-        relayed = {False: _FLAG_BYTES[FLAG_RELAYED | FLAG_UNSIGNED], True: _FLAG_BYTES[FLAG_RELAYED]}
+        keys: list[bytes] = []  # with the sender's records: each kept envelope's record key, to check them
+        signed_kept: list[bool] = []
+        add_key, add_signed = keys.append, signed_kept.append
         for index, env in enumerate(envelopes):
             # Each field is read once: this runs for every envelope a node relays.
             envelope_id, kind, region, severity, status = env.id, env.kind, env.region, env.severity, env.status
@@ -319,20 +322,37 @@ class Admission:
                     outcome = env.provenance.signature.signer  # a plaintext development node cannot check it
                 signers.append(outcome or "")
             add_id(envelope_id)
-            record = b""
             if hinted:
-                at = index * width
-                hint = records[at : at + width]
-                key = pack(kind, severity, status, int(region), env.origin.agency.encode())
-                if hint[:FLAGS_AT] == key[:FLAGS_AT] and hint[FLAGS_AT + 1 : KEY_BYTES] == key[FLAGS_AT + 1 :]:
-                    record = hint[:FLAGS_AT] + relayed[carries_signature] + hint[FLAGS_AT + 1 :]
-            add_record(record or record_of(env, FLAG_RELAYED))
+                add_key(pack(kind, severity, status, int(region), env.origin.agency.encode()))
+                add_signed(carries_signature)
+            else:
+                add_record(record_of(env, FLAG_RELAYED))
             add_position(index)
+        if hinted and positions:
+            out.records = _records_from_hints(records, positions, keys, signed_kept)
+            for n in [n for n, record in enumerate(out.records) if not record]:
+                out.records[n] = record_of(envelopes[positions[n]], FLAG_RELAYED)
         if not is_signed:
             out.signers = [""] * len(ids)
         out.hashes = id_hashes(ids)
         out.envelopes = encoded if len(positions) == len(encoded) else [encoded[i] for i in positions]
         return out
+
+
+def _records_from_hints(records: bytes, positions: list[int], keys: list[bytes], signed: list[bool]) -> list[bytes]:
+    """The records of the kept envelopes, taken from the sender's where its key (kind, severity,
+    status, region, agency) is the envelope's own, with the node's flags; b"" where it is not (the
+    caller makes that record itself). Checked and copied for the whole batch at once."""
+    width = RECORD.size
+    rows = np.frombuffer(records, dtype=np.uint8).reshape(-1, width)[positions]  # a copy, to set flags in
+    own = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(-1, KEY_BYTES)
+    agree = (rows[:, :FLAGS_AT] == own[:, :FLAGS_AT]).all(axis=1)
+    agree &= (rows[:, FLAGS_AT + 1 : KEY_BYTES] == own[:, FLAGS_AT + 1 :]).all(axis=1)
+    rows[:, FLAGS_AT] = np.where(np.array(signed, dtype=np.bool_), FLAG_RELAYED, FLAG_RELAYED | FLAG_UNSIGNED)
+    data = rows.tobytes()
+    return [
+        data[at : at + width] if ok else b"" for at, ok in zip(range(0, len(data), width), agree.tolist(), strict=True)
+    ]
 
 
 def _as_sent(deliveries: bytes, envelopes: list[pb.Envelope]) -> list[bytes]:
@@ -352,7 +372,6 @@ def _as_sent(deliveries: bytes, envelopes: list[pb.Envelope]) -> list[bytes]:
 _KINDS = frozenset(pb.Kind.values()) - {pb.KIND_UNSPECIFIED}
 _SEVERITIES = frozenset(pb.Severity.values())
 _STATUSES = frozenset(pb.Status.values()) - {pb.STATUS_UNSPECIFIED}
-_FLAG_BYTES = [bytes((flags,)) for flags in range(256)]
 
 
 MAX_CERTIFICATES = 16  # per request: the signers of its envelopes, usually one

@@ -15,7 +15,7 @@ from gateway.admission import Admission
 from gateway.errors import InvalidRequestError
 from gateway.pki import Authority, Role
 from gateway.regions import default_table
-from gateway.selection import FLAG_RELAYED, FLAGS_AT, RECORD, record_of, with_flags
+from gateway.selection import FLAG_RELAYED, FLAG_UNSIGNED, FLAGS_AT, RECORD, record_of, with_flags
 from gateway.signing import Verifier
 from gateway.validation import Validator
 from gateway.wire import encode_deliveries, hop_suffix
@@ -101,6 +101,10 @@ def test_signatures_are_checked_again_and_a_forged_one_is_refused(tmp_path: Path
     unsigned = factories.observation(envelope_id="plain")
     admission = Admission(VALIDATOR, 1_000, verifier=Verifier(ca.ca_cert))
     admitted = admission.relay(request([*envelopes, unsigned], (water.certificate_der,)))
+    hints = b"".join(record_of(env) for env in [*envelopes, unsigned])
+    with_hints = admission.relay(request([*envelopes, unsigned], (water.certificate_der,)), records=hints)
+    assert with_hints.records == admitted.records  # signed or not, flagged alike from the sender's records
+    assert [record[FLAGS_AT] & FLAG_UNSIGNED for record in admitted.records] == [0, 0, 0, 0, FLAG_UNSIGNED]
     assert admitted.ids == ["s-0", "s-1", "s-2", "s-4", "plain"]
     assert admitted.signers == [water.identity] * 4 + [""]
     [(index, envelope_id, field, reason, code)] = admitted.rejections
