@@ -416,6 +416,23 @@ reason = "the test moves every observation up"
 """
 
 
+@pytest.mark.parametrize(("entries", "entry_bytes", "upto"), [(1, 40, 2), (3, 150, 300), (2_000, 190, 2**40)])
+def test_the_entries_message_is_written_as_the_generated_classes_write_it(
+    entries: int, entry_bytes: int, upto: int
+) -> None:
+    """A link writes its LinkEntries messages by hand; they are the very bytes protobuf would make,
+    with and without records, for short and multi-byte lengths and cursors."""
+    data = [bytes([n % 251]) * entry_bytes for n in range(entries)]
+    for records in ([], [b"r" * RECORD.size * entries]):
+        gathered = federation._Entries()
+        gathered.data, gathered.records = list(data), list(records)
+        gathered.count, gathered.size, gathered.upto = entries, entries * entry_bytes, upto
+        expected = fed.LinkMessage(
+            entries=fed.LinkEntries(batch_id=upto, deliveries=b"".join(data)), records=b"".join(records)
+        )
+        assert gathered.message() == expected.SerializeToString()
+
+
 @pytest.mark.parametrize("limit", ["entries", "bytes", "parent's limit"])
 async def test_a_backlog_of_small_batches_crosses_a_link_in_few_messages(
     pki: Authority, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: str
