@@ -115,7 +115,7 @@ def test_the_filter_spares_the_table_new_ids_and_keeps_those_it_holds(tmp_path: 
     index.open()
     stored = [(id_hash(f"d-{n}"), n + 1) for n in range(150)]
     index.add(stored)
-    index.maybe_flush(151)  # a chunk sent while the (empty) table is still being read into the filter
+    index.maybe_flush(151)  # to the table: the next open reads it into the filter
     index.close()
 
     again = IdIndex(path)
