@@ -30,6 +30,7 @@ import signal
 import sqlite3
 import sys
 import threading
+import time
 from array import array
 from collections import deque
 from collections.abc import Iterable
@@ -50,6 +51,9 @@ CREATE TABLE IF NOT EXISTS ids (h INTEGER NOT NULL, off INTEGER NOT NULL, PRIMAR
 CREATE TABLE IF NOT EXISTS watermark (one INTEGER PRIMARY KEY CHECK (one = 1), next_offset INTEGER NOT NULL);
 """
 
+
+#: At most one forget per this many seconds (``IdIndex.forget_before``).
+FORGET_INTERVAL_S = 600.0
 
 #: The Bloom filter's size: bits per id of the table at start (twice its rows, for the ids to come),
 #: and the smallest size (16 MiB, 8 million ids at 16 bits each).
@@ -131,10 +135,19 @@ class _Chunk:
 class IdIndex:
     """Used by the log's writer thread only, except for the indexer thread it owns."""
 
-    def __init__(self, path: Path, *, chunk_entries: int = 250_000, flush_interval_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        chunk_entries: int = 250_000,
+        flush_interval_s: float = 5.0,
+        forget_interval_s: float = FORGET_INTERVAL_S,
+    ) -> None:
         self.path = path
         self.chunk_entries = chunk_entries
         self.flush_interval_s = flush_interval_s
+        self.forget_interval_s = forget_interval_s
+        self._forgot_at: float | None = None  # time.monotonic() of the last forget sent to the indexer
         self.hot: dict[int, int] = {}
         self.collided: dict[str, int] = {}  # ids whose hash was already taken in ``hot`` by another id
         self._hot_extra: list[tuple[int, int]] = []  # their (hash, offset), written with the next chunk
@@ -377,8 +390,16 @@ class IdIndex:
                 self._unfiltered.append(hashes)
 
     def forget_before(self, oldest_offset: int) -> None:
-        """Drops index entries of offsets that retention removed from the log (in the background)."""
-        if self._conn is not None:
+        """Drops index entries of offsets that retention removed from the log (in the background).
+
+        The table is keyed by hash, so a forget reads all of it: retention removes batches every few
+        seconds, and a forget each time would keep the indexer of a large table busy with nothing
+        else while chunks pile up. So at most one goes every ``forget_interval_s``; entries of removed
+        offsets left meanwhile are candidates below the log's oldest offset, which lookups pass over.
+        """
+        now = time.monotonic()
+        if self._conn is not None and (self._forgot_at is None or now - self._forgot_at >= self.forget_interval_s):
+            self._forgot_at = now
             self._send(("forget", oldest_offset))
         if self.collided:
             self.collided = {k: v for k, v in self.collided.items() if v >= oldest_offset}

@@ -193,3 +193,27 @@ def test_chunks_sent_while_the_filter_loads_are_added_to_it(tmp_path: Path, monk
     finally:
         go.set()
         index.close()
+
+
+def _table_offsets(path: Path) -> list[int]:
+    con = sqlite3.connect(path)
+    try:
+        return sorted(off for (off,) in con.execute("SELECT off FROM ids"))
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize(("interval", "left"), [(0.0, list(range(9, 21))), (3600.0, list(range(5, 21)))])
+def test_forgets_are_spaced_out_and_what_waits_is_passed_over(tmp_path: Path, interval: float, left: list[int]) -> None:
+    """A forget reads the whole table: the second of two in a row waits for the interval (the
+    entries it would drop are below the log's oldest offset, which lookups pass over)."""
+    path = tmp_path / "log-ids.sqlite"
+    index = IdIndex(path, chunk_entries=10, forget_interval_s=interval)
+    index.open()
+    index.start()
+    index.add([(id_hash(f"m-{n}"), n) for n in range(1, 21)])
+    index.maybe_flush(21)
+    index.forget_before(5)
+    index.forget_before(9)
+    index.close()  # the indexer has done all it was sent
+    assert _table_offsets(path) == left
