@@ -35,7 +35,7 @@ from gateway.policy import Decision
 from gateway.regions import default_table
 from gateway.selection import FLAG_RELAYED, FLAG_UNSIGNED, FLAGS_AT, KEY, KEY_BYTES, RECORD, record_of
 from gateway.signing import SharedSignatures, SignatureError, Verifier, is_reference
-from gateway.validation import Limits, Validator
+from gateway.validation import KINDS, SEVERITIES, STATUSES, Limits, Validator
 from gateway.wire import TAG_BATCH_SIGNATURES, field_spans, length_delimited
 
 
@@ -295,14 +295,14 @@ class Admission:
                 problem = ("envelope", f"is {size} bytes, more than the limit of {max_bytes}")
             elif not envelope_id or len(envelope_id) > max_id_chars:
                 problem = ("id", f"must be 1 to {max_id_chars} characters")
-            elif kind not in _KINDS:
+            elif kind not in KINDS:
                 problem = ("kind", f"unknown kind {kind}")
             elif region not in known_regions:
                 shape = "six-digit GB/T 2260 code" if not region.isdigit() else "known GB/T 2260 region code"
                 problem = ("region", f"{region[:20]!r} is not a {shape}")
-            elif severity not in _SEVERITIES:
+            elif severity not in SEVERITIES:
                 problem = ("severity", f"unknown value {severity}")
-            elif status not in _STATUSES:
+            elif status not in STATUSES:
                 problem = ("status", f"unknown value {status}")
             else:
                 problem = None
@@ -367,11 +367,6 @@ def _as_sent(deliveries: bytes, envelopes: list[pb.Envelope]) -> list[bytes]:
     if sent.ByteSize() == len(deliveries) and len(sent.deliveries) == len(envelopes):
         return [entry.envelope for entry in sent.deliveries]
     return [env.SerializeToString() for env in envelopes]
-
-
-_KINDS = frozenset(pb.Kind.values()) - {pb.KIND_UNSPECIFIED}
-_SEVERITIES = frozenset(pb.Severity.values())
-_STATUSES = frozenset(pb.Status.values()) - {pb.STATUS_UNSPECIFIED}
 
 
 MAX_CERTIFICATES = 16  # per request: the signers of its envelopes, usually one

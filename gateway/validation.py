@@ -51,9 +51,10 @@ PAYLOAD_OF_KIND: dict[int, str] = {
     pb.HEARTBEAT: "heartbeat",
 }
 
-_KINDS = frozenset(pb.Kind.values()) - {pb.KIND_UNSPECIFIED}
-_SEVERITIES = frozenset(pb.Severity.values())
-_STATUSES = frozenset(pb.Status.values()) - {pb.STATUS_UNSPECIFIED}
+#: The values of kind, severity and status an envelope may carry (relay admission checks these too).
+KINDS = frozenset(pb.Kind.values()) - {pb.KIND_UNSPECIFIED}
+SEVERITIES = frozenset(pb.Severity.values())
+STATUSES = frozenset(pb.Status.values()) - {pb.STATUS_UNSPECIFIED}
 _GRADES = frozenset(pb.IncidentGrade.values())
 _STAGES = frozenset(pb.ReportStage.values())
 _QUALITIES = frozenset(pb.Quality.values())
@@ -133,7 +134,7 @@ class Validator:
         ):
             self._check_id("id", envelope_id, required=True)
         kind = env.kind
-        if kind not in _KINDS:
+        if kind not in KINDS:
             reason = "required" if kind == pb.KIND_UNSPECIFIED else f"unknown value {kind}"
             raise InvalidEnvelopeError("kind", reason)
         if env.region not in self.regions:
@@ -149,10 +150,10 @@ class Validator:
             self._check_text("origin.node", origin.node, limits.max_id_chars)
             self._check_text("origin.system", origin.system, limits.max_id_chars)
         severity = env.severity
-        if severity not in _SEVERITIES:
+        if severity not in SEVERITIES:
             raise InvalidEnvelopeError("severity", f"unknown value {severity}")
         status = env.status
-        if status not in _STATUSES:
+        if status not in STATUSES:
             reason = "required (ACTUAL, EXERCISE or TEST)" if status == 0 else f"unknown value {status}"
             raise InvalidEnvelopeError("status", reason)
         if env.priority > 3:
