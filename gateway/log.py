@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from yiwang.v1 import gateway_pb2 as gw
 
-from gateway.selection import FLAGS_AT, RECORD
+from gateway.selection import RECORD_FIELDS
 from gateway.signing import standalone_entries
 
 
@@ -111,11 +111,10 @@ class StoredBatch:
         """The indexes, from ``start`` on, of the entries of one kind (a record's first byte is its
         kind), leaving out those with any of the flags ``without``. Decided on the records as an
         array, not entry by entry: followers of the log call this for every batch appended."""
-        width = RECORD.size
-        table = np.frombuffer(self.records, dtype=np.uint8).reshape(-1, width)[start:]
-        chosen = table[:, 0] == kind
+        table = np.frombuffer(self.records, dtype=RECORD_FIELDS)[start:]
+        chosen = table["kind"] == kind
         if without:
-            chosen &= (table[:, FLAGS_AT] & without) == 0
+            chosen &= (table["flags"] & without) == 0
         return (np.flatnonzero(chosen) + start).tolist()
 
     def deliveries(self, indexes: list[int]) -> Sequence[gw.Delivery]:

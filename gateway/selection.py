@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+import numpy as np
 from yiwang.v1 import envelope_pb2 as pb
 from yiwang.v1 import gateway_pb2 as gw
 
@@ -23,6 +24,23 @@ RECORD = struct.Struct("<BBBxI24sddddd")
 #: The record's leading fields (kind, severity, status, region, agency): what sharing policy decides on.
 KEY = struct.Struct("<BBBxI24s")
 KEY_BYTES = KEY.size
+#: RECORD as a numpy structured type, for reading a batch's records as one array (the spare byte
+#: after status is ``flags``, see FLAGS_AT).
+RECORD_FIELDS = np.dtype(
+    [
+        ("kind", "u1"),
+        ("severity", "u1"),
+        ("status", "u1"),
+        ("flags", "u1"),
+        ("region", "<u4"),
+        ("agency", "S24"),
+        ("min_lat", "<f8"),
+        ("min_lon", "<f8"),
+        ("max_lat", "<f8"),
+        ("max_lon", "<f8"),
+        ("observed", "<f8"),
+    ]
+)
 # What a record tuple holds past its key, for matchers that do not read it (Selector.by_key).
 _PLACE_UNREAD = (math.nan, math.nan, math.nan, math.nan, math.nan)
 _NAN = math.nan

@@ -38,7 +38,7 @@ from yiwang.v1 import gateway_pb2 as gw
 from gateway.log import StoredBatch
 from gateway.observations import series_arrays
 from gateway.routing import SUMMARY_ATTRIBUTE
-from gateway.selection import FLAG_RELAYED, RECORD
+from gateway.selection import FLAG_RELAYED, RECORD_FIELDS
 from gateway.service import GatewayService, Peer
 
 log = structlog.get_logger("yiwang.summaries")
@@ -132,19 +132,13 @@ def _flush(pending: _Pending) -> None:
             station.station_type = station_type
 
 
-#: The fields of a selection record (gateway.selection.RECORD) the summaries take from it.
-_RECORD_VIEW = np.dtype(
-    {"names": ["severity", "agency"], "formats": ["u1", "S24"], "offsets": [1, 8], "itemsize": RECORD.size}
-)
-
-
 def _agencies_and_severities(records: bytes, chosen: list[int]) -> tuple[list[str], list[int]]:
     """The origin agency and the severity of the chosen entries, read from their selection records
     for the whole batch. An agency that fills the record's field may have been cut short there: it
     is "" (the caller reads the envelope's)."""
-    table = np.frombuffer(records, dtype=_RECORD_VIEW)[chosen]
+    table = np.frombuffer(records, dtype=RECORD_FIELDS)[chosen]
     distinct, which = np.unique(table["agency"], return_inverse=True)
-    names = [raw.decode() if len(raw) < _RECORD_VIEW["agency"].itemsize else "" for raw in distinct.tolist()]
+    names = [raw.decode() if len(raw) < RECORD_FIELDS["agency"].itemsize else "" for raw in distinct.tolist()]
     return [names[i] for i in which.tolist()], table["severity"].tolist()
 
 

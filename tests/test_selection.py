@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -18,6 +19,7 @@ from gateway.selection import (
     FLAG_UNSIGNED,
     FLAGS_AT,
     RECORD,
+    RECORD_FIELDS,
     Selector,
     bounding_box,
     record_of,
@@ -346,3 +348,13 @@ def test_selection_by_key_agrees_with_record_by_record(
     chosen = selector.select(records)
     expected = [i for i in range(len(envs)) if selector.allows(records[i * RECORD.size : (i + 1) * RECORD.size])]
     assert (list(range(len(envs))) if chosen is None and envs else chosen) == expected
+
+
+def test_the_record_read_as_an_array_holds_what_the_struct_packed() -> None:
+    env = factories.observation(envelope_id="r-1", severity=pb.ORANGE)
+    record = with_flags(record_of(env), FLAG_RELAYED)
+    assert RECORD_FIELDS.itemsize == RECORD.size
+    (row,) = np.frombuffer(record, dtype=RECORD_FIELDS).tolist()
+    kind, severity, status, region, agency, *place = RECORD.unpack(record)
+    assert row == (kind, severity, status, record[FLAGS_AT], region, agency.rstrip(b"\0"), *place)
+    assert row[3] == FLAG_RELAYED | FLAG_UNSIGNED
