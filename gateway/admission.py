@@ -9,10 +9,13 @@ more than it saves for a handful of envelopes.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import mmap
 import multiprocessing
 import os
 import pickle
+import signal
+import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -30,7 +33,7 @@ from yiwang.v1 import gateway_pb2 as gw
 
 from gateway.certstore import CertificateStore
 from gateway.errors import InvalidEnvelopeError, InvalidRequestError
-from gateway.id_index import die_with_parent, id_hashes
+from gateway.id_index import id_hashes
 from gateway.policy import Decision
 from gateway.regions import default_table
 from gateway.selection import FLAG_RELAYED, FLAG_UNSIGNED, FLAGS_AT, KEY, KEY_BYTES, RECORD, record_of
@@ -374,6 +377,7 @@ MAX_BATCH_SIGNATURES = 64  # per request: the signed batches of its envelopes, u
 INVALID_ARGUMENT = 3  # google.rpc.Code
 PERMISSION_DENIED = 7
 UNAUTHENTICATED = 16
+_PR_SET_PDEATHSIG = 1  # prctl(2)
 
 _worker: Admission | None = None
 _shared: mmap.mmap | None = None  # the worker's view of the pool's shared memory
@@ -604,3 +608,17 @@ class AdmissionPool:
         if self._memory is not None:
             self._memory.close()
             self._memory = None
+
+
+def die_with_parent(parent: int) -> None:
+    """Ties a helper process's life to the node's.
+
+    Linux ends it when the node dies, even by SIGKILL, so no orphan is left behind; and it ignores
+    Ctrl-C, which the terminal sends to the whole process group: the node decides when it stops.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the node died before the request above took effect
+        os._exit(1)

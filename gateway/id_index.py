@@ -2,60 +2,64 @@
 
 Why not one SQLite index entry per envelope written with each append: ids are random, so every
 append would dirty a page of the index B-tree per envelope and the commit would write megabytes.
-Instead the newest ids live in memory (``hot``), and a separate process moves them into an on-disk
-table in large sorted chunks, off the append path and off the node's interpreter lock. The on-disk
-table is an index only: it records the log offset up to which it is complete (its watermark), and
-at start everything after the
-watermark is re-read from the log, so losing the index's latest writes loses nothing.
+Instead the newest ids live in memory (``hot``), and a thread of the index writes them to disk in
+large chunks, each a file of (hash, offset) pairs sorted by hash: a *run*. Runs are merged in the
+background, a few of one size into one of the next size up (a log-structured merge), so each id is
+rewritten a few times in all, sequentially, and a lookup searches a few dozen sorted files at most.
+One B-tree of every id took a random insert per id, which cost more as it grew, and deleting the
+ids of the log's removed offsets read all of it.
+
+Each run covers a range of log offsets, written in its file name, and the runs on disk cover one
+range without gaps. Its end is the index's watermark: at start everything after it is re-read from
+the log, so losing the index's latest writes loses nothing. A run is written under a temporary name,
+synced and then renamed, so a file under a run's name is whole. Retention deletes the runs wholly
+below the log's oldest offset, and merges leave out the entries below it.
 
 Keys are 64-bit hashes of the ids. A hash match is only a candidate: the caller compares the id
 stored at the candidate offset, so a collision can never make a new envelope look like a duplicate.
 
-Nearly every id a node takes in is new, and a lookup in the on-disk table costs a B-tree search per
-id. A Bloom filter in memory (``_Filter``) holds every hash sent to the table, so the table is asked
-only about the few hashes the filter cannot rule out. It is filled from the table in the background
-at start; until then every hash is looked up.
+Nearly every id a node takes in is new. A Bloom filter in memory (``_Filter``) holds every hash sent
+to disk, so the runs are searched only for the few hashes the filter cannot rule out. It is filled
+from the runs in the background at start; until then every hash is searched for.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import hashlib
-import json
-import multiprocessing
 import os
 import queue
-import signal
-import sqlite3
-import sys
+import re
+import struct
 import threading
 import time
 from array import array
 from collections import deque
-from collections.abc import Iterable
-from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import structlog
 
 log = structlog.get_logger("yiwang.log")
-_PR_SET_PDEATHSIG = 1
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS ids (h INTEGER NOT NULL, off INTEGER NOT NULL, PRIMARY KEY (h, off)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS watermark (one INTEGER PRIMARY KEY CHECK (one = 1), next_offset INTEGER NOT NULL);
-"""
+#: Runs are merged ``MERGE_FANOUT`` at a time. A run's level is its size class: level n holds from
+#: ``RUN_LEVEL_BASE * MERGE_FANOUT ** n`` ids (level 0 anything smaller) to ``MERGE_FANOUT`` times as
+#: many. Runs of ``FINAL_LEVEL`` (4 Mi ids, 64 MiB, and more) are not merged again, so a merge holds
+#: at most 16 Mi ids in memory (256 MiB, about twice over while it sorts them).
+MERGE_FANOUT = 4
+RUN_LEVEL_BASE = 1 << 10
+FINAL_LEVEL = 5
 
+RUN_SUFFIX = ".run"
+_RUN_NAME = re.compile(r"(\d{20})-(\d{20})\.run")
+# A run file: this header (magic, first offset covered, the offset after the last, number of ids),
+# then the hashes in ascending order, then the offset of each; little-endian 64-bit integers.
+_HEADER = struct.Struct("<8sqqq")
+_MAGIC = b"YWIDRUN1"
+_I8 = np.dtype("<i8")
 
-#: At most one forget per this many seconds (``IdIndex.forget_before``).
-FORGET_INTERVAL_S = 600.0
-
-#: The Bloom filter's size: bits per id of the table at start (twice its rows, for the ids to come),
+#: The Bloom filter's size: bits per id on disk at start (twice its ids, for the ids to come),
 #: and the smallest size (16 MiB, 8 million ids at 16 bits each).
 FILTER_BITS_PER_ID = 16
 FILTER_MIN_BITS = 1 << 27
@@ -68,7 +72,7 @@ class _Filter:
 
     Set bits are never cleared (ids that retention removed stay in it), so it fills up as the node
     runs; past ``capacity`` (8 bits per hash added, some 7% false positives) it is no use any more
-    and the table is asked about every hash, until the next start sizes a new one.
+    and the runs are searched for every hash, until the next start sizes a new one.
     """
 
     def __init__(self, bits: int) -> None:
@@ -100,7 +104,7 @@ class _Filter:
 
 
 def filter_bits(rows: int) -> int:
-    """The filter's size for a table of ``rows`` ids: a power of two, within the bounds above."""
+    """The filter's size for ``rows`` ids on disk: a power of two, within the bounds above."""
     wanted = max(FILTER_MIN_BITS, 2 * rows * FILTER_BITS_PER_ID)
     return min(FILTER_MAX_BITS, 1 << (wanted - 1).bit_length())
 
@@ -120,50 +124,111 @@ def id_hash(envelope_id: str) -> int:
     return hashed
 
 
+class _BadRunError(Exception):
+    """A file under a run's name that is not a whole run."""
+
+
+class _Run:
+    """One run file, mapped into memory (the page cache keeps what lookups touch)."""
+
+    __slots__ = ("count", "hashes", "lo", "offsets", "path", "upto")
+
+    def __init__(
+        self, path: Path, lo: int, upto: int, hashes: npt.NDArray[np.int64], offsets: npt.NDArray[np.int64]
+    ) -> None:
+        self.path = path
+        self.lo = lo  # the run holds the ids of offsets lo to upto - 1 (those retention left)
+        self.upto = upto
+        self.count = len(hashes)
+        self.hashes = hashes
+        self.offsets = offsets
+
+    @staticmethod
+    def file_name(lo: int, upto: int) -> str:
+        return f"{lo:020d}-{upto:020d}{RUN_SUFFIX}"
+
+    @classmethod
+    def load(cls, path: Path) -> _Run:
+        named = _RUN_NAME.fullmatch(path.name)
+        if named is None:
+            raise _BadRunError("not a run's name")
+        lo, upto = int(named[1]), int(named[2])
+        with path.open("rb") as f:
+            head = f.read(_HEADER.size)
+            size = os.fstat(f.fileno()).st_size
+        if len(head) < _HEADER.size:
+            raise _BadRunError(f"{size} bytes, fewer than a header")
+        magic, head_lo, head_upto, count = _HEADER.unpack(head)
+        if magic != _MAGIC:
+            raise _BadRunError(f"begins with {magic!r}, not {_MAGIC!r}")
+        if (head_lo, head_upto) != (lo, upto):
+            raise _BadRunError(f"its header says offsets {head_lo} to {head_upto}")
+        if count < 0 or size != _HEADER.size + 16 * count:
+            raise _BadRunError(f"{size} bytes for {count} ids")
+        if count == 0:
+            empty = np.empty(0, dtype=np.int64)
+            return cls(path, lo, upto, empty, empty)
+        pairs = np.memmap(path, dtype=_I8, mode="r", offset=_HEADER.size, shape=(2 * count,))
+        return cls(path, lo, upto, pairs[:count], pairs[count:])
+
+    def find(self, asked: npt.NDArray[np.int64]) -> Iterator[tuple[int, list[int]]]:
+        """(index in ``asked``, offsets) of each asked hash this run holds."""
+        if not self.count:
+            return
+        first = np.searchsorted(self.hashes, asked, "left")
+        after = np.searchsorted(self.hashes, asked, "right")
+        for k in np.flatnonzero(after > first).tolist():
+            yield k, self.offsets[first[k] : after[k]].tolist()
+
+
+def run_level(count: int) -> int:
+    """The size class of a run of ``count`` ids (see ``MERGE_FANOUT``)."""
+    level, bound = 0, RUN_LEVEL_BASE * MERGE_FANOUT
+    while count >= bound:
+        level, bound = level + 1, bound * MERGE_FANOUT
+    return level
+
+
 class _Chunk:
-    """Ids handed to the indexer thread; searched by the writer until the indexer has committed them."""
+    """Ids handed to the indexer thread; searched in memory until their run is on disk."""
 
-    __slots__ = ("done", "entries", "extra", "upto")
+    __slots__ = ("done", "entries", "hashes", "offsets", "upto")
 
-    def __init__(self, entries: dict[int, int], extra: list[tuple[int, int]], upto: int) -> None:
-        self.entries = entries
-        self.extra = extra  # (hash, offset) of colliding ids, which have no slot in ``entries``
+    def __init__(
+        self, entries: dict[int, int], hashes: npt.NDArray[np.int64], offsets: npt.NDArray[np.int64], upto: int
+    ) -> None:
+        self.entries = entries  # hash -> offset, for lookups meanwhile (colliding ids are in ``collided``)
+        self.hashes = hashes  # every (hash, offset) of the chunk, the colliding ids' included
+        self.offsets = offsets
         self.upto = upto
         self.done = False
 
 
 class IdIndex:
-    """Used by the log's writer thread only, except for the indexer thread it owns."""
+    """Used by the log's writer, except ``candidates`` (any thread) and the indexer thread it owns,
+    which alone writes and deletes runs."""
 
-    def __init__(
-        self,
-        path: Path,
-        *,
-        chunk_entries: int = 250_000,
-        flush_interval_s: float = 5.0,
-        forget_interval_s: float = FORGET_INTERVAL_S,
-    ) -> None:
-        self.path = path
+    def __init__(self, path: Path, *, chunk_entries: int = 250_000, flush_interval_s: float = 5.0) -> None:
+        self.path = path  # the directory of the run files
         self.chunk_entries = chunk_entries
         self.flush_interval_s = flush_interval_s
-        self.forget_interval_s = forget_interval_s
-        self._forgot_at: float | None = None  # time.monotonic() of the last forget sent to the indexer
         self.hot: dict[int, int] = {}
         self.collided: dict[str, int] = {}  # ids whose hash was already taken in ``hot`` by another id
         self._hot_extra: list[tuple[int, int]] = []  # their (hash, offset), written with the next chunk
         self._pending: deque[_Chunk] = deque()
-        self._probe: sqlite3.Connection | None = None
-        self._indexer: BaseProcess | None = None
-        self._conn: Connection | None = None
-        # Chunks are several megabytes: a thread of their own sends them, so that the log's writer,
-        # which would wait on the pipe for each 64 KiB piece, goes on committing meanwhile.
-        self._outbox: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
-        self._sender: threading.Thread | None = None
+        # The runs on disk, lowest offsets first. The indexer thread replaces the tuple, whole.
+        self._runs: tuple[_Run, ...] = ()
+        self._covered = 1  # where the next chunk's run begins (the indexer's)
+        self._oldest = 1  # the log's oldest offset, as forgets said (the writer's)
+        self._dropped_below = 1  # the same, as far as the indexer has dropped runs (the indexer's)
+        # Chunks to write, offsets to forget below, events to set once done; None to stop.
+        self._jobs: queue.SimpleQueue[_Chunk | int | threading.Event | None] = queue.SimpleQueue()
+        self._indexer: threading.Thread | None = None
         self._starting = threading.Lock()  # the indexer starts once, from the writer or from ``start``
         self.watermark = 1
-        self.failure: BaseException | None = None
-        # The filter of the hashes sent to the table; None until it is loaded (then every hash is
-        # looked up). Chunks sent meanwhile wait in _unfiltered for the loader to add them.
+        self.failure: OSError | None = None
+        # The filter of the hashes sent to disk; None until it is loaded (then every hash is searched
+        # for). Chunks sent meanwhile wait in _unfiltered for the loader to add them.
         self._filter: _Filter | None = None
         self._filter_lock = threading.Lock()
         self._unfiltered: list[npt.NDArray[np.int64]] = []
@@ -171,52 +236,67 @@ class IdIndex:
         self._loader: threading.Thread | None = None
         self._closing = threading.Event()
 
-    def _connect(self) -> sqlite3.Connection:
-        con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
-        con.execute("PRAGMA journal_mode=WAL")
-        con.execute("PRAGMA synchronous=NORMAL")  # rebuildable from the log: no fsync per chunk needed
-        con.execute("PRAGMA cache_size=-65536")
-        return con
-
     def open(self) -> int:
         """Opens (or creates) the index; returns its watermark: ids from there on must be re-added."""
-        con = self._connect()
-        try:
-            con.executescript(_SCHEMA)
-            row = con.execute("SELECT next_offset FROM watermark").fetchone()
-        finally:
-            con.close()
-        self.watermark = row[0] if row else 1
-        self._probe = self._connect()
-        self._probe.execute("PRAGMA query_only=ON")
-        self._loader = threading.Thread(target=self._load_filter, name="yiwang-id-filter", daemon=True)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._remove_sqlite_index()
+        self._runs = tuple(self._load_runs())
+        self.watermark = self._covered = self._runs[-1].upto if self._runs else 1
+        self._loader = threading.Thread(
+            target=self._load_filter, args=(self._runs,), name="yiwang-id-filter", daemon=True
+        )
         self._loader.start()
         return self.watermark
 
-    def _load_filter(self) -> None:
-        """Fills the filter with the hashes of the table (in the background: a large table takes seconds)."""
-        try:
-            con = self._connect()
-        except sqlite3.Error as exc:
-            log.error("id_filter_failed", path=str(self.path), error=str(exc))
-            return
-        try:
-            con.execute("PRAGMA query_only=ON")
-            rows = con.execute("SELECT count(*) FROM ids").fetchone()[0]
-            loaded = _Filter(filter_bits(rows))
-            cursor = con.execute("SELECT h FROM ids")
-            while not self._closing.is_set():
-                page = cursor.fetchmany(1 << 16)
-                if not page:
-                    break
-                loaded.add(np.array([h for (h,) in page], dtype=np.int64))
+    def _remove_sqlite_index(self) -> None:
+        """Removes the id table of earlier versions, an SQLite file beside the directory (the runs
+        are built from the log instead)."""
+        for suffix in (".sqlite", ".sqlite-wal", ".sqlite-shm"):
+            old = self.path.with_name(self.path.name + suffix)
+            if old.exists():
+                old.unlink()
+                log.info("id_index_sqlite_removed", path=str(old))
+
+    def _load_runs(self) -> list[_Run]:
+        """The runs on disk, if they cover one range of offsets. If they do not, none: the log's ids
+        are then indexed again from the first, as the index must not miss an id the log holds."""
+        found: list[_Run] = []
+        unusable: list[tuple[Path, str]] = []
+        for path in sorted(self.path.iterdir()):
+            if path.name.endswith(RUN_SUFFIX + ".tmp"):
+                path.unlink()  # its writing was cut short
+            elif path.name.endswith(RUN_SUFFIX):
+                try:
+                    found.append(_Run.load(path))
+                except _BadRunError as exc:
+                    unusable.append((path, str(exc)))
+        found.sort(key=lambda run: (run.lo, -run.upto))
+        chain: list[_Run] = []
+        for run in found:
+            if chain and run.upto <= chain[-1].upto:
+                run.path.unlink()  # merged into a wider run, which was written before this was deleted
+            elif chain and run.lo != chain[-1].upto:
+                unusable.append((run.path, f"offsets {chain[-1].upto} to {run.lo} are in no run"))
+                break
             else:
-                return  # closing
-        except sqlite3.Error as exc:  # the table is asked about every hash, as without a filter
-            log.error("id_filter_failed", path=str(self.path), error=str(exc))
-            return
-        finally:
-            con.close()
+                chain.append(run)
+        if not unusable:
+            return chain
+        for path, reason in unusable:
+            log.error("id_index_run_unusable", path=str(path), reason=reason, then="indexing the log again")
+        for path in [run.path for run in found] + [path for path, _ in unusable]:
+            path.unlink(missing_ok=True)
+        return []
+
+    def _load_filter(self, runs: tuple[_Run, ...]) -> None:
+        """Fills the filter with the hashes of the runs (in the background: many take seconds)."""
+        loaded = _Filter(filter_bits(sum(run.count for run in runs)))
+        page = 1 << 20
+        for run in runs:
+            for at in range(0, run.count, page):
+                if self._closing.is_set():
+                    return
+                loaded.add(np.asarray(run.hashes[at : at + page]))
         with self._filter_lock:
             for hashes in self._unfiltered:
                 loaded.add(hashes)
@@ -225,86 +305,58 @@ class IdIndex:
         log.info("id_filter_loaded", path=str(self.path), ids=loaded.count, bits=len(loaded.words) * 64)
 
     def start(self) -> None:
-        """Starts the indexer process now (a node does before it takes traffic); otherwise it starts
+        """Starts the indexer thread now (a node does before it takes traffic); otherwise it starts
         with the first chunk, so a log that never takes an envelope never starts one."""
         with self._starting:
-            if self._conn is None and self.failure is None:
-                self._start_indexer()
-
-    def _start_indexer(self) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        here, there = ctx.Pipe()
-        self._indexer = ctx.Process(
-            target=run_indexer, args=(str(self.path), there, os.getpid()), name="yiwang-id-indexer", daemon=True
-        )
-        self._indexer.start()
-        there.close()
-        self._conn = here
-        self._sender = threading.Thread(target=self._send_loop, args=(here,), name="yiwang-id-sender", daemon=True)
-        self._sender.start()
-
-    def _send_loop(self, conn: Connection) -> None:
-        while (message := self._outbox.get()) is not None:
-            try:
-                conn.send(message)
-            except OSError as exc:
-                self.failure = exc
-                log.error("id_indexer_gone", path=str(self.path), error=repr(exc))
-                return
+            if self._indexer is None:
+                self._indexer = threading.Thread(target=self._index_loop, name="yiwang-id-indexer", daemon=True)
+                self._indexer.start()
 
     def close(self) -> None:
+        """Writes the chunks handed over already (merging waits for the next start), then stops."""
         self._closing.set()
         if self._loader is not None:
             self._loader.join()
             self._loader = None
-        if self._indexer is not None and self._conn is not None:
-            self._outbox.put(None)
-            if self._sender is not None:
-                self._sender.join()
-                self._sender = None
-            with contextlib.suppress(OSError):
-                self._conn.send(None)
-            self._indexer.join(timeout=60)
-            if self._indexer.is_alive():
-                log.error("id_indexer_stuck", path=str(self.path))
-                self._indexer.kill()
-                self._indexer.join()
-            self._conn.close()
-            self._indexer = self._conn = None
-        if self._probe is not None:
-            self._probe.close()
-            self._probe = None
+        if self._indexer is not None:
+            self._jobs.put(None)
+            self._indexer.join()
+            self._indexer = None
+
+    def settle(self, timeout: float = 60.0) -> bool:
+        """Waits until the indexer has written, dropped and merged all it was handed (for tests and
+        tools); false if it has not within ``timeout`` or has stopped."""
+        indexer = self._indexer
+        if indexer is None or self.failure is not None:
+            return self.failure is None
+        done = threading.Event()
+        self._jobs.put(done)
+        deadline = time.monotonic() + timeout
+        while not done.wait(0.1):  # in slices: an indexer that stopped on an error sets nothing
+            if not indexer.is_alive() or time.monotonic() > deadline:
+                return False
+        return self.failure is None
 
     # -- lookups --------------------------------------------------------------------------------
 
-    def connect_probe(self) -> sqlite3.Connection:
-        """A read-only connection for ``candidates`` in a thread other than the writer's."""
-        con = self._connect()
-        con.execute("PRAGMA query_only=ON")
-        return con
-
-    def candidates(self, hashes: list[int], con: sqlite3.Connection | None = None) -> dict[int, list[int]]:
-        """Every offset recorded under each of the given hashes (candidates, to be verified).
-
-        The writer thread uses the index's own probe connection; other threads pass their own.
-        """
+    def candidates(self, hashes: list[int]) -> dict[int, list[int]]:
+        """Every offset recorded under each of the given hashes (candidates, to be verified)."""
         found: dict[int, list[int]] = {}
         for entries in [self.hot, *(chunk.entries for chunk in list(self._pending))]:
             for h in entries.keys() & hashes:  # the set operation runs in C: nearly every hash is new
                 found.setdefault(h, []).append(entries[h])
+        runs = self._runs  # read after the chunks: a chunk is let go of only once its run is here
         asked = self._not_ruled_out(hashes)
-        if not asked:
+        if not asked or not runs:
             return found
-        probe = con if con is not None else self._probe
-        assert probe is not None
-        for h, off in probe.execute(
-            "SELECT h, off FROM ids WHERE h IN (SELECT value FROM json_each(?))", (json.dumps(asked),)
-        ):
-            found.setdefault(h, []).append(off)
+        queried = np.array(asked, dtype=np.int64)
+        for run in runs:
+            for k, offsets in run.find(queried):
+                found.setdefault(asked[k], []).extend(offsets)
         return found
 
     def _not_ruled_out(self, hashes: list[int]) -> list[int]:
-        """The hashes the table may hold, as far as the filter knows (all of them without one)."""
+        """The hashes the runs may hold, as far as the filter knows (all of them without one)."""
         loaded = self._filter
         if loaded is None or not hashes:
             return hashes
@@ -317,9 +369,9 @@ class IdIndex:
         held = loaded.may_hold(queried)
         return queried[held].tolist() if held.any() else []
 
-    def candidates_for_id(self, envelope_id: str, con: sqlite3.Connection) -> list[int]:
+    def candidates_for_id(self, envelope_id: str) -> list[int]:
         h = id_hash(envelope_id)
-        found = self.candidates([h], con)
+        found = self.candidates([h])
         out = [off for offs in found.values() for off in offs]
         collided = self.collided.get(envelope_id)
         if collided is not None:
@@ -335,54 +387,29 @@ class IdIndex:
             self.collided.update(collided)
             self._hot_extra += [(id_hash(envelope_id), offset) for envelope_id, offset in collided.items()]
 
-    def _collect(self) -> None:
-        """Takes the indexer's reports: chunks it has committed, or that it has failed."""
-        conn = self._conn
-        while conn is not None and conn.poll():
-            try:
-                kind, value = conn.recv()
-            except (EOFError, OSError) as exc:
-                self.failure = exc
-                log.error("id_indexer_gone", path=str(self.path), error=repr(exc))
-                self._conn = None
-                return
-            if kind == "done":
-                for chunk in self._pending:
-                    if chunk.upto <= value:
-                        chunk.done = True
-            else:
-                self.failure = RuntimeError(value)
-                log.error("id_index_failed", path=str(self.path), error=value)
-        while self._pending and self._pending[0].done:
-            self._pending.popleft()
-
-    def _send(self, message: tuple[Any, ...]) -> None:
-        if self.failure is not None:
-            return
-        self.start()
-        self._outbox.put(message)
-
     def maybe_flush(self, next_offset: int, *, force: bool = False) -> None:
         """Hands the hot ids to the indexer when there are enough of them (or when forced)."""
-        self._collect()
+        while self._pending and self._pending[0].done:
+            self._pending.popleft()
         if self.failure is not None:
             return  # the indexer stopped; ids stay in memory (and the log still has them)
         if not (self.hot or self._hot_extra) or (len(self.hot) < self.chunk_entries and not force):
             return
-        chunk = _Chunk(self.hot, self._hot_extra, next_offset)
+        hashes = array("q", self.hot.keys())
+        offsets = array("q", self.hot.values())
+        for h, off in self._hot_extra:
+            hashes.append(h)
+            offsets.append(off)
+        chunk = _Chunk(self.hot, np.frombuffer(hashes, np.int64), np.frombuffer(offsets, np.int64), next_offset)
         self.hot = {}
         self._hot_extra = []
         self._pending.append(chunk)
-        hashes = array("q", chunk.entries.keys())
-        offsets = array("q", chunk.entries.values())
-        for h, off in chunk.extra:
-            hashes.append(h)
-            offsets.append(off)
-        self._filter_add(np.frombuffer(hashes, dtype=np.int64))
-        self._send(("chunk", next_offset, hashes.tobytes(), offsets.tobytes()))
+        self._filter_add(chunk.hashes)
+        self.start()
+        self._jobs.put(chunk)
 
     def _filter_add(self, hashes: npt.NDArray[np.int64]) -> None:
-        """Records hashes on their way to the table (before they leave ``_pending``)."""
+        """Records hashes on their way to disk (before they leave ``_pending``)."""
         with self._filter_lock:
             if self._filter is not None:
                 self._filter.add(hashes)
@@ -390,64 +417,97 @@ class IdIndex:
                 self._unfiltered.append(hashes)
 
     def forget_before(self, oldest_offset: int) -> None:
-        """Drops index entries of offsets that retention removed from the log (in the background).
-
-        The table is keyed by hash, so a forget reads all of it: retention removes batches every few
-        seconds, and a forget each time would keep the indexer of a large table busy with nothing
-        else while chunks pile up. So at most one goes every ``forget_interval_s``; entries of removed
-        offsets left meanwhile are candidates below the log's oldest offset, which lookups pass over.
-        """
-        now = time.monotonic()
-        if self._conn is not None and (self._forgot_at is None or now - self._forgot_at >= self.forget_interval_s):
-            self._forgot_at = now
-            self._send(("forget", oldest_offset))
+        """Drops the index entries of offsets that retention removed from the log (in the background)."""
+        if oldest_offset > self._oldest and self.failure is None:
+            self._oldest = oldest_offset
+            self.start()
+            self._jobs.put(oldest_offset)
         if self.collided:
             self.collided = {k: v for k, v in self.collided.items() if v >= oldest_offset}
 
+    # -- the indexer thread ---------------------------------------------------------------------
 
-def run_indexer(path: str, conn: Connection, parent: int) -> None:
-    """The indexer process: writes each chunk of (hash, offset) pairs in one sorted transaction."""
-    die_with_parent(parent)
-    con = sqlite3.connect(path, isolation_level=None, timeout=30.0)
-    con.execute("PRAGMA journal_mode=WAL")
-    con.execute("PRAGMA synchronous=NORMAL")
-    con.execute("PRAGMA cache_size=-65536")
-    try:
-        while (job := conn.recv()) is not None:
-            if job[0] == "forget":
-                con.execute("DELETE FROM ids WHERE off < ?", (job[1],))
-                continue
-            _, upto, hashes_raw, offsets_raw = job
-            hashes = np.frombuffer(hashes_raw, dtype=np.int64)
-            offsets = np.frombuffer(offsets_raw, dtype=np.int64)
-            order = np.lexsort((offsets, hashes))  # by hash, then offset: at C speed, 4x faster than sorted()
-            con.execute("BEGIN IMMEDIATE")
-            con.executemany(
-                "INSERT OR IGNORE INTO ids (h, off) VALUES (?, ?)",
-                zip(hashes[order].tolist(), offsets[order].tolist(), strict=True),
-            )
-            con.execute("INSERT OR REPLACE INTO watermark VALUES (1, ?)", (upto,))
-            con.execute("COMMIT")
-            conn.send(("done", upto))
-    except sqlite3.Error as exc:
-        # The ids stay in memory and in the log, so appends stay correct; the node reports it.
-        with contextlib.suppress(OSError):
-            conn.send(("failed", f"{type(exc).__name__}: {exc}"))
-    except (EOFError, OSError):
-        pass  # the node went away
-    finally:
-        con.close()
+    def _index_loop(self) -> None:
+        """Writes each chunk as a run, deletes runs below the log's oldest offset, merges runs."""
+        try:
+            while (job := self._jobs.get()) is not None:
+                if isinstance(job, _Chunk):
+                    self._write_chunk(job)
+                elif isinstance(job, int):
+                    self._drop_below(job)
+                if not self._closing.is_set():
+                    self._merge_runs()
+                if isinstance(job, threading.Event):
+                    job.set()
+        except OSError as exc:  # the ids stay in memory, and in the log: appends stay correct
+            self.failure = exc
+            log.error("id_index_failed", path=str(self.path), error=f"{type(exc).__name__}: {exc}")
 
+    def _write_chunk(self, chunk: _Chunk) -> None:
+        order = np.argsort(chunk.hashes, kind="stable")
+        run = self._write_run(self._covered, chunk.upto, chunk.hashes[order], chunk.offsets[order])
+        self._covered = chunk.upto
+        self._runs = (*self._runs, run)
+        chunk.done = True  # after the run is in ``_runs``: a lookup finds the ids in one or the other
 
-def die_with_parent(parent: int) -> None:
-    """Ties a helper process's life to the node's.
+    def _write_run(self, lo: int, upto: int, hashes: npt.NDArray[np.int64], offsets: npt.NDArray[np.int64]) -> _Run:
+        path = self.path / _Run.file_name(lo, upto)
+        partial = path.with_name(path.name + ".tmp")
+        with partial.open("wb") as f:
+            f.write(_HEADER.pack(_MAGIC, lo, upto, len(hashes)))
+            f.write(np.ascontiguousarray(hashes, dtype=_I8).data)
+            f.write(np.ascontiguousarray(offsets, dtype=_I8).data)
+            f.flush()
+            os.fsync(f.fileno())
+        partial.replace(path)
+        self._sync_directory()
+        return _Run.load(path)
 
-    Linux ends it when the node dies, even by SIGKILL, so no orphan is left behind; and it ignores
-    Ctrl-C, which the terminal sends to the whole process group: the node decides when it stops.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if sys.platform == "linux":
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the node died before the request above took effect
-        os._exit(1)
+    def _sync_directory(self) -> None:
+        """Makes the renames and deletions so far durable."""
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _drop_below(self, oldest_offset: int) -> None:
+        """Deletes the runs wholly below the log's oldest offset (merges leave out the rest)."""
+        self._dropped_below = oldest_offset
+        gone = [run for run in self._runs if run.upto <= oldest_offset]
+        if gone:
+            self._runs = self._runs[len(gone) :]
+            for run in gone:
+                run.path.unlink()
+
+    def _merge_runs(self) -> None:
+        """Merges the newest ``MERGE_FANOUT`` runs of one level, while there are as many."""
+        while (group := self._next_merge()) is not None:
+            hashes = np.concatenate([run.hashes for run in group])
+            offsets = np.concatenate([run.offsets for run in group])
+            if group[0].lo < self._dropped_below:
+                kept = offsets >= self._dropped_below
+                hashes, offsets = hashes[kept], offsets[kept]
+            order = np.argsort(hashes, kind="stable")  # timsort: it merges the sorted runs it finds
+            merged = self._write_run(group[0].lo, group[-1].upto, hashes[order], offsets[order])
+            runs = self._runs
+            at = runs.index(group[0])
+            self._runs = (*runs[:at], merged, *runs[at + len(group) :])
+            for run in group:
+                run.path.unlink()
+
+    def _next_merge(self) -> list[_Run] | None:
+        """The newest ``MERGE_FANOUT`` runs of the newest run's level, with the smaller runs just
+        before them (left behind when a full chunk followed a small one); None if there are fewer."""
+        runs = self._runs
+        level = run_level(runs[-1].count) if runs else FINAL_LEVEL
+        if level >= FINAL_LEVEL:
+            return None
+        at = len(runs)
+        while at > 0 and len(runs) - at < MERGE_FANOUT and run_level(runs[at - 1].count) == level:
+            at -= 1
+        if len(runs) - at < MERGE_FANOUT:
+            return None
+        while at > 0 and run_level(runs[at - 1].count) < level:
+            at -= 1
+        return list(runs[at:])

@@ -999,7 +999,7 @@ class JetStreamBatchLog(JetStreamLog):
       the replica catches up on the stream and tries again with the new offsets. So all replicas share
       one total order, and a replica has always seen every earlier message when its own is accepted.
     - De-duplication: every replica follows the whole stream and keeps an index of ids to offsets
-      (``gateway.id_index``: the newest in memory, older ones in a file of its own, rebuilt from the
+      (``gateway.id_index``: the newest in memory, older ones in files of its own, rebuilt from the
       stream after its watermark). Because of the check above the index is complete when a message is
       accepted, so a repeated id is found whichever replica stored it, however long ago (within
       retention). ``Nats-Msg-Id`` (this replica's run, first offset, hash of the ids) makes a message
@@ -1013,10 +1013,8 @@ class JetStreamBatchLog(JetStreamLog):
         if settings.index_dir is None:
             raise ValueError("the batch layout needs index_dir (the node's log.data_dir) for its id index")
         self._token = secrets.token_hex(8)  # this replica's run, at the head of its message ids
-        self._index = IdIndex(settings.index_dir / f"{settings.stream}-ids.sqlite")
+        self._index = IdIndex(settings.index_dir / f"{settings.stream}-ids")
         self._index_on_disk = False
-        self._probe: sqlite3.Connection | None = None
-        self._probe_lock = asyncio.Lock()
         self._first_seq = 1
         self._last_seq = 0  # the last stream sequence the follower has applied
         self._w_seq = 0  # the writer's view of the stream's last sequence (its accepted messages included)
@@ -1031,13 +1029,12 @@ class JetStreamBatchLog(JetStreamLog):
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start_helpers(self) -> None:
-        await asyncio.to_thread(self._index.start)  # spawning takes a while: not on the event loop
+        self._index.start()
 
     async def _start(self) -> None:
         await self._connect()
         info = await self._while_cluster_recovers(self._ensure_stream, "stream")
         self._kv = await self._while_cluster_recovers(self._ensure_positions, "positions bucket")
-        await asyncio.to_thread(self._index.path.parent.mkdir, parents=True, exist_ok=True)
         watermark = await asyncio.to_thread(self._index.open)
         self._index_on_disk = watermark > 1
         state = info.state
@@ -1094,17 +1091,13 @@ class JetStreamBatchLog(JetStreamLog):
     async def close(self) -> None:
         if self._closed:
             return
-        # Waited for, not cancelled: a look-up runs in a thread on the probe connection.
+        # Waited for, not cancelled: a look-up runs in a thread.
         await asyncio.gather(*(task for task, _ in self._prefetched.values()), return_exceptions=True)
         self._prefetched.clear()
         await super().close()
 
     async def _disconnect(self) -> None:
         await super()._disconnect()
-        async with self._probe_lock:
-            if self._probe is not None:
-                self._probe.close()
-                self._probe = None
         await asyncio.to_thread(self._index.close)
 
     # -- following the stream ----------------------------------------------------------------------
@@ -1486,13 +1479,7 @@ class JetStreamBatchLog(JetStreamLog):
         return out
 
     async def _disk_candidates(self, hashes: list[int]) -> dict[int, list[int]]:
-        async with self._probe_lock:
-            if self._probe is None:
-                self._probe = await asyncio.to_thread(self._index.connect_probe)
-            try:
-                return await asyncio.to_thread(self._index.candidates, hashes, self._probe)
-            except sqlite3.Error as exc:  # without the index, a repeated id could be stored twice: refuse
-                raise LogClosedError(f"the id index {self._index.path} failed: {exc}") from exc
+        return await asyncio.to_thread(self._index.candidates, hashes)
 
     async def _batch_at_seq(self, seq: int) -> StoredBatch | None:
         """The batch in stream message ``seq``, asked of the stream leader; None if it is gone."""

@@ -251,9 +251,9 @@ class Log(abc.ABC):
     @abc.abstractmethod
     def stats(self) -> LogStats: ...
 
-    async def start_helpers(self) -> None:  # noqa: B027 - a log without helper processes has none to start
-        """Starts the log's helper processes now rather than when first needed: a node calls this
-        before it takes traffic, so that its first batches do not wait for a process to start."""
+    async def start_helpers(self) -> None:  # noqa: B027 - a log without helpers has none to start
+        """Starts the log's helper threads now rather than when first needed: a node calls this
+        before it takes traffic, so that its first batches do not wait for one to start."""
 
     @property
     @abc.abstractmethod

@@ -131,7 +131,7 @@ class SqliteLog(Log):
         self._closed = False
         self._writer_failure: BaseException | None = None
         self.on_commit: Callable[[int, int], None] | None = None  # (envelopes, batches) per commit
-        self.index = IdIndex(path.with_name(path.stem + "-ids.sqlite"))
+        self.index = IdIndex(path.with_name(path.stem + "-ids"))
         self._w_overlay: dict[int, int] = {}  # ids appended in the open transaction
         self._w_collided: dict[str, int] = {}
         self._w_last_flush = 0.0
@@ -170,7 +170,7 @@ class SqliteLog(Log):
         )
 
     async def start_helpers(self) -> None:
-        await asyncio.to_thread(self.index.start)  # spawning takes a while: not on the event loop
+        self.index.start()
 
     def _prepare(self) -> sqlite3.Connection:
         con = self._connect()
@@ -590,15 +590,6 @@ class SqliteLog(Log):
                 self._read_connections.append(con)
         return con
 
-    def _ids_reader(self) -> sqlite3.Connection:
-        con: sqlite3.Connection | None = getattr(self._local, "ids", None)
-        if con is None:
-            con = self.index.connect_probe()
-            self._local.ids = con
-            with self._read_lock:
-                self._read_connections.append(con)
-        return con
-
     async def _in_reader(self, fn: Callable[[], Any]) -> Any:
         if self._closed:
             raise LogClosedError("the log is closed")
@@ -649,7 +640,7 @@ class SqliteLog(Log):
         found: dict[str, tuple[StoredBatch, int]] = {}
         batches: dict[int, StoredBatch] = {}
         for envelope_id in ids:
-            for offset in self.index.candidates_for_id(envelope_id, self._ids_reader()):
+            for offset in self.index.candidates_for_id(envelope_id):
                 if offset < self._oldest:
                     continue
                 batch = next((b for b in batches.values() if b.first_offset <= offset < b.next_offset), None)

@@ -189,7 +189,7 @@ async def test_offsets_start_at_one_and_count_up_by_one_across_batches(client: G
 
 
 async def test_a_started_node_has_its_id_indexer_running_before_its_first_envelope(node: Node) -> None:
-    """Started with the node, not by the first batches, which would wait for a process to start."""
+    """Started with the node, not by the first chunk of ids."""
     assert isinstance(node.log, SqliteLog)
     assert node.log.next_offset == 1
     indexer = node.log.index._indexer
