@@ -59,6 +59,12 @@ class LogClosedError(YiwangError):
     grpc_code = grpc.StatusCode.UNAVAILABLE
 
 
+class LogInUseError(YiwangError):
+    """Another process has the log's files open: a node already running on the data directory."""
+
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class LogCorruptError(YiwangError):
     """The durable log holds data that does not match its own records."""
 

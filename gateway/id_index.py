@@ -25,6 +25,7 @@ from the runs in the background at start; until then every hash is searched for.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import queue
@@ -40,6 +41,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import structlog
+
+from gateway.errors import LogInUseError
 
 log = structlog.get_logger("yiwang.log")
 
@@ -226,7 +229,7 @@ class IdIndex:
         self._indexer: threading.Thread | None = None
         self._starting = threading.Lock()  # the indexer starts once, from the writer or from ``start``
         self.watermark = 1
-        self.failure: OSError | None = None
+        self.failure: BaseException | None = None
         # The filter of the hashes sent to disk; None until it is loaded (then every hash is searched
         # for). Chunks sent meanwhile wait in _unfiltered for the loader to add them.
         self._filter: _Filter | None = None
@@ -235,18 +238,42 @@ class IdIndex:
         self._filter_full_logged = False
         self._loader: threading.Thread | None = None
         self._closing = threading.Event()
+        self._lock_fd: int | None = None
 
     def open(self) -> int:
         """Opens (or creates) the index; returns its watermark: ids from there on must be re-added."""
         self.path.mkdir(parents=True, exist_ok=True)
-        self._remove_sqlite_index()
-        self._runs = tuple(self._load_runs())
+        self._lock()
+        try:
+            self._remove_sqlite_index()
+            self._runs = tuple(self._load_runs())
+        except BaseException:
+            self._unlock()
+            raise
         self.watermark = self._covered = self._runs[-1].upto if self._runs else 1
         self._loader = threading.Thread(
             target=self._load_filter, args=(self._runs,), name="yiwang-id-filter", daemon=True
         )
         self._loader.start()
         return self.watermark
+
+    def _lock(self) -> None:
+        """Keeps out other processes: another's open would take this one's partly written runs for
+        unusable ones and delete them."""
+        fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LogInUseError(
+                f"the id index {self.path} is in use by another process: is a node running on this data directory?"
+            ) from None
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # and with it the lock
+            self._lock_fd = None
 
     def _remove_sqlite_index(self) -> None:
         """Removes the id table of earlier versions, an SQLite file beside the directory (the runs
@@ -322,6 +349,7 @@ class IdIndex:
             self._jobs.put(None)
             self._indexer.join()
             self._indexer = None
+        self._unlock()
 
     def settle(self, timeout: float = 60.0) -> bool:
         """Waits until the indexer has written, dropped and merged all it was handed (for tests and
@@ -428,7 +456,10 @@ class IdIndex:
     # -- the indexer thread ---------------------------------------------------------------------
 
     def _index_loop(self) -> None:
-        """Writes each chunk as a run, deletes runs below the log's oldest offset, merges runs."""
+        """Writes each chunk as a run, deletes runs below the log's oldest offset, merges runs.
+
+        If it stops on an error, the ids stay in memory (and in the log): appends stay correct."""
+        stopped = False
         try:
             while (job := self._jobs.get()) is not None:
                 if isinstance(job, _Chunk):
@@ -439,9 +470,14 @@ class IdIndex:
                     self._merge_runs()
                 if isinstance(job, threading.Event):
                     job.set()
-        except OSError as exc:  # the ids stay in memory, and in the log: appends stay correct
+            stopped = True
+        except OSError as exc:
             self.failure = exc
             log.error("id_index_failed", path=str(self.path), error=f"{type(exc).__name__}: {exc}")
+        finally:
+            if not stopped and self.failure is None:  # not an OSError: the thread's traceback is on stderr
+                self.failure = RuntimeError("the id indexer stopped on an error")
+                log.error("id_index_failed", path=str(self.path), error="the id indexer stopped on an error")
 
     def _write_chunk(self, chunk: _Chunk) -> None:
         order = np.argsort(chunk.hashes, kind="stable")

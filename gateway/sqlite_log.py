@@ -174,6 +174,16 @@ class SqliteLog(Log):
 
     def _prepare(self) -> sqlite3.Connection:
         con = self._connect()
+        try:
+            self._open_with(con)
+        except BaseException:
+            con.close()
+            self.index.close()  # if it opened: its lock and threads
+            raise
+        return con
+
+    def _open_with(self, con: sqlite3.Connection) -> None:
+        """Checks the schema, reads where the log begins and ends, and opens the id index."""
         con.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_BYTES // PAGE_SIZE}")
         con.executescript(_SCHEMA)
         version = con.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
@@ -197,7 +207,6 @@ class SqliteLog(Log):
         self._w_last_ns = last_ns or 0
         self._batches, self._bytes = first[1], first[2]
         self._rebuild_index(con, self.index.open())
-        return con
 
     def _rebuild_index(self, con: sqlite3.Connection, watermark: int) -> None:
         """Re-adds the ids the on-disk index does not have yet (those appended after its watermark)."""

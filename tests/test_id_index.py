@@ -10,6 +10,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from gateway import id_index
+from gateway.errors import LogInUseError
 from gateway.id_index import IdIndex, id_hash, id_hashes
 
 
@@ -304,7 +305,7 @@ def test_a_run_cut_short_has_the_whole_log_indexed_again(tmp_path: Path) -> None
     assert [(e["event"], e["reason"]) for e in logs if e["log_level"] == "error"] == [
         ("id_index_run_unusable", f"{32 + 16 * 10 - 8} bytes for 10 ids")
     ]
-    assert list(path.iterdir()) == []
+    assert not list(path.glob("*.run*"))
 
 
 def test_a_gap_between_runs_has_the_whole_log_indexed_again(tmp_path: Path) -> None:
@@ -320,7 +321,7 @@ def test_a_gap_between_runs_has_the_whole_log_indexed_again(tmp_path: Path) -> N
         assert again.open() == 1
     again.close()
     assert [e["reason"] for e in logs if e["event"] == "id_index_run_unusable"] == ["offsets 11 to 21 are in no run"]
-    assert list(path.iterdir()) == []
+    assert not list(path.glob("*.run*"))
 
 
 def test_runs_a_merge_left_behind_are_deleted_at_open(tmp_path: Path) -> None:
@@ -374,3 +375,18 @@ def test_a_run_that_cannot_be_written_leaves_its_ids_in_memory(tmp_path: Path) -
     index.add(later)
     index.maybe_flush(21, force=True)  # kept in memory too, not handed to the indexer
     assert index.candidates([h for h, _ in later]) == {h: [off] for h, off in later}
+
+
+def test_an_index_in_use_by_another_process_is_not_opened(tmp_path: Path) -> None:
+    """Its open would delete the other's partly written runs: a second node on one data directory."""
+    path = tmp_path / "log-ids"
+    first = IdIndex(path)
+    first.open()
+    try:
+        with pytest.raises(LogInUseError, match=r"log-ids is in use by another process"):
+            IdIndex(path).open()
+    finally:
+        first.close()
+    again = IdIndex(path)
+    again.open()
+    again.close()

@@ -505,6 +505,30 @@ async def test_log_migrate_copies_the_embedded_log_and_is_idempotent(
         assert (await log.append(batch_of(1))).offsets == [9]
 
 
+async def test_log_migrate_while_the_node_runs_stops_with_an_error(tmp_path: Path) -> None:
+    """The README says to stop the node first; a migration that was not told so is refused, not
+    left to race the node for its id index."""
+    running = await SqliteLog.open(tmp_path / "node" / "log.sqlite", node_id=NODE_ID, fsync=False)
+    try:
+        await running.append(batch_of(2))
+        config_file = tmp_path / "node.toml"
+        config_file.write_text(
+            f'[node]\nid = "{NODE_ID}"\nregion = "410000"\n\n[log]\ndata_dir = "node"\nbackend = "jetstream"\n\n'
+            '[log.jetstream]\nservers = ["nats://127.0.0.1:1"]\nstream = "MIGRATED"\n\n[tls]\ninsecure = true\n',
+            encoding="utf-8",
+        )
+        migrate = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway.cli", "log", "migrate", "--config", str(config_file),
+            stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+        )  # fmt: skip
+        _, err = await migrate.communicate()
+        assert migrate.returncode != 0
+        assert "log-ids is in use by another process: is a node running on this data directory?" in err.decode()
+        assert (await running.append(batch_of(1))).offsets == [3]  # the node went on
+    finally:
+        await running.close()
+
+
 # -- deploy/nats -----------------------------------------------------------------------------------------
 
 
