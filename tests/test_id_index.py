@@ -217,14 +217,21 @@ def _write(index: IdIndex, first: int, count: int, prefix: str = "m") -> list[tu
     return pairs
 
 
+def _indexed(path: Path, chunks: int, *, first: int = 1, size: int = 10) -> list[tuple[int, int]]:
+    """Opens the index at ``path``, hands it ``chunks`` chunks of ``size`` ids from offset ``first``
+    on, one after the other, and closes it."""
+    index = IdIndex(path, chunk_entries=size)
+    index.open()
+    pairs: list[tuple[int, int]] = []
+    for k in range(chunks):
+        pairs += _write(index, first + size * k, size)
+    index.close()
+    return pairs
+
+
 def test_runs_are_merged_by_size_and_lookups_find_every_id(tmp_path: Path) -> None:
     path = tmp_path / "log-ids"
-    index = IdIndex(path, chunk_entries=10)
-    index.open()
-    pairs = []
-    for k in range(3):
-        pairs += _write(index, 1 + 10 * k, 10)
-    index.close()
+    pairs = _indexed(path, 3)
     assert [(lo, upto) for lo, upto, _ in _runs_on_disk(path)] == [(1, 11), (11, 21), (21, 31)]
 
     again = IdIndex(path, chunk_entries=10)
@@ -260,11 +267,7 @@ def test_runs_of_the_final_level_are_not_merged(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setattr(id_index, "RUN_LEVEL_BASE", 1)
     monkeypatch.setattr(id_index, "FINAL_LEVEL", 1)  # runs of 4 ids and more are final
     path = tmp_path / "log-ids"
-    index = IdIndex(path, chunk_entries=4)
-    index.open()
-    for k in range(5):
-        _write(index, 1 + 4 * k, 4)
-    index.close()
+    _indexed(path, 5, size=4)
     assert len(_runs_on_disk(path)) == 5
 
 
@@ -289,11 +292,7 @@ def test_forgets_delete_the_runs_below_and_merges_leave_out_the_ids_below(tmp_pa
 
 def test_a_run_cut_short_has_the_whole_log_indexed_again(tmp_path: Path) -> None:
     path = tmp_path / "log-ids"
-    index = IdIndex(path, chunk_entries=10)
-    index.open()
-    for k in range(2):
-        _write(index, 1 + 10 * k, 10)
-    index.close()
+    _indexed(path, 2)
     second = path / id_index._Run.file_name(11, 21)
     second.write_bytes(second.read_bytes()[:-8])
     (path / (id_index._Run.file_name(21, 31) + ".tmp")).write_bytes(b"half a run")
@@ -310,11 +309,7 @@ def test_a_run_cut_short_has_the_whole_log_indexed_again(tmp_path: Path) -> None
 
 def test_a_gap_between_runs_has_the_whole_log_indexed_again(tmp_path: Path) -> None:
     path = tmp_path / "log-ids"
-    index = IdIndex(path, chunk_entries=10)
-    index.open()
-    for k in range(3):
-        _write(index, 1 + 10 * k, 10)
-    index.close()
+    _indexed(path, 3)
     (path / id_index._Run.file_name(11, 21)).unlink()
     again = IdIndex(path)
     with capture_logs() as logs:
@@ -327,17 +322,9 @@ def test_a_gap_between_runs_has_the_whole_log_indexed_again(tmp_path: Path) -> N
 def test_runs_a_merge_left_behind_are_deleted_at_open(tmp_path: Path) -> None:
     """A merge writes the wider run before it deletes the ones it holds: a crash between leaves both."""
     path = tmp_path / "log-ids"
-    index = IdIndex(path, chunk_entries=10)
-    index.open()
-    for k in range(2):
-        _write(index, 1 + 10 * k, 10)
-    index.close()
+    _indexed(path, 2)
     kept = {p.name: p.read_bytes() for p in path.iterdir()}
-    again = IdIndex(path, chunk_entries=10)
-    again.open()
-    for k in range(2):
-        _write(again, 21 + 10 * k, 10)
-    again.close()
+    _indexed(path, 2, first=21)
     for name, data in kept.items():
         (path / name).write_bytes(data)
     third = IdIndex(path)
