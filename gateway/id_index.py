@@ -25,6 +25,7 @@ from the runs in the background at start; until then every hash is searched for.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -244,12 +245,11 @@ class IdIndex:
         """Opens (or creates) the index; returns its watermark: ids from there on must be re-added."""
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock()
-        try:
+        with contextlib.ExitStack() as on_failure:
+            on_failure.callback(self._unlock)
             self._remove_sqlite_index()
             self._runs = tuple(self._load_runs())
-        except BaseException:
-            self._unlock()
-            raise
+            on_failure.pop_all()  # opened: the lock stays until close
         self.watermark = self._covered = self._runs[-1].upto if self._runs else 1
         self._loader = threading.Thread(
             target=self._load_filter, args=(self._runs,), name="yiwang-id-filter", daemon=True

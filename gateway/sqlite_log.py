@@ -174,12 +174,11 @@ class SqliteLog(Log):
 
     def _prepare(self) -> sqlite3.Connection:
         con = self._connect()
-        try:
+        with contextlib.ExitStack() as on_failure:
+            on_failure.callback(con.close)
+            on_failure.callback(self.index.close)  # if it opened: its lock and threads
             self._open_with(con)
-        except BaseException:
-            con.close()
-            self.index.close()  # if it opened: its lock and threads
-            raise
+            on_failure.pop_all()
         return con
 
     def _open_with(self, con: sqlite3.Connection) -> None:
