@@ -229,7 +229,6 @@ class IdIndex:
         self._jobs: queue.SimpleQueue[_Chunk | int | threading.Event | None] = queue.SimpleQueue()
         self._indexer: threading.Thread | None = None
         self._starting = threading.Lock()  # the indexer starts once, from the writer or from ``start``
-        self.watermark = 1
         self.failure: BaseException | None = None
         # The filter of the hashes sent to disk; None until it is loaded (then every hash is searched
         # for). Chunks sent meanwhile wait in _unfiltered for the loader to add them.
@@ -250,12 +249,12 @@ class IdIndex:
             self._remove_sqlite_index()
             self._runs = tuple(self._load_runs())
             on_failure.pop_all()  # opened: the lock stays until close
-        self.watermark = self._covered = self._runs[-1].upto if self._runs else 1
+        watermark = self._covered = self._runs[-1].upto if self._runs else 1
         self._loader = threading.Thread(
             target=self._load_filter, args=(self._runs,), name="yiwang-id-filter", daemon=True
         )
         self._loader.start()
-        return self.watermark
+        return watermark
 
     def _lock(self) -> None:
         """Keeps out other processes: another's open would take this one's partly written runs for
