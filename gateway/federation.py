@@ -467,7 +467,7 @@ class _Entries:
         copied twice more, which costs the sender more than the rest of a batch's handling."""
         records = b"".join(self.records)
         head = _ENTRIES_BATCH_ID_TAG + varint(self.upto) + _DELIVERIES_TAG + varint(self.size)
-        parts = [_RECORDS_TAG, varint(len(records)), records] if records else []
+        parts = [length_delimited(_RECORDS_TAG, records)] if records else []
         parts += [_ENTRIES_TAG, varint(len(head) + self.size), head, *self.data]
         return b"".join(parts)
 
